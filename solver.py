@@ -1,0 +1,508 @@
+"""Solver: builds G and D, trains them (WGAN-GP + identity, reconstruction and mask terms) and
+tests them (translation grids, anomaly scores and AUROC)."""
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+import data_loader
+import metrics
+from model import Discriminator, Generator, count_parameters
+
+
+class ConfigError(RuntimeError):
+    """A flag asks for something this machine or run cannot do: the message says what to do."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint is missing or does not fit the model: the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------------------ #
+#                          Losses and helpers: small pure functions                                #
+# ------------------------------------------------------------------------------------------------ #
+
+def mask_from_logit(mask_logit):
+    """Mask in [0, 1]: (tanh(logit) + 1) / 2."""
+    return (torch.tanh(mask_logit) + 1) / 2
+
+
+def blend(x, x_raw, mask):
+    """Translation x_hat = m * G's raw output + (1 - m) * x: only the masked region changes."""
+    return mask * x_raw + (1 - mask) * x
+
+
+def generate(G, x):
+    """Run G on x: returns (x_hat, x_raw = tanh(image logits), mask)."""
+    image_logits, mask_logit = G(x)
+    x_raw = torch.tanh(image_logits)
+    mask = mask_from_logit(mask_logit)
+    return blend(x, x_raw, mask), x_raw, mask
+
+
+def d_loss_real_fn(out_real):
+    """WGAN critic loss on real (healthy) images: -mean D(x_B)."""
+    return -out_real.mean()
+
+
+def d_loss_fake_fn(out_fake):
+    """WGAN critic loss on translated images: mean D(x_hat_A)."""
+    return out_fake.mean()
+
+
+def g_adv_loss(out_fake):
+    """Generator's adversarial loss: -mean D(x_hat)."""
+    return -out_fake.mean()
+
+
+def gradient_penalty(out, x):
+    """WGAN-GP: mean over samples of (||dD/dx||_2 - 1)^2, gradient flattened per sample."""
+    grad = torch.autograd.grad(outputs=out, inputs=x, grad_outputs=torch.ones_like(out),
+                               retain_graph=True, create_graph=True, only_inputs=True)[0]
+    grad = grad.reshape(grad.size(0), -1)
+    return ((grad.pow(2).sum(dim=1).sqrt() - 1) ** 2).mean()
+
+
+def interpolate(x_real, x_fake, alpha):
+    """Random points between real and fake images, detached, with gradients enabled."""
+    return (alpha * x_real.detach() + (1 - alpha) * x_fake.detach()).requires_grad_(True)
+
+
+def reconstruction_loss(x, x_raw, mask):
+    """mean |x - (m * x + (1 - m) * x_raw)|: outside the mask G's raw output must equal x."""
+    return (x - (mask * x + (1 - mask) * x_raw)).abs().mean()
+
+
+def identity_loss(x, x_raw):
+    """mean |x - x_raw| on healthy images, on the raw output before blending."""
+    return (x - x_raw).abs().mean()
+
+
+def mask_small_loss(mask):
+    """(mean m)^2: keeps the mask small."""
+    return mask.mean() ** 2
+
+
+def mask_zero_one_loss(mask, center=0.5, epsilon=0.01):
+    """mean 1 / (|m - 0.5| + 0.01) - 1 / 0.51: pushes the mask towards 0 or 1 (minimum 0)."""
+    return (1 / ((mask - center).abs() + epsilon)).mean() - 1 / (center + epsilon)
+
+
+def mask_loss(mask, lambda_msmall, lambda_mzerone):
+    """Weighted sum of the two mask terms for one path."""
+    return lambda_msmall * mask_small_loss(mask) + lambda_mzerone * mask_zero_one_loss(mask)
+
+
+def learning_rate(i, lr0, num_iters, num_iters_decay, lr_update_step, schedule='original'):
+    """Learning rate in force during iteration i (0-based).
+
+    The original lowers the rate by lr0 / num_iters_decay at the end of every iteration j whose
+    j + 1 is a multiple of lr_update_step and exceeds num_iters - num_iters_decay. With the
+    defaults that is 100 steps of lr0 / 100000: the rate ends at 99.9% of lr0 (no real decay).
+    'linear' lowers it by lr0 * lr_update_step / num_iters_decay instead, reaching ~0 at the end.
+    """
+    start = max(num_iters - num_iters_decay, 0)
+    # decrements already applied: multiples of lr_update_step in (start, i]
+    n = max(i // lr_update_step - start // lr_update_step, 0)
+    if schedule == 'original':
+        return lr0 - n * (lr0 / float(num_iters_decay))
+    if schedule == 'linear':
+        return max(lr0 * (1 - n * lr_update_step / float(num_iters_decay)), 0.0)
+    raise ValueError(f'unknown lr schedule {schedule!r}')
+
+
+def denorm(x):
+    """[-1, 1] -> [0, 1]."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def translation_grid(G, x_A, x_B):
+    """Columns: x_A, raw, x_hat, mask, x_B, raw, x_hat, mask (in [-1, 1]), one row per sample."""
+    columns = []
+    for x in (x_A, x_B):
+        x_hat, x_raw, mask = generate(G, x)
+        # The original drew the mask with a sigmoid here (a display bug); this shows the mask
+        # the model actually uses, (tanh + 1) / 2, mapped to [-1, 1] for display.
+        columns += [x, x_raw, x_hat, mask.expand_as(x) * 2 - 1]
+    return torch.cat(columns, dim=3)
+
+
+# ------------------------------------------------------------------------------------------------ #
+#                                  Device and checkpoints                                          #
+# ------------------------------------------------------------------------------------------------ #
+
+def resolve_device(name):
+    """'auto' picks cuda, then mps, then cpu; an unavailable device is a clear error."""
+    mps = getattr(torch.backends, 'mps', None)
+    mps_ok = mps is not None and mps.is_available()
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'mps' if mps_ok else 'cpu')
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError('--device cuda was asked for but CUDA is not available '
+                           '(use --device cpu or auto)')
+    if name == 'mps' and not mps_ok:
+        raise ConfigError('--device mps was asked for but MPS is not available '
+                           '(use --device cpu or auto)')
+    return torch.device(name)
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a truncated file."""
+    tmp = path + '.tmp'
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def available_iters(model_save_dir):
+    """Sorted iteration numbers N for which <N>-G.ckpt exists."""
+    if not os.path.isdir(model_save_dir):
+        return []
+    iters = []
+    for name in os.listdir(model_save_dir):
+        stem = name[:-len('-G.ckpt')]
+        if name.endswith('-G.ckpt') and stem.isdigit():
+            iters.append(int(stem))
+    return sorted(iters)
+
+
+def resolve_iters(value, model_save_dir, flag):
+    """An iteration number, or 'latest' (the highest checkpoint in model_save_dir)."""
+    found = available_iters(model_save_dir)
+    if value == 'latest':
+        if not found:
+            raise CheckpointError(f'{flag} latest: no <N>-G.ckpt checkpoints in {model_save_dir}')
+        return found[-1]
+    if int(value) not in found:
+        listing = ', '.join(map(str, found)) if found else 'none'
+        raise CheckpointError(f'{flag} {value}: {os.path.join(model_save_dir, f"{value}-G.ckpt")} '
+                              f'does not exist. Checkpoints in {model_save_dir}: {listing}')
+    return int(value)
+
+
+def load_state_dict_checked(model, path, name):
+    """Load a bare state dict (weights_only) into model, with errors that say what is wrong."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f'cannot read checkpoint {path}: {e}. The file is truncated or '
+                              f'not a PyTorch state dict.') from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f'{path} holds a {type(state).__name__}, not a state dict')
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        shapes = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+                  for k in own if k in state and state[k].shape != own[k].shape]
+        detail = '; '.join(filter(None, [
+            f'missing keys {missing[:3]}' if missing else '',
+            f'unexpected keys {extra[:3]}' if extra else '',
+            f'shape mismatch {shapes[:2]}' if shapes else '']))
+        raise CheckpointError(f'{path} does not fit the {name} built from the flags '
+                              f'({detail or e}). Use the architecture flags the checkpoint was '
+                              f'trained with (--image_size, --{name[0].lower()}_conv_dim, '
+                              f'--{name[0].lower()}_repeat_num).') from None
+
+
+def run_metadata(config):
+    """Config, git commit and library versions, saved beside a run's checkpoints."""
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)),
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    import numpy
+    import torchvision
+    return {
+        'config': vars(config),
+        'git_commit': commit,
+        'versions': {'python': platform.python_version(), 'torch': torch.__version__,
+                     'torchvision': torchvision.__version__, 'numpy': numpy.__version__},
+        'command': ' '.join(sys.argv),
+        'started': datetime.datetime.now().isoformat(timespec='seconds'),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ #
+#                                           Solver                                                 #
+# ------------------------------------------------------------------------------------------------ #
+
+class Solver:
+    """Solver for training and testing HealthyGAN; keeps the parsed flags as one config."""
+
+    def __init__(self, config, split=None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.split = split
+        self.build_model()
+        self.logger = None
+
+    def build_model(self):
+        """Create G, D and their Adam optimizers."""
+        c = self.config
+        self.G = Generator(c.g_conv_dim, 0, c.g_repeat_num).to(self.device)
+        self.D = Discriminator(c.image_size, c.d_conv_dim, 0, c.d_repeat_num).to(self.device)
+        self.g_optimizer = torch.optim.Adam(self.G.parameters(), c.g_lr, (c.beta1, c.beta2))
+        self.d_optimizer = torch.optim.Adam(self.D.parameters(), c.d_lr, (c.beta1, c.beta2))
+
+    def restore_model(self, iters, load_D=True):
+        """Load <iters>-G.ckpt (and -D.ckpt when asked and present) from model_save_dir."""
+        d = self.config.model_save_dir
+        print(f'Loading the trained models from step {iters}...')
+        load_state_dict_checked(self.G, os.path.join(d, f'{iters}-G.ckpt'), 'Generator')
+        D_path = os.path.join(d, f'{iters}-D.ckpt')
+        if load_D and os.path.exists(D_path):
+            load_state_dict_checked(self.D, D_path, 'Discriminator')
+
+    def save_model(self, iters):
+        """Write <iters>-G.ckpt and <iters>-D.ckpt as bare state dicts (original format)."""
+        d = self.config.model_save_dir
+        save_atomic(self.G.state_dict(), os.path.join(d, f'{iters}-G.ckpt'))
+        save_atomic(self.D.state_dict(), os.path.join(d, f'{iters}-D.ckpt'))
+
+    def set_lr(self, g_lr, d_lr):
+        for group in self.g_optimizer.param_groups:
+            group['lr'] = g_lr
+        for group in self.d_optimizer.param_groups:
+            group['lr'] = d_lr
+
+    # ------------------------------------------------------------------------------------------ #
+    #                                         Training                                             #
+    # ------------------------------------------------------------------------------------------ #
+
+    def d_step(self, x_A, x_B):
+        """One critic update (WGAN-GP); returns the loss terms as tensors."""
+        c = self.config
+        d_loss_real = d_loss_real_fn(self.D(x_B)[1])
+        with torch.no_grad():  # only the detached translation is used: no graph needed
+            x_hat_A, _, _ = generate(self.G, x_A)
+        d_loss_fake = d_loss_fake_fn(self.D(x_hat_A)[1])
+        alpha = torch.rand(x_B.size(0), 1, 1, 1, device=x_B.device)
+        x_int = interpolate(x_B, x_hat_A, alpha)
+        d_loss_gp = gradient_penalty(self.D(x_int)[1], x_int)
+        d_loss = d_loss_real + d_loss_fake + c.lambda_gp * d_loss_gp
+
+        self.g_optimizer.zero_grad(set_to_none=True)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_optimizer.step()
+        return {'D/loss_real': d_loss_real.detach(), 'D/loss_fake': d_loss_fake.detach(),
+                'D/loss_gp': d_loss_gp.detach()}
+
+    def g_step(self, x_A, x_B):
+        """One generator update with fresh forward passes; returns the loss terms as tensors."""
+        c = self.config
+        # Mixed path (original -> target): fool D, and leave everything outside the mask alone.
+        image_logits, mask_logit_A = self.G(x_A)
+        x_raw_A, mask_A = torch.tanh(image_logits), mask_from_logit(mask_logit_A)
+        g_loss_fake = g_adv_loss(self.D(blend(x_A, x_raw_A, mask_A))[1])
+        g_loss_rec = reconstruction_loss(x_A, x_raw_A, mask_A)
+        # Healthy path (original -> original): fool D, and reproduce the image exactly.
+        image_logits, mask_logit_B = self.G(x_B)
+        x_raw_B, mask_B = torch.tanh(image_logits), mask_from_logit(mask_logit_B)
+        g_loss_fake_id = g_adv_loss(self.D(blend(x_B, x_raw_B, mask_B))[1])
+        g_loss_id = identity_loss(x_B, x_raw_B)
+        # Mask terms, the two paths averaged.
+        small_A, zo_A = mask_small_loss(mask_A), mask_zero_one_loss(mask_A)
+        small_B, zo_B = mask_small_loss(mask_B), mask_zero_one_loss(mask_B)
+        g_loss_mask = 0.5 * (c.lambda_msmall * small_A + c.lambda_mzerone * zo_A) \
+            + 0.5 * (c.lambda_msmall * small_B + c.lambda_mzerone * zo_B)
+        g_loss = (g_loss_fake + g_loss_fake_id + c.lambda_id * g_loss_id
+                  + c.lambda_rec * g_loss_rec + c.lambda_mask * g_loss_mask)
+
+        self.g_optimizer.zero_grad(set_to_none=True)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.g_optimizer.step()
+        terms = {'G/loss_fake': g_loss_fake, 'G/loss_rec': g_loss_rec,
+                 'G/loss_fake_id': g_loss_fake_id, 'G/loss_id': g_loss_id,
+                 'G/loss_mask': g_loss_mask,
+                 'Mask/OT_min': mask_logit_A.min(), 'Mask/OT_max': mask_logit_A.max(),
+                 'Mask/OT_small': small_A, 'Mask/OT_zo': zo_A,
+                 'Mask/OO_min': mask_logit_B.min(), 'Mask/OO_max': mask_logit_B.max(),
+                 'Mask/OO_small': small_B, 'Mask/OO_zo': zo_B}
+        return {tag: t.detach() for tag, t in terms.items()}
+
+    def train(self):
+        """Train HealthyGAN on (mixed, healthy) pairs."""
+        c = self.config
+        for d in (c.model_save_dir, c.sample_dir, c.log_dir):
+            os.makedirs(d, exist_ok=True)
+        loader = data_loader.get_loader(c, 'train', self.split)
+        data_iter = iter(loader)
+        x_fixed_A, x_fixed_B = (t.to(self.device) for t in next(data_iter))
+
+        start_iters = 0
+        if c.resume_iters is not None:
+            start_iters = resolve_iters(c.resume_iters, c.model_save_dir, '--resume_iters')
+            self.restore_model(start_iters)
+        if c.use_tensorboard:
+            from logger import Logger
+            self.logger = Logger(c.log_dir)
+        from logger import JsonlLogger
+        stats = JsonlLogger(os.path.join(c.log_dir, 'stats.jsonl'))
+        with open(os.path.join(c.model_save_dir, 'run_config.json'), 'w') as f:
+            json.dump(run_metadata(c), f, indent=1)
+
+        print(f'G: {count_parameters(self.G):,} parameters; D: {count_parameters(self.D):,}; '
+              f'{len(loader.dataset)} pairs an epoch; device {self.device}')
+        print('Start training...')
+        start_time = time.time()
+        bar = tqdm(range(start_iters, c.num_iters), initial=start_iters, total=c.num_iters,
+                   dynamic_ncols=True, mininterval=1.0, file=sys.stdout)
+        loss = {}
+        for i in bar:
+            # =================================================================================== #
+            #                             1. Preprocess input data                                #
+            # =================================================================================== #
+            try:
+                x_A, x_B = next(data_iter)
+            except StopIteration:  # the epoch is over: reshuffle
+                data_iter = iter(loader)
+                x_A, x_B = next(data_iter)
+            x_A = x_A.to(self.device, non_blocking=True)  # mixed (unannotated)
+            x_B = x_B.to(self.device, non_blocking=True)  # healthy
+
+            # The original restarts at lr0 on resume; computing the rate from i keeps a resumed
+            # run on the schedule it would have followed.
+            g_lr = learning_rate(i, c.g_lr, c.num_iters, c.num_iters_decay, c.lr_update_step,
+                                 c.lr_schedule)
+            d_lr = learning_rate(i, c.d_lr, c.num_iters, c.num_iters_decay, c.lr_update_step,
+                                 c.lr_schedule)
+            self.set_lr(g_lr, d_lr)
+
+            # =================================================================================== #
+            #                             2. Train the discriminator                              #
+            # =================================================================================== #
+            loss.update(self.d_step(x_A, x_B))
+
+            # =================================================================================== #
+            #                               3. Train the generator                                #
+            # =================================================================================== #
+            if (i + 1) % c.n_critic == 0:
+                loss.update(self.g_step(x_A, x_B))
+
+            # =================================================================================== #
+            #                                 4. Miscellaneous                                    #
+            # =================================================================================== #
+            # Loss values are fetched from the device only here, so the loop does not wait on it.
+            if (i + 1) % c.log_step == 0:
+                values = {tag: float(v) for tag, v in loss.items()}
+                bar.set_postfix({k.replace('/loss', ''): f'{values[k]:.3f}' for k in
+                                 ('D/loss_real', 'D/loss_fake', 'D/loss_gp', 'G/loss_fake',
+                                  'G/loss_id', 'G/loss_rec', 'G/loss_mask') if k in values},
+                                refresh=False)
+                stats.write({'iter': i + 1, 'time': round(time.time() - start_time, 3),
+                             'g_lr': g_lr, 'd_lr': d_lr, **values})
+                if self.logger:
+                    for tag, value in values.items():
+                        self.logger.scalar_summary(tag, value, i + 1)
+
+            if (i + 1) % c.sample_step == 0:
+                with torch.no_grad():
+                    grid = translation_grid(self.G, x_fixed_A, x_fixed_B)
+                path = os.path.join(c.sample_dir, f'{i + 1}-images.jpg')
+                save_image(denorm(grid.cpu()), path, nrow=1, padding=0)
+                elapsed = str(datetime.timedelta(seconds=int(time.time() - start_time)))
+                log = f'Elapsed [{elapsed}], Iteration [{i + 1}/{c.num_iters}]'
+                log += ''.join(f', {tag}: {float(v):.4f}' for tag, v in loss.items())
+                tqdm.write(log + f'\nSaved real and fake images into {path}...', file=sys.stdout)
+
+            if (i + 1) % c.model_save_step == 0:
+                self.save_model(i + 1)
+                tqdm.write(f'Saved model checkpoints into {c.model_save_dir}...', file=sys.stdout)
+        bar.close()
+
+        # Unlike the original, always keep the final weights, even when num_iters is not a
+        # multiple of model_save_step.
+        if c.num_iters > start_iters and c.num_iters % c.model_save_step != 0:
+            self.save_model(c.num_iters)
+            print(f'Saved final model checkpoints ({c.num_iters}) into {c.model_save_dir}...')
+        if self.logger:
+            self.logger.close()
+        print(f'Training finished in {time.time() - start_time:.1f} s.')
+
+    # ------------------------------------------------------------------------------------------ #
+    #                                          Testing                                             #
+    # ------------------------------------------------------------------------------------------ #
+
+    @torch.no_grad()
+    def translate(self, x):
+        """x_hat, x_raw, mask for a test batch.
+
+        Faithful to the original, G stays in training mode: InstanceNorm normalises every image
+        with its own statistics and the running statistics stored in the checkpoint are never
+        used (calling eval() would change the released model's scores).
+        """
+        self.G.train()
+        return generate(self.G, x)
+
+    def load_for_test(self):
+        """Resolve --test_iters and load G (D is not needed to test)."""
+        c = self.config
+        iters = resolve_iters(c.test_iters, c.model_save_dir, '--test_iters')
+        self.restore_model(iters, load_D=False)
+        return iters
+
+    def test(self):
+        """Write translation grids (input, raw, blended, mask for a mixed and a healthy image)."""
+        c = self.config
+        iters = self.load_for_test()
+        os.makedirs(c.result_dir, exist_ok=True)
+        loader = data_loader.get_loader(c, 'test', self.split)
+        for k, (x_A, x_B) in enumerate(tqdm(loader, desc='test', file=sys.stdout)):
+            self.G.train()
+            with torch.no_grad():
+                grid = translation_grid(self.G, x_A.to(self.device), x_B.to(self.device))
+            path = os.path.join(c.result_dir, f'{iters}-{k + 1}-images.jpg')
+            save_image(denorm(grid.cpu()), path, nrow=1, padding=0)
+        print(f'Saved translated images into {c.result_dir}...')
+
+    def test_auc(self):
+        """Score every test image, report AUROC, sensitivity and specificity; write the files."""
+        c = self.config
+        iters = self.load_for_test()
+        os.makedirs(c.result_dir, exist_ok=True)
+        loader = data_loader.get_loader(c, 'testAUC', self.split)
+        dataset = loader.dataset
+        scores = [0.0] * len(dataset)
+        for x, _, index in tqdm(loader, desc='testAUC', file=sys.stdout):
+            x = x.to(self.device)
+            x_hat, _, _ = self.translate(x)
+            for k, s in zip(index.tolist(), metrics.to_numpy(metrics.anomaly_score(x, x_hat))):
+                scores[k] = float(s)
+        result = metrics.image_metrics(dataset.labels, scores)
+        result.update({'checkpoint': os.path.join(c.model_save_dir, f'{iters}-G.ckpt'),
+                       'iteration': iters, 'score': 'mean |x - x_hat| / 2 (original)',
+                       'image_size': c.image_size})
+        with open(os.path.join(c.result_dir, 'metrics.json'), 'w') as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(c.result_dir, 'scores.csv'), 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['path', 'gt_label', 'pred_score'])
+            for path, label, score in zip(dataset.paths, dataset.labels, scores):
+                w.writerow([path, label, f'{score:.8f}'])
+        print(f"AUC: {result['image_AUROC']:.4f}  sensitivity: {result['sensitivity']:.4f}  "
+              f"specificity: {result['specificity']:.4f}  (threshold {result['threshold']:.6f}, "
+              f"{result['threshold_source']}; {result['n_normal']} normal, "
+              f"{result['n_anomalous']} anomalous)")
+        print(f'Saved metrics.json and scores.csv into {c.result_dir}')
+        return result
+
+    testAUC = test_auc  # the original's name for the mode

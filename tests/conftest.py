@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny image datasets written to disk, and the tiny model flags."""
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
+
+
+def shared_path(*parts):
+    """A path under ../shared, or skip the test (a user's clone has no ../shared)."""
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f'{path} is absent: ../shared exists only in the development workspace')
+    return path
+
+
+def write_image(path, rng, size=(40, 44), bright=0):
+    """A random grayscale PNG with an optional bright square (an 'anomaly')."""
+    arr = rng.integers(60, 140, size=size[::-1], dtype=np.uint8)
+    if bright:
+        arr[15:25, 12:22] = np.clip(arr[15:25, 12:22].astype(int) + bright, 0, 255)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+@pytest.fixture
+def folder_dataset(tmp_path):
+    """healthy/ mixed/ test/normal/ test/anomalous/ with a few 40x44 images each."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / 'data'
+    for sub, n, bright in [('healthy', 6, 0), ('mixed', 6, 0), ('test/normal', 4, 0),
+                           ('test/anomalous', 4, 100)]:
+        for k in range(n):
+            write_image(str(root / sub / f'img_{k}.png'), rng, bright=bright)
+    return root
+
+
+@pytest.fixture
+def covid_dataset(tmp_path):
+    """The original's list-based layout: pickled lists in lists/, images in images/train|test."""
+    rng = np.random.default_rng(1)
+    lists = {'train_neg': [f'neg_{k}.png' for k in range(5)],
+             'train_pos': [f'pos_{k}.jpg' for k in range(2)],
+             'train_neg_mixed': [f'negm_{k}.png' for k in range(3)],
+             'test_neg': [f'tneg_{k}.png' for k in range(3)],
+             'test_pos': [f'tpos_{k}.jpg' for k in range(3)]}
+    os.makedirs(tmp_path / 'lists')
+    for name, files in lists.items():
+        with open(tmp_path / 'lists' / f'{name}.pickle', 'wb') as f:
+            pickle.dump(files, f)
+        sub = 'test' if name.startswith('test') else 'train'
+        for fname in files:
+            write_image(str(tmp_path / 'images' / sub / fname), rng,
+                        bright=100 if name == 'test_pos' else 0)
+    return tmp_path
+
+
+def tiny_args(tmp_path, image_dir, *extra, dataset='Folder'):
+    """argv for a tiny model (32 px, a few channels) writing everything under tmp_path."""
+    return ['--dataset', dataset, '--image_dir', str(image_dir),
+            '--image_size', '32', '--g_conv_dim', '4', '--d_conv_dim', '4',
+            '--g_repeat_num', '1', '--d_repeat_num', '3', '--batch_size', '2',
+            '--num_workers', '0', '--seed', '0',
+            '--log_dir', str(tmp_path / 'run' / 'logs'),
+            '--model_save_dir', str(tmp_path / 'run' / 'models'),
+            '--sample_dir', str(tmp_path / 'run' / 'samples'),
+            '--result_dir', str(tmp_path / 'run' / 'results'), *extra]
