@@ -1,0 +1,71 @@
+"""The shell scripts users run, with tiny settings from the environment."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from conftest import ROOT
+from model import Generator
+
+pytestmark = pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
+
+TINY = {'IMAGE_SIZE': '32', 'G_CONV_DIM': '4', 'D_CONV_DIM': '4', 'G_REPEAT_NUM': '1',
+        'D_REPEAT_NUM': '3', 'BATCH_SIZE': '2', 'NUM_WORKERS': '0', 'DEVICE': 'cpu'}
+
+
+def run_script(name, env, *args):
+    full_env = {**os.environ, **env}
+    return subprocess.run(['bash', os.path.join(ROOT, name), *args], env=full_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_train_then_test_covid_scripts(tmp_path, covid_dataset):
+    env = {**TINY, 'IMAGE_DIR': str(covid_dataset / 'images'),
+           'LIST_DIR': str(covid_dataset / 'lists'), 'OUT': str(tmp_path / 'out')}
+    r = run_script('train_covid.sh', {**env, 'NUM_ITERS': '3', 'MODEL_SAVE_STEP': '2'},
+                   '--use_tensorboard', 'false')
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path / 'out' / 'models'))[:2] == ['2-D.ckpt', '2-G.ckpt']
+    # test_covid.sh takes the checkpoint training wrote last (3, the final one), not a fixed 100
+    r = run_script('test_covid.sh', env)
+    assert r.returncode == 0, r.stderr
+    metrics = json.load(open(tmp_path / 'out' / 'results' / 'metrics.json'))
+    assert metrics['iteration'] == 3 and metrics['n_normal'] == 3
+
+
+def test_pretrained_script_explains_a_missing_checkpoint(tmp_path):
+    r = run_script('test_covid_pretrained.sh', {'PRETRAINED_DIR': str(tmp_path / 'none')})
+    assert r.returncode == 1
+    assert '360000-G.ckpt not found' in r.stderr and 'pretrained/README.md' in r.stderr
+
+
+def test_pretrained_script_scores_with_a_released_style_checkpoint(tmp_path, covid_dataset):
+    # A checkpoint in the released format: torch.save(G.state_dict()) of the default generator.
+    os.makedirs(tmp_path / 'pre')
+    torch.manual_seed(0)
+    torch.save(Generator().state_dict(), tmp_path / 'pre' / '360000-G.ckpt')
+    r = run_script('test_covid_pretrained.sh',
+                   {'PRETRAINED_DIR': str(tmp_path / 'pre'), 'IMAGE_SIZE': '32',
+                    'IMAGE_DIR': str(covid_dataset / 'images'),
+                    'LIST_DIR': str(covid_dataset / 'lists'),
+                    'RESULT_DIR': str(tmp_path / 'res'), 'NUM_WORKERS': '0', 'DEVICE': 'cpu'},
+                   '--d_repeat_num', '3')
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(tmp_path / 'res' / 'metrics.json'))['iteration'] == 360000
+
+
+def test_demo_script_end_to_end_tiny(tmp_path):
+    env = {**TINY, 'DATA': str(tmp_path / 'syn'), 'OUT': str(tmp_path / 'demo'),
+           'DATA_SIZE': '64', 'N_HEALTHY': '6', 'N_MIXED': '6', 'N_TEST': '3',
+           'NUM_ITERS': '2', 'MODEL_SAVE_STEP': '2', 'SAMPLE_STEP': '2'}
+    r = run_script('demo.sh', env)
+    assert r.returncode == 0, r.stderr
+    assert 'AUC:' in r.stdout and 'Outputs:' in r.stdout
+    assert os.path.exists(tmp_path / 'demo' / 'results' / 'scores.csv')
+    # a second run re-tests the finished run instead of training it again from scratch
+    r = run_script('demo.sh', env)
+    assert r.returncode == 0, r.stderr
+    assert 'Loading the trained models from step 2' in r.stdout
