@@ -122,15 +122,14 @@ def crop_radiograph(img):
     return img.crop((left, upper, left + side, upper + side))
 
 
-def build_transform(image_size, train):
-    """The original's preprocessing: crop, (random flip), resize, to [-1, 1]."""
-    steps = [T.Lambda(crop_radiograph)]
-    if train:
-        steps.append(T.RandomHorizontalFlip())
-    steps += [T.Resize(image_size, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-              T.ToTensor(),
-              T.Normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))]
-    return T.Compose(steps)
+def build_transform(image_size):
+    """The original's preprocessing: crop, resize, to [-1, 1] (flips are drawn per item)."""
+    return T.Compose([
+        T.Lambda(crop_radiograph),
+        T.Resize(image_size, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+        T.ToTensor(),
+        T.Normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    ])
 
 
 def load_image(path):
@@ -152,18 +151,56 @@ def load_image(path):
 
 
 class PairDataset(data.Dataset):
-    """Item k is (mixed[k % |A|], healthy[k % |B|]); length |A| + |B|, as in the original."""
+    """Item k is (mixed[k % |A|], healthy[k % |B|]); length |A| + |B|, as in the original.
 
-    def __init__(self, mixed, healthy, transform):
+    An index i >= len (from EpochSampler: epoch * len + k) names pair k; with flip=True each
+    image is flipped horizontally with probability 1/2, drawn from (seed, i) rather than from a
+    global generator, so the data stream is the same with any number of workers and after a
+    resume (the original drew flips from each worker's global RNG).
+    """
+
+    def __init__(self, mixed, healthy, transform, flip=False, seed=0):
         self.mixed, self.healthy, self.transform = list(mixed), list(healthy), transform
+        self.flip, self.seed = flip, seed
 
     def __len__(self):
         return len(self.mixed) + len(self.healthy)
 
-    def __getitem__(self, k):
+    def __getitem__(self, i):
+        k = i % len(self)
         x_A = self.transform(load_image(self.mixed[k % len(self.mixed)]))
         x_B = self.transform(load_image(self.healthy[k % len(self.healthy)]))
+        if self.flip:
+            flip_A, flip_B = np.random.default_rng([self.seed, i]).random(2) < 0.5
+            x_A = x_A.flip(-1) if flip_A else x_A
+            x_B = x_B.flip(-1) if flip_B else x_B
         return x_A, x_B
+
+
+class EpochSampler(data.Sampler):
+    """A seeded permutation per epoch (the original reshuffles every epoch), resumable mid-epoch.
+
+    Yields epoch * n + k so that the dataset can draw per-item flips from the index.
+    """
+
+    def __init__(self, n, seed, shuffle=True):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def order(self, epoch):
+        """The pair indices of one epoch, in order."""
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):
+        base = self.epoch * self.n
+        return iter([base + k for k in self.order(self.epoch)[self.start:]])
+
+    def __len__(self):
+        return self.n - self.start
 
 
 class LabelledDataset(data.Dataset):
@@ -179,33 +216,31 @@ class LabelledDataset(data.Dataset):
         return self.transform(load_image(self.paths[k])), self.labels[k], k
 
 
-def _seed_worker(worker_id):
-    """Seed numpy/random in each worker from torch's per-worker seed (reproducible flips)."""
-    import random
-    seed = torch.initial_seed() % 2 ** 32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def get_loader(config, mode, split=None):
-    """Build the DataLoader for a mode: 'train' / 'test' give pairs, 'testAUC' labelled images."""
+    """Build the DataLoader for a mode: 'train' / 'test' give pairs, 'testAUC' labelled images.
+
+    For 'train' the loader's sampler is an EpochSampler (loader.sampler), whose epoch and start
+    the training loop sets to resume exactly where a run stopped.
+    """
     split = split or resolve_split(config)
-    generator = torch.Generator()
-    generator.manual_seed(config.seed)
+    transform = build_transform(config.image_size)
     if mode == 'testAUC':
         paths = split['test_normal'] + split['test_anomalous']
         labels = [0] * len(split['test_normal']) + [1] * len(split['test_anomalous'])
         check_files_exist(paths, 'test')
-        dataset = LabelledDataset(paths, labels, build_transform(config.image_size, train=False))
-        shuffle = False
+        dataset = LabelledDataset(paths, labels, transform)
+        sampler = None
     else:
         check_files_exist(split['mixed'], 'mixed')
         check_files_exist(split['healthy'], 'healthy')
-        dataset = PairDataset(split['mixed'], split['healthy'],
-                              build_transform(config.image_size, train=(mode == 'train')))
-        shuffle = (mode == 'train')
-    return data.DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle,
+        train = mode == 'train'
+        dataset = PairDataset(split['mixed'], split['healthy'], transform, flip=train,
+                              seed=config.seed)
+        sampler = EpochSampler(len(dataset), config.seed, shuffle=train)
+    # A private generator: each iter(loader) draws a worker base seed from it, which would
+    # otherwise shift the global RNG (and the gradient penalty's alphas) on every reshuffle.
+    generator = torch.Generator()
+    generator.manual_seed(config.seed)
+    return data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                            num_workers=config.num_workers, generator=generator,
-                           worker_init_fn=_seed_worker,
-                           persistent_workers=config.num_workers > 0,
                            pin_memory=torch.cuda.is_available())

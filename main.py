@@ -100,6 +100,12 @@ def build_parser():
                         'recorded in run_config.json when not given (added)')
     g.add_argument('--device', type=str, default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
                    help='auto picks cuda, then mps, then cpu (added)')
+    g.add_argument('--deterministic', type=str2bool, default=False,
+                   help='true: deterministic algorithms only (bit-for-bit repeatable CPU runs '
+                        'with --seed), cudnn.benchmark off (added)')
+    g.add_argument('--keep_last_states', type=int, default=0,
+                   help='keep only the newest K <iters>-state.pt files (0: all); the '
+                        'original-format G/D checkpoints are always kept (added)')
 
     g = p.add_argument_group('Directories')
     g.add_argument('--image_dir', type=str, default='datasets/covid')
@@ -132,6 +138,24 @@ def check_architecture(parser, config):
         parser.error('--g_repeat_num must be >= 0')
 
 
+def check_writable(config):
+    """Fail before any work if an output folder cannot be created or written."""
+    from solver import ConfigError
+    flags = {'train': ('model_save_dir', 'sample_dir', 'log_dir'), 'test': ('result_dir',),
+             'testAUC': ('result_dir',)}[config.mode]
+    for flag in flags:
+        path = getattr(config, flag)
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, '.write_test')
+            with open(probe, 'w'):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            raise ConfigError(f'--{flag} {path} is not writable ({e.strerror}); choose another '
+                              f'folder') from None
+
+
 def seed_everything(seed):
     """Seed Python, numpy and torch (CPU and all GPUs)."""
     random.seed(seed)
@@ -155,9 +179,13 @@ def main(argv=None):
 
     import data_loader
     from solver import ConfigError, Solver
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = not config.deterministic
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     seed_everything(config.seed)
     try:
+        check_writable(config)
         split = data_loader.resolve_split(config)
         solver = Solver(config, split)
         if config.mode == 'train':

@@ -1,12 +1,15 @@
 """Solver: builds G and D, trains them (WGAN-GP + identity, reconstruction and mask terms) and
 tests them (translation grids, anomaly scores and AUROC)."""
+import contextlib
 import csv
 import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -24,6 +27,45 @@ class ConfigError(RuntimeError):
 
 class CheckpointError(ConfigError):
     """A checkpoint is missing or does not fit the model: the message says what to do."""
+
+
+class NonFiniteLossError(ConfigError):
+    """A loss became NaN or infinite: training stops before anything non-finite is saved."""
+
+
+def nonfinite_terms(loss):
+    """Names of the loss terms that are NaN or infinite (one device sync)."""
+    names = list(loss)
+    if not names:
+        return []
+    finite = torch.stack([torch.isfinite(loss[k]).all() for k in names]).tolist()
+    return [k for k, ok in zip(names, finite) if not ok]
+
+
+class StopFlag:
+    """Records SIGINT/SIGTERM instead of dying mid-step, so the loop can save and exit."""
+
+    def __init__(self):
+        self.signal = None
+
+    def _handler(self, signum, frame):
+        if self.signal is not None:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f'\n{signal.Signals(signum).name} received: saving at the end of this iteration '
+              f'(send it again to stop at once)...', file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def catching(self, *signums):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        previous = {s: signal.signal(s, self._handler) for s in signums}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -178,6 +220,14 @@ def available_iters(model_save_dir):
     return sorted(iters)
 
 
+def available_states(model_save_dir):
+    """Sorted iteration numbers N for which <N>-state.pt exists."""
+    if not os.path.isdir(model_save_dir):
+        return []
+    return sorted(int(n[:-len('-state.pt')]) for n in os.listdir(model_save_dir)
+                  if n.endswith('-state.pt') and n[:-len('-state.pt')].isdigit())
+
+
 def resolve_iters(value, model_save_dir, flag):
     """An iteration number, or 'latest' (the highest checkpoint in model_save_dir)."""
     found = available_iters(model_save_dir)
@@ -190,6 +240,20 @@ def resolve_iters(value, model_save_dir, flag):
         raise CheckpointError(f'{flag} {value}: {os.path.join(model_save_dir, f"{value}-G.ckpt")} '
                               f'does not exist. Checkpoints in {model_save_dir}: {listing}')
     return int(value)
+
+
+def architecture_of(state, name):
+    """The architecture flags a G or D state dict was built with: {'--g_conv_dim': 64, ...}."""
+    p = 'g' if name == 'Generator' else 'd'
+    if 'main.0.weight' not in state:
+        return {}
+    if p == 'g':
+        blocks = {k.split('.')[1] for k in state if k.endswith('.main.0.weight')}
+    else:
+        blocks = {k.split('.')[1] for k in state
+                  if k.startswith('main.') and k.endswith('.weight')}
+    return {f'--{p}_conv_dim': int(state['main.0.weight'].shape[0]),
+            f'--{p}_repeat_num': len(blocks)}
 
 
 def load_state_dict_checked(model, path, name):
@@ -213,10 +277,13 @@ def load_state_dict_checked(model, path, name):
             f'missing keys {missing[:3]}' if missing else '',
             f'unexpected keys {extra[:3]}' if extra else '',
             f'shape mismatch {shapes[:2]}' if shapes else '']))
-        raise CheckpointError(f'{path} does not fit the {name} built from the flags '
-                              f'({detail or e}). Use the architecture flags the checkpoint was '
-                              f'trained with (--image_size, --{name[0].lower()}_conv_dim, '
-                              f'--{name[0].lower()}_repeat_num).') from None
+        theirs, ours = architecture_of(state, name), architecture_of(own, name)
+        differ = [f'{flag} {theirs[flag]} (this run: {ours[flag]})' for flag in ours
+                  if flag in theirs and theirs[flag] != ours[flag]]
+        hint = ('The checkpoint was built with ' + ', '.join(differ) + '.') if differ else \
+            'Use the architecture flags the checkpoint was trained with.'
+        raise CheckpointError(f'{path} does not fit the {name} built from the flags: {hint} '
+                              f'({detail or e})') from None
 
 
 def run_metadata(config):
@@ -232,8 +299,8 @@ def run_metadata(config):
     return {
         'config': vars(config),
         'git_commit': commit,
-        'versions': {'python': platform.python_version(), 'torch': torch.__version__,
-                     'torchvision': torchvision.__version__, 'numpy': numpy.__version__},
+        'versions': {'python': platform.python_version(), 'torch': str(torch.__version__),
+                     'torchvision': str(torchvision.__version__), 'numpy': str(numpy.__version__)},
         'command': ' '.join(sys.argv),
         'started': datetime.datetime.now().isoformat(timespec='seconds'),
     }
@@ -339,19 +406,72 @@ class Solver:
                  'Mask/OO_small': small_B, 'Mask/OO_zo': zo_B}
         return {tag: t.detach() for tag, t in terms.items()}
 
+    def save_training_state(self, iters, sampler, batches_done):
+        """<iters>-state.pt: both optimizers, RNG states and the data position, for exact resume.
+
+        Written beside the original-format <iters>-G/D.ckpt (which it does not replace); the
+        original saved no optimizer state, so its resumed runs were not the run they continued.
+        """
+        c = self.config
+        state = {
+            'iteration': iters,
+            'g_optimizer': self.g_optimizer.state_dict(),
+            'd_optimizer': self.d_optimizer.state_dict(),
+            'rng_torch': torch.get_rng_state(),
+            'rng_cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            'data_epoch': sampler.epoch, 'data_batches_done': batches_done,
+            'metadata': run_metadata(c),
+        }
+        save_atomic(state, os.path.join(c.model_save_dir, f'{iters}-state.pt'))
+        if c.keep_last_states > 0:  # bound the disk use of long runs
+            for old in available_states(c.model_save_dir)[:-c.keep_last_states]:
+                os.remove(os.path.join(c.model_save_dir, f'{old}-state.pt'))
+
+    def load_training_state(self, iters):
+        """Restore optimizers, RNG and data position from <iters>-state.pt, if it exists."""
+        path = os.path.join(self.config.model_save_dir, f'{iters}-state.pt')
+        if not os.path.exists(path):
+            print(f'warning: {path} not found: resuming from the weights only (optimizer '
+                  f'state and data order start afresh, as in the original)')
+            return None
+        try:
+            state = torch.load(path, map_location='cpu', weights_only=True)
+            self.g_optimizer.load_state_dict(state['g_optimizer'])
+            self.d_optimizer.load_state_dict(state['d_optimizer'])
+        except Exception as e:
+            raise CheckpointError(f'cannot use training state {path}: {e}') from None
+        torch.set_rng_state(state['rng_torch'])
+        if state['rng_cuda'] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state['rng_cuda'])
+        return state
+
+    def save_checkpoint(self, iters, sampler, batches_done):
+        """G/D in the original format, then the training state."""
+        self.save_model(iters)
+        self.save_training_state(iters, sampler, batches_done)
+
     def train(self):
         """Train HealthyGAN on (mixed, healthy) pairs."""
         c = self.config
         for d in (c.model_save_dir, c.sample_dir, c.log_dir):
             os.makedirs(d, exist_ok=True)
         loader = data_loader.get_loader(c, 'train', self.split)
-        data_iter = iter(loader)
-        x_fixed_A, x_fixed_B = (t.to(self.device) for t in next(data_iter))
+        sampler = loader.sampler
+        # Fixed samples for the grids: the first batch of the first epoch.
+        fixed = [loader.dataset[k] for k in sampler.order(0)[:c.batch_size]]
+        x_fixed_A = torch.stack([a for a, _ in fixed]).to(self.device)
+        x_fixed_B = torch.stack([b for _, b in fixed]).to(self.device)
 
-        start_iters = 0
+        start_iters, batches_done = 0, 0
         if c.resume_iters is not None:
             start_iters = resolve_iters(c.resume_iters, c.model_save_dir, '--resume_iters')
             self.restore_model(start_iters)
+            state = self.load_training_state(start_iters)
+            if state is not None:
+                sampler.epoch, batches_done = state['data_epoch'], state['data_batches_done']
+        sampler.start = batches_done * c.batch_size
+        data_iter = iter(loader)
+
         if c.use_tensorboard:
             from logger import Logger
             self.logger = Logger(c.log_dir)
@@ -364,79 +484,121 @@ class Solver:
               f'{len(loader.dataset)} pairs an epoch; device {self.device}')
         print('Start training...')
         start_time = time.time()
+        stop = StopFlag()
         bar = tqdm(range(start_iters, c.num_iters), initial=start_iters, total=c.num_iters,
                    dynamic_ncols=True, mininterval=1.0, file=sys.stdout)
-        loss = {}
-        for i in bar:
-            # =================================================================================== #
-            #                             1. Preprocess input data                                #
-            # =================================================================================== #
-            try:
-                x_A, x_B = next(data_iter)
-            except StopIteration:  # the epoch is over: reshuffle
-                data_iter = iter(loader)
-                x_A, x_B = next(data_iter)
-            x_A = x_A.to(self.device, non_blocking=True)  # mixed (unannotated)
-            x_B = x_B.to(self.device, non_blocking=True)  # healthy
+        loss, last_saved = {}, start_iters
+        with stop.catching(signal.SIGINT, signal.SIGTERM):
+            for i in bar:
+                # =============================================================================== #
+                #                           1. Preprocess input data                              #
+                # =============================================================================== #
+                try:
+                    x_A, x_B = next(data_iter)
+                except StopIteration:  # the epoch is over: reshuffle
+                    sampler.epoch, sampler.start, batches_done = sampler.epoch + 1, 0, 0
+                    data_iter = iter(loader)
+                    x_A, x_B = next(data_iter)
+                batches_done += 1
+                x_A = x_A.to(self.device, non_blocking=True)  # mixed (unannotated)
+                x_B = x_B.to(self.device, non_blocking=True)  # healthy
 
-            # The original restarts at lr0 on resume; computing the rate from i keeps a resumed
-            # run on the schedule it would have followed.
-            g_lr = learning_rate(i, c.g_lr, c.num_iters, c.num_iters_decay, c.lr_update_step,
-                                 c.lr_schedule)
-            d_lr = learning_rate(i, c.d_lr, c.num_iters, c.num_iters_decay, c.lr_update_step,
-                                 c.lr_schedule)
-            self.set_lr(g_lr, d_lr)
+                # The original restarts at lr0 on resume; computing the rate from i keeps a
+                # resumed run on the schedule it would have followed.
+                g_lr = learning_rate(i, c.g_lr, c.num_iters, c.num_iters_decay,
+                                     c.lr_update_step, c.lr_schedule)
+                d_lr = learning_rate(i, c.d_lr, c.num_iters, c.num_iters_decay,
+                                     c.lr_update_step, c.lr_schedule)
+                self.set_lr(g_lr, d_lr)
 
-            # =================================================================================== #
-            #                             2. Train the discriminator                              #
-            # =================================================================================== #
-            loss.update(self.d_step(x_A, x_B))
+                # =============================================================================== #
+                #                           2. Train the discriminator                            #
+                # =============================================================================== #
+                step_loss = self.d_step(x_A, x_B)
 
-            # =================================================================================== #
-            #                               3. Train the generator                                #
-            # =================================================================================== #
-            if (i + 1) % c.n_critic == 0:
-                loss.update(self.g_step(x_A, x_B))
+                # =============================================================================== #
+                #                             3. Train the generator                              #
+                # =============================================================================== #
+                if (i + 1) % c.n_critic == 0:
+                    step_loss.update(self.g_step(x_A, x_B))
 
-            # =================================================================================== #
-            #                                 4. Miscellaneous                                    #
-            # =================================================================================== #
-            # Loss values are fetched from the device only here, so the loop does not wait on it.
-            if (i + 1) % c.log_step == 0:
-                values = {tag: float(v) for tag, v in loss.items()}
-                bar.set_postfix({k.replace('/loss', ''): f'{values[k]:.3f}' for k in
-                                 ('D/loss_real', 'D/loss_fake', 'D/loss_gp', 'G/loss_fake',
-                                  'G/loss_id', 'G/loss_rec', 'G/loss_mask') if k in values},
-                                refresh=False)
-                stats.write({'iter': i + 1, 'time': round(time.time() - start_time, 3),
-                             'g_lr': g_lr, 'd_lr': d_lr, **values})
-                if self.logger:
-                    for tag, value in values.items():
-                        self.logger.scalar_summary(tag, value, i + 1)
+                # =============================================================================== #
+                #                               4. Miscellaneous                                  #
+                # =============================================================================== #
+                # Non-finite losses are checked (one device sync) only where something is about
+                # to be logged or written, so no NaN reaches a file and the loop does not wait.
+                if (i + 1) % c.log_step == 0 or (i + 1) % c.sample_step == 0 \
+                        or (i + 1) % c.model_save_step == 0:
+                    bad = nonfinite_terms(step_loss) + self.nonfinite_weights()
+                    if bad:
+                        raise NonFiniteLossError(
+                            f'non-finite {", ".join(bad)} at iteration {i + 1} (first seen within '
+                            f'the last {c.log_step} iterations). Nothing was saved after it; the '
+                            f'last good checkpoint is iteration {last_saved} in '
+                            f'{c.model_save_dir}. Try lower learning rates (--g_lr, --d_lr).')
+                loss.update(step_loss)
 
-            if (i + 1) % c.sample_step == 0:
-                with torch.no_grad():
-                    grid = translation_grid(self.G, x_fixed_A, x_fixed_B)
-                path = os.path.join(c.sample_dir, f'{i + 1}-images.jpg')
-                save_image(denorm(grid.cpu()), path, nrow=1, padding=0)
-                elapsed = str(datetime.timedelta(seconds=int(time.time() - start_time)))
-                log = f'Elapsed [{elapsed}], Iteration [{i + 1}/{c.num_iters}]'
-                log += ''.join(f', {tag}: {float(v):.4f}' for tag, v in loss.items())
-                tqdm.write(log + f'\nSaved real and fake images into {path}...', file=sys.stdout)
+                # Loss values are fetched from the device only here, so the loop does not wait.
+                if (i + 1) % c.log_step == 0:
+                    values = {tag: float(v) for tag, v in loss.items()}
+                    bar.set_postfix({k.replace('/loss', ''): f'{values[k]:.3f}' for k in
+                                     ('D/loss_real', 'D/loss_fake', 'D/loss_gp', 'G/loss_fake',
+                                      'G/loss_id', 'G/loss_rec', 'G/loss_mask') if k in values},
+                                    refresh=False)
+                    stats.write({'iter': i + 1, 'time': round(time.time() - start_time, 3),
+                                 'g_lr': g_lr, 'd_lr': d_lr, **values})
+                    if self.logger:
+                        for tag, value in values.items():
+                            self.logger.scalar_summary(tag, value, i + 1)
 
-            if (i + 1) % c.model_save_step == 0:
-                self.save_model(i + 1)
-                tqdm.write(f'Saved model checkpoints into {c.model_save_dir}...', file=sys.stdout)
+                if (i + 1) % c.sample_step == 0:
+                    with torch.no_grad():
+                        grid = translation_grid(self.G, x_fixed_A, x_fixed_B)
+                    path = os.path.join(c.sample_dir, f'{i + 1}-images.jpg')
+                    save_image(denorm(grid.cpu()), path, nrow=1, padding=0)
+                    elapsed = str(datetime.timedelta(seconds=int(time.time() - start_time)))
+                    log = f'Elapsed [{elapsed}], Iteration [{i + 1}/{c.num_iters}]'
+                    log += ''.join(f', {tag}: {float(v):.4f}' for tag, v in loss.items())
+                    tqdm.write(log + f'\nSaved real and fake images into {path}...',
+                               file=sys.stdout)
+
+                if (i + 1) % c.model_save_step == 0:
+                    self.save_checkpoint(i + 1, sampler, batches_done)
+                    last_saved = i + 1
+                    tqdm.write(f'Saved model checkpoints into {c.model_save_dir}...',
+                               file=sys.stdout)
+
+                if stop.signal is not None:
+                    # Interrupted: keep the work done so far, then exit.
+                    bar.close()
+                    if nonfinite_terms(step_loss) + self.nonfinite_weights():
+                        raise NonFiniteLossError(f'interrupted at iteration {i + 1} with '
+                                                 f'non-finite losses; nothing saved')
+                    if last_saved != i + 1:
+                        self.save_checkpoint(i + 1, sampler, batches_done)
+                    print(f'\nInterrupted by {signal.Signals(stop.signal).name} at iteration '
+                          f'{i + 1}; saved {i + 1}-G.ckpt, {i + 1}-D.ckpt and {i + 1}-state.pt '
+                          f'in {c.model_save_dir}. Resume with the same flags plus '
+                          f'--resume_iters {i + 1} (or latest).')
+                    raise SystemExit(128 + stop.signal)
         bar.close()
 
         # Unlike the original, always keep the final weights, even when num_iters is not a
         # multiple of model_save_step.
-        if c.num_iters > start_iters and c.num_iters % c.model_save_step != 0:
-            self.save_model(c.num_iters)
+        if c.num_iters > last_saved:
+            self.save_checkpoint(c.num_iters, sampler, batches_done)
             print(f'Saved final model checkpoints ({c.num_iters}) into {c.model_save_dir}...')
         if self.logger:
             self.logger.close()
         print(f'Training finished in {time.time() - start_time:.1f} s.')
+
+    def nonfinite_weights(self):
+        """['G weights'] / ['D weights'] where a parameter is NaN or infinite."""
+        bad = []
+        for name, net in (('G', self.G), ('D', self.D)):
+            if not torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all():
+                bad.append(f'{name} weights')
+        return bad
 
     # ------------------------------------------------------------------------------------------ #
     #                                          Testing                                             #

@@ -71,8 +71,8 @@ def test_train_then_testauc_on_the_folder_layout(tmp_path, folder_dataset):
                        '--sample_step', '3', '--log_step', '2'))
     models = sorted(os.listdir(run / 'models'))
     # every model_save_step, plus the final weights (7 is not a multiple of 3)
-    assert models == ['3-D.ckpt', '3-G.ckpt', '6-D.ckpt', '6-G.ckpt', '7-D.ckpt', '7-G.ckpt',
-                      'run_config.json']
+    assert models == ['3-D.ckpt', '3-G.ckpt', '3-state.pt', '6-D.ckpt', '6-G.ckpt', '6-state.pt',
+                      '7-D.ckpt', '7-G.ckpt', '7-state.pt', 'run_config.json']
     # bare state dicts with the network's keys, loadable with weights_only
     state = torch.load(run / 'models' / '7-G.ckpt', weights_only=True)
     assert 'main.0.weight' in state and 'main.1.running_mean' in state
@@ -138,7 +138,7 @@ def test_checkpoint_from_another_architecture_is_a_clear_error(tmp_path, folder_
                            '--g_conv_dim', '8'))
     err = capsys.readouterr().err
     assert 'does not fit the Generator' in err and 'shape mismatch' in err
-    assert '--g_conv_dim' in err
+    assert '--g_conv_dim 4 (this run: 8)' in err
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path, folder_dataset, capsys):

@@ -24,7 +24,7 @@ def test_crop_radiograph_cuts_the_top_8_percent_then_centres_a_square():
 
 def test_transform_outputs_three_equal_channels_in_minus_one_one():
     img = Image.fromarray(np.full((50, 40), 255, np.uint8)).convert('RGB')
-    x = dl.build_transform(16, train=False)(img)
+    x = dl.build_transform(16)(img)
     assert x.shape == (3, 16, 16) and torch.allclose(x, torch.ones_like(x))
 
 
@@ -102,5 +102,5 @@ def test_folder_layout_of_the_real_nih_mini_set():
     split = dl.resolve_split(C)
     assert {k: len(v) for k, v in split.items()} == {
         'healthy': 200, 'mixed': 200, 'test_normal': 50, 'test_anomalous': 50}
-    x = dl.build_transform(64, train=True)(dl.load_image(split['mixed'][0]))
+    x = dl.build_transform(64)(dl.load_image(split['mixed'][0]))
     assert x.shape == (3, 64, 64) and -1 <= x.min() and x.max() <= 1
