@@ -96,6 +96,10 @@ def resolve_split(config):
         }
     else:
         raise DataError(f'unknown --dataset {config.dataset}')
+    empty = [name for name, paths in split.items() if not paths]
+    if empty:
+        raise DataError(f'--dataset {config.dataset} under {config.image_dir}: the '
+                        f'{" and ".join(empty)} set is empty; every set needs images')
     return split
 
 

@@ -3,7 +3,6 @@
 Layer order, names and shapes follow the original implementation exactly, so that its released
 checkpoints (e.g. ``360000-G.ckpt``) load with ``strict=True``.
 """
-import torch
 import torch.nn as nn
 
 

@@ -139,8 +139,9 @@ def mask_zero_one_loss(mask, center=0.5, epsilon=0.01):
 
 
 def mask_loss(mask, lambda_msmall, lambda_mzerone):
-    """Weighted sum of the two mask terms for one path."""
-    return lambda_msmall * mask_small_loss(mask) + lambda_mzerone * mask_zero_one_loss(mask)
+    """Weighted sum of the two mask terms for one path; returns (loss, small term, 0-1 term)."""
+    small, zero_one = mask_small_loss(mask), mask_zero_one_loss(mask)
+    return lambda_msmall * small + lambda_mzerone * zero_one, small, zero_one
 
 
 def learning_rate(i, lr0, num_iters, num_iters_decay, lr_update_step, schedule='original'):
@@ -386,10 +387,9 @@ class Solver:
         g_loss_fake_id = g_adv_loss(self.D(blend(x_B, x_raw_B, mask_B))[1])
         g_loss_id = identity_loss(x_B, x_raw_B)
         # Mask terms, the two paths averaged.
-        small_A, zo_A = mask_small_loss(mask_A), mask_zero_one_loss(mask_A)
-        small_B, zo_B = mask_small_loss(mask_B), mask_zero_one_loss(mask_B)
-        g_loss_mask = 0.5 * (c.lambda_msmall * small_A + c.lambda_mzerone * zo_A) \
-            + 0.5 * (c.lambda_msmall * small_B + c.lambda_mzerone * zo_B)
+        mask_loss_A, small_A, zo_A = mask_loss(mask_A, c.lambda_msmall, c.lambda_mzerone)
+        mask_loss_B, small_B, zo_B = mask_loss(mask_B, c.lambda_msmall, c.lambda_mzerone)
+        g_loss_mask = 0.5 * mask_loss_A + 0.5 * mask_loss_B
         g_loss = (g_loss_fake + g_loss_fake_id + c.lambda_id * g_loss_id
                   + c.lambda_rec * g_loss_rec + c.lambda_mask * g_loss_mask)
 

@@ -199,3 +199,21 @@ def test_covid_refuses_a_pickle_that_would_run_code(tmp_path, covid_dataset, cap
                            '--list_dir', str(covid_dataset / 'lists'), dataset='Covid'))
     assert 'refusing to load' in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_an_empty_split_list_is_a_clear_error(tmp_path, covid_dataset, capsys):
+    with open(covid_dataset / 'lists' / 'train_neg.pickle', 'wb') as f:
+        pickle.dump([], f)
+    with pytest.raises(SystemExit):
+        cli.main(tiny_args(tmp_path, covid_dataset / 'images', '--num_iters', '1',
+                           '--list_dir', str(covid_dataset / 'lists'), dataset='Covid'))
+    assert 'the healthy set is empty' in capsys.readouterr().err
+
+
+def test_an_empty_folder_is_a_clear_error(tmp_path, folder_dataset, capsys):
+    for f in (folder_dataset / 'mixed').iterdir():
+        f.unlink()
+    with pytest.raises(SystemExit):
+        cli.main(tiny_args(tmp_path, folder_dataset, '--num_iters', '1'))
+    err = capsys.readouterr().err
+    assert 'no images' in err and 'mixed' in err

@@ -78,7 +78,9 @@ def test_mask_losses():
     assert solver.mask_zero_one_loss(torch.tensor([0.5])).item() == pytest.approx(expected_half)
     expected = (1 / 0.51 * 2 + 100 * 2) / 4 - 1 / 0.51
     assert solver.mask_zero_one_loss(m).item() == pytest.approx(expected, rel=1e-5)
-    assert solver.mask_loss(m, 2.0, 3.0).item() == pytest.approx(2 * 0.25 + 3 * expected, rel=1e-5)
+    total, small, zero_one = solver.mask_loss(m, 2.0, 3.0)
+    assert total.item() == pytest.approx(2 * 0.25 + 3 * expected, rel=1e-5)
+    assert small.item() == pytest.approx(0.25) and zero_one.item() == pytest.approx(expected)
 
 
 def simulate_original_lr(lr0, num_iters, num_iters_decay, lr_update_step):
