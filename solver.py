@@ -477,7 +477,9 @@ class Solver:
             self.logger = Logger(c.log_dir)
         from logger import JsonlLogger
         stats = JsonlLogger(os.path.join(c.log_dir, 'stats.jsonl'))
-        with open(os.path.join(c.model_save_dir, 'run_config.json'), 'w') as f:
+        # A resumed run keeps the first run's record and adds its own beside it.
+        name = 'run_config.json' if start_iters == 0 else f'run_config-resume{start_iters}.json'
+        with open(os.path.join(c.model_save_dir, name), 'w') as f:
             json.dump(run_metadata(c), f, indent=1)
 
         print(f'G: {count_parameters(self.G):,} parameters; D: {count_parameters(self.D):,}; '

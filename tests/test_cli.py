@@ -120,6 +120,10 @@ def test_resume_continues_from_a_checkpoint(tmp_path, folder_dataset, capsys):
     out = capsys.readouterr().out
     assert 'Loading the trained models from step 4' in out
     assert os.path.exists(tmp_path / 'run' / 'models' / '6-G.ckpt')
+    # the first run's record stays; the resumed run adds its own
+    first = json.load(open(tmp_path / 'run' / 'models' / 'run_config.json'))
+    resumed = json.load(open(tmp_path / 'run' / 'models' / 'run_config-resume4.json'))
+    assert first['config']['resume_iters'] is None and resumed['config']['resume_iters'] == 'latest'
 
 
 def test_test_iters_missing_lists_the_available_checkpoints(tmp_path, folder_dataset, capsys):

@@ -1,0 +1,341 @@
+"""Write the COVIDx split that HealthyGAN trains and tests on, in the project's Folder layout.
+
+    python tools/prepare_covidx.py --train_labels train_COVIDx7B.txt --test_labels test_COVIDx7B.txt \
+        --train_dir COVIDx/train --test_dir COVIDx/test --out datasets/covidx
+    python tools/prepare_covidx.py --lists data/covid --train_dir COVIDx/train \
+        --test_dir COVIDx/test --out datasets/covidx          # the original's exact split
+
+Writes <out>/healthy/, <out>/mixed/, <out>/test/normal/, <out>/test/anomalous/ (symlinks, or
+copies with --copy), <out>/mixed_truth.csv (file,label: the hidden labels of mixed/, for analysis
+only) and <out>/split.json (counts, seed, inputs). Train with --dataset Folder --image_dir <out>.
+Exit code 2 on a data problem (missing images, malformed label line, unsafe pickle), never a
+traceback.
+"""
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+from collections import OrderedDict, namedtuple
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from data_loader import DataError, safe_load_list  # noqa: E402
+
+Record = namedtuple('Record', 'patient filename label source line')
+
+POSITIVE_LABELS = ('positive', 'covid-19')
+LABELS = POSITIVE_LABELS + ('negative', 'normal', 'pneumonia')
+SETS = OrderedDict([('healthy', 'healthy'), ('mixed', 'mixed'),
+                    ('test_normal', os.path.join('test', 'normal')),
+                    ('test_anomalous', os.path.join('test', 'anomalous'))])
+OWNED = ('healthy', 'mixed', 'test', 'mixed_truth.csv', 'split.json')
+LIST_NAMES = ('train_neg', 'train_pos', 'train_neg_mixed', 'test_neg', 'test_pos')
+
+
+# ------------------------------------------------------------------------------------------------ #
+#                                       Pure functions                                             #
+# ------------------------------------------------------------------------------------------------ #
+
+def is_positive(label):
+    """COVID-positive? ('positive' in the B files, 'COVID-19' in the A files; pneumonia is not.)"""
+    return label.lower() in POSITIVE_LABELS
+
+
+def parse_label_file(path):
+    """Records of a COVID-Net label file: `patient_id filename label [source]` a line.
+
+    Patient ids may contain spaces, so the line is parsed from the right. The source is absent
+    on some lines of the A test file. A malformed line raises DataError naming its line number.
+    """
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise DataError(f'cannot read label file {path}: {e.strerror or e}') from None
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        tokens = line.split()
+        if not tokens or tokens[0].startswith('#'):
+            continue
+        if len(tokens) >= 4 and tokens[-2].lower() in LABELS:
+            patient, filename, label, source = ' '.join(tokens[:-3]), tokens[-3], tokens[-2], tokens[-1]
+        elif len(tokens) >= 3 and tokens[-1].lower() in LABELS:
+            patient, filename, label, source = ' '.join(tokens[:-2]), tokens[-2], tokens[-1], ''
+        else:
+            raise DataError(f'{path}:{lineno}: malformed label line {line.strip()!r}; expected '
+                            f'"patient_id filename label source" with label one of '
+                            f'positive/negative/normal/pneumonia/COVID-19')
+        records.append(Record(patient, filename, label, source, lineno))
+    if not records:
+        raise DataError(f'label file {path} holds no records')
+    return records
+
+
+def _dedupe(records, what):
+    """One record per file name; the same file with two different labels is an error."""
+    seen = {}
+    for r in records:
+        old = seen.get(r.filename)
+        if old is not None and is_positive(old.label) != is_positive(r.label):
+            raise DataError(f'{what}: {r.filename} is listed as {old.label} (line {old.line}) and '
+                            f'as {r.label} (line {r.line})')
+        seen.setdefault(r.filename, r)
+    return list(seen.values())
+
+
+def split_covidx(records, mixed_fraction=0.3, seed=0):
+    """Healthy and mixed training sets from training-label records, patient-disjoint.
+
+    Every patient with a COVID-positive image goes to mixed whole; then whole COVID-negative
+    patients, in an order drawn from `seed`, join mixed until it holds
+    round(n_pos * (1 - f) / f) negatives (a patient that would overshoot is passed over);
+    every other patient is healthy. Returns {'healthy': [Record], 'mixed': [Record]}, each sorted
+    by file name.
+    """
+    if not 0 < mixed_fraction < 1:
+        raise DataError(f'--mixed_fraction must lie strictly between 0 and 1, not {mixed_fraction}')
+    records = _dedupe(records, 'training labels')
+    by_patient = OrderedDict()
+    for r in sorted(records, key=lambda r: (r.patient, r.filename)):
+        by_patient.setdefault(r.patient, []).append(r)
+    mixed, healthy = [], []
+    negative_patients = []
+    for patient, recs in by_patient.items():
+        if any(is_positive(r.label) for r in recs):
+            mixed += recs
+        else:
+            negative_patients.append(patient)
+    n_pos = sum(is_positive(r.label) for r in mixed)
+    if n_pos == 0:
+        raise DataError('the training labels hold no COVID-positive image; nothing to mix')
+    need = int(round(n_pos * (1 - mixed_fraction) / mixed_fraction)) - (len(mixed) - n_pos)
+    order = np.random.default_rng(seed).permutation(len(negative_patients))
+    for k in order:
+        recs = by_patient[negative_patients[k]]
+        if 0 < len(recs) <= need:
+            mixed += recs
+            need -= len(recs)
+        else:
+            healthy += recs
+    if need > 0:
+        raise DataError(f'not enough COVID-negative patients to reach a positive fraction of '
+                        f'{mixed_fraction} in mixed ({need} negatives short)')
+    key = lambda r: r.filename  # noqa: E731
+    return {'healthy': sorted(healthy, key=key), 'mixed': sorted(mixed, key=key)}
+
+
+def select_test(records, n_per_class=100, seed=0):
+    """n positive and n negative test records (a seeded choice when there are more)."""
+    records = _dedupe(records, 'test labels')
+    rng = np.random.default_rng([seed, 1])
+    out = {}
+    for name, want_pos in (('test_normal', False), ('test_anomalous', True)):
+        pool = sorted((r for r in records if is_positive(r.label) == want_pos),
+                      key=lambda r: r.filename)
+        if len(pool) > n_per_class:
+            pool = [pool[k] for k in sorted(rng.choice(len(pool), n_per_class, replace=False))]
+        elif len(pool) < n_per_class:
+            print(f'warning: only {len(pool)} {name[5:]} test images (asked for {n_per_class})',
+                  file=sys.stderr)
+        out[name] = pool
+    return out
+
+
+def plan_from_records(train_records, test_records, train_dir, test_dir,
+                      mixed_fraction=0.3, seed=0, n_test_per_class=100):
+    """{set: [(source path, anomalous?)]} for the four sets, from label-file records."""
+    split = split_covidx(train_records, mixed_fraction, seed)
+    split.update(select_test(test_records, n_test_per_class, seed))
+    plan = OrderedDict()
+    for name in SETS:
+        folder = test_dir if name.startswith('test') else train_dir
+        plan[name] = [(os.path.join(folder, r.filename), is_positive(r.label)) for r in split[name]]
+    return plan
+
+
+def plan_from_lists(lists, train_dir, test_dir):
+    """{set: [(source path, anomalous?)]} from the original's five lists (names -> lists)."""
+    t = lambda names, pos: [(os.path.join(train_dir, f), pos) for f in names]  # noqa: E731
+    s = lambda names, pos: [(os.path.join(test_dir, f), pos) for f in names]  # noqa: E731
+    return OrderedDict([
+        ('healthy', t(lists['train_neg'], False)),
+        ('mixed', t(lists['train_pos'], True) + t(lists['train_neg_mixed'], False)),
+        ('test_normal', s(lists['test_neg'], False)),
+        ('test_anomalous', s(lists['test_pos'], True)),
+    ])
+
+
+def load_lists(list_dir):
+    """The original's five pickled lists, read with data_loader.safe_load_list only."""
+    return {name: safe_load_list(os.path.join(list_dir, name + '.pickle')) for name in LIST_NAMES}
+
+
+def find_missing(plan):
+    """{set: [missing source paths]} for the sets that miss any."""
+    missing = OrderedDict()
+    for name, items in plan.items():
+        gone = [src for src, _ in items if not os.path.isfile(src)]
+        if gone:
+            missing[name] = gone
+    return missing
+
+
+def report_missing(missing, plan, stream=None):
+    """Print the missing count and a few examples per set; return the count."""
+    stream = stream or sys.stderr
+    total = sum(len(v) for v in missing.values())
+    print(f'{total} images are missing:', file=stream)
+    for name, gone in missing.items():
+        print(f'  {name}: {len(gone)} of {len(plan[name])} missing, e.g. '
+              f'{", ".join(gone[:3])}', file=stream)
+    return total
+
+
+def counts_of(plan):
+    counts = OrderedDict((name, len(items)) for name, items in plan.items())
+    counts['mixed_anomalous'] = sum(pos for _, pos in plan['mixed'])
+    return counts
+
+
+def _prepare_out(out):
+    """Create `out`; replace what an earlier run wrote; refuse a non-empty foreign folder."""
+    if os.path.isdir(out) and os.listdir(out):
+        if not os.path.isfile(os.path.join(out, 'split.json')):
+            raise DataError(f'{out} is not empty and was not written by this tool (no split.json); '
+                            f'choose another --out')
+        for name in OWNED:
+            path = os.path.join(out, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+    elif os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f'--out {out} exists and is not a folder')
+    os.makedirs(out, exist_ok=True)
+
+
+def write_folder_layout(plan, out, copy=False, info=None):
+    """Write the Folder layout for `plan` ({set: [(source path, anomalous?)]}) under `out`.
+
+    Images are symlinked (absolute targets) or copied; mixed_truth.csv holds file,label
+    (normal/anomalous) for mixed/; split.json (written last) holds counts plus `info`.
+    """
+    for name, items in plan.items():
+        names = [os.path.basename(src) for src, _ in items]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})[:3]
+            raise DataError(f'the {name} set holds two images with the same name, e.g. {dup}')
+    _prepare_out(out)
+    for name, items in plan.items():
+        folder = os.path.join(out, SETS[name])
+        os.makedirs(folder, exist_ok=True)
+        for src, _ in items:
+            dst = os.path.join(folder, os.path.basename(src))
+            if copy:
+                shutil.copy2(src, dst)
+            else:
+                os.symlink(os.path.abspath(src), dst)
+    with open(os.path.join(out, 'mixed_truth.csv'), 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['file', 'label'])
+        for src, pos in plan['mixed']:
+            w.writerow([os.path.basename(src), 'anomalous' if pos else 'normal'])
+    meta = OrderedDict(info or {})
+    meta['counts'] = counts_of(plan)
+    meta['copy'] = bool(copy)
+    with open(os.path.join(out, 'split.json'), 'w') as f:
+        json.dump(meta, f, indent=2)
+    return meta['counts']
+
+
+def finish(plan, out, copy, skip_missing, info):
+    """Check for missing images, then write the layout and print the counts. Returns exit code."""
+    missing = find_missing(plan)
+    if missing:
+        total = report_missing(missing, plan)
+        if not skip_missing:
+            print(f'error: {total} images are missing; fix the image folders or pass '
+                  f'--skip_missing to leave them out', file=sys.stderr)
+            return 2
+        print(f'skipping {total} missing images (--skip_missing)', file=sys.stderr)
+        gone = {name: set(v) for name, v in missing.items()}
+        plan = OrderedDict((name, [it for it in items if it[0] not in gone.get(name, ())])
+                           for name, items in plan.items())
+    info = OrderedDict(info)
+    info['missing_skipped'] = {name: len(v) for name, v in missing.items()}
+    counts = write_folder_layout(plan, out, copy=copy, info=info)
+    empty = [name for name in SETS if not counts[name]]
+    if empty:
+        print(f'warning: the {", ".join(empty)} set is empty; training needs every set',
+              file=sys.stderr)
+    frac = counts['mixed_anomalous'] / counts['mixed'] if counts['mixed'] else 0.0
+    print(f'wrote {out}: healthy {counts["healthy"]}, mixed {counts["mixed"]} '
+          f'({counts["mixed_anomalous"]} anomalous, {frac:.1%}), test normal '
+          f'{counts["test_normal"]}, test anomalous {counts["test_anomalous"]}')
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ #
+#                                            CLI                                                   #
+# ------------------------------------------------------------------------------------------------ #
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--train_labels', help='COVID-Net training label file, e.g. train_COVIDx7B.txt')
+    p.add_argument('--test_labels', help='COVID-Net test label file, e.g. test_COVIDx7B.txt')
+    p.add_argument('--lists', metavar='DIR',
+                   help="folder with the original's five pickled lists (train_neg, train_pos, "
+                        'train_neg_mixed, test_neg, test_pos); replaces the label files')
+    p.add_argument('--train_dir', required=True, help='COVIDx training images')
+    p.add_argument('--test_dir', required=True, help='COVIDx test images')
+    p.add_argument('--out', required=True, help='output folder (Folder layout)')
+    p.add_argument('--mixed_fraction', type=float, default=0.3,
+                   help='COVID-positive fraction of the mixed set (default 0.3)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--n_test_per_class', type=int, default=100)
+    p.add_argument('--copy', action='store_true', help='copy images instead of symlinking them')
+    p.add_argument('--skip_missing', action='store_true',
+                   help='leave missing images out instead of stopping with exit code 2')
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if args.lists:
+            plan = plan_from_lists(load_lists(args.lists), args.train_dir, args.test_dir)
+            info = OrderedDict([('source', 'lists'), ('lists', os.path.abspath(args.lists))])
+        else:
+            if not (args.train_labels and args.test_labels):
+                print('error: give --train_labels and --test_labels, or --lists', file=sys.stderr)
+                return 2
+            plan = plan_from_records(parse_label_file(args.train_labels),
+                                     parse_label_file(args.test_labels),
+                                     args.train_dir, args.test_dir, args.mixed_fraction,
+                                     args.seed, args.n_test_per_class)
+            info = OrderedDict([('source', 'labels'),
+                                ('train_labels', os.path.abspath(args.train_labels)),
+                                ('test_labels', os.path.abspath(args.test_labels)),
+                                ('mixed_fraction', args.mixed_fraction),
+                                ('n_test_per_class', args.n_test_per_class)])
+        info['seed'] = args.seed
+        info['train_dir'] = os.path.abspath(args.train_dir)
+        info['test_dir'] = os.path.abspath(args.test_dir)
+        c = counts_of(plan)
+        print(f'split: healthy {c["healthy"]}, mixed {c["mixed"]} ({c["mixed_anomalous"]} '
+              f'COVID-positive), test {c["test_normal"]} negative + {c["test_anomalous"]} positive')
+        return finish(plan, args.out, args.copy, args.skip_missing, info)
+    except (DataError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())
