@@ -209,24 +209,12 @@ def save_atomic(obj, path):
         raise
 
 
-def available_iters(model_save_dir):
-    """Sorted iteration numbers N for which <N>-G.ckpt exists."""
+def available_iters(model_save_dir, suffix='-G.ckpt'):
+    """Sorted iteration numbers N for which <N><suffix> exists (e.g. '-G.ckpt', '-state.pt')."""
     if not os.path.isdir(model_save_dir):
         return []
-    iters = []
-    for name in os.listdir(model_save_dir):
-        stem = name[:-len('-G.ckpt')]
-        if name.endswith('-G.ckpt') and stem.isdigit():
-            iters.append(int(stem))
-    return sorted(iters)
-
-
-def available_states(model_save_dir):
-    """Sorted iteration numbers N for which <N>-state.pt exists."""
-    if not os.path.isdir(model_save_dir):
-        return []
-    return sorted(int(n[:-len('-state.pt')]) for n in os.listdir(model_save_dir)
-                  if n.endswith('-state.pt') and n[:-len('-state.pt')].isdigit())
+    stems = (n[:-len(suffix)] for n in os.listdir(model_save_dir) if n.endswith(suffix))
+    return sorted(int(stem) for stem in stems if stem.isdigit())
 
 
 def resolve_iters(value, model_save_dir, flag):
@@ -420,11 +408,11 @@ class Solver:
             'rng_torch': torch.get_rng_state(),
             'rng_cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             'data_epoch': sampler.epoch, 'data_batches_done': batches_done,
-            'metadata': run_metadata(c),
+            'metadata': self.metadata,
         }
         save_atomic(state, os.path.join(c.model_save_dir, f'{iters}-state.pt'))
         if c.keep_last_states > 0:  # bound the disk use of long runs
-            for old in available_states(c.model_save_dir)[:-c.keep_last_states]:
+            for old in available_iters(c.model_save_dir, '-state.pt')[:-c.keep_last_states]:
                 os.remove(os.path.join(c.model_save_dir, f'{old}-state.pt'))
 
     def load_training_state(self, iters):
@@ -478,9 +466,10 @@ class Solver:
         from logger import JsonlLogger
         stats = JsonlLogger(os.path.join(c.log_dir, 'stats.jsonl'))
         # A resumed run keeps the first run's record and adds its own beside it.
+        self.metadata = run_metadata(c)
         name = 'run_config.json' if start_iters == 0 else f'run_config-resume{start_iters}.json'
         with open(os.path.join(c.model_save_dir, name), 'w') as f:
-            json.dump(run_metadata(c), f, indent=1)
+            json.dump(self.metadata, f, indent=1)
 
         print(f'G: {count_parameters(self.G):,} parameters; D: {count_parameters(self.D):,}; '
               f'{len(loader.dataset)} pairs an epoch; device {self.device}')

@@ -298,12 +298,17 @@ def build_parser():
     p.add_argument('--out', required=True, help='output folder (Folder layout)')
     p.add_argument('--mixed_fraction', type=float, default=0.3,
                    help='COVID-positive fraction of the mixed set (default 0.3)')
+    add_common_arguments(p)
+    return p
+
+
+def add_common_arguments(p):
+    """Flags both preparation tools share: seed, test size, copying, missing images."""
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--n_test_per_class', type=int, default=100)
     p.add_argument('--copy', action='store_true', help='copy images instead of symlinking them')
     p.add_argument('--skip_missing', action='store_true',
                    help='leave missing images out instead of stopping with exit code 2')
-    return p
 
 
 def main(argv=None):

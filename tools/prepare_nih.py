@@ -24,7 +24,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from data_loader import DataError  # noqa: E402
-from tools.prepare_covidx import SETS, counts_of, finish  # noqa: E402
+from tools.prepare_covidx import SETS, add_common_arguments, counts_of, finish  # noqa: E402
 
 NO_FINDING = 'No Finding'
 COLUMNS = ('Image Index', 'Finding Labels', 'Patient ID')
@@ -250,11 +250,7 @@ def build_parser():
     p.add_argument('--n_mixed', type=int, default=None,
                    help='default: every anomalous image, as far as half the No Finding images '
                         'allow the fraction')
-    p.add_argument('--n_test_per_class', type=int, default=100)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--copy', action='store_true', help='copy images instead of symlinking them')
-    p.add_argument('--skip_missing', action='store_true',
-                   help='leave missing images out instead of stopping with exit code 2')
+    add_common_arguments(p)
     return p
 
 
