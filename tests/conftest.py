@@ -29,6 +29,12 @@ def write_image(path, rng, size=(40, 44), bright=0):
     Image.fromarray(arr).save(path)
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Every test's data cache goes to its own folder, never to the user's ~/.cache."""
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg-cache'))
+
+
 @pytest.fixture
 def folder_dataset(tmp_path):
     """healthy/ mixed/ test/normal/ test/anomalous/ with a few 40x44 images each."""

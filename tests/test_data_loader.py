@@ -101,6 +101,12 @@ def test_folder_layout_of_the_real_nih_mini_set():
         dataset, image_dir = 'Folder', root
     split = dl.resolve_split(C)
     assert {k: len(v) for k, v in split.items()} == {
-        'healthy': 200, 'mixed': 200, 'test_normal': 50, 'test_anomalous': 50}
+        'healthy': 200, 'mixed': 200, 'test_normal': 50, 'test_anomalous': 50,
+        'holdout_healthy': 0, 'holdout_mixed': 0}
+    C.holdout_fraction = 0.2  # 40 + 40 held out for AUCp, never trained on
+    held = dl.resolve_split(C)
+    assert [len(held[k]) for k in ('healthy', 'holdout_healthy', 'mixed', 'holdout_mixed')] == \
+        [160, 40, 160, 40]
+    assert not set(held['healthy']) & set(held['holdout_healthy'])
     x = dl.build_transform(64)(dl.load_image(split['mixed'][0]))
     assert x.shape == (3, 64, 64) and -1 <= x.min() and x.max() <= 1
