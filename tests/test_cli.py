@@ -92,7 +92,7 @@ def test_train_then_testauc_on_the_folder_layout(tmp_path, folder_dataset):
     assert 0.0 <= saved['image_AUROC'] <= 1.0
     assert {'sensitivity', 'specificity', 'threshold', 'threshold_source'} <= set(saved)
     rows = open(run / 'results' / 'scores.csv').read().splitlines()
-    assert rows[0] == 'path,gt_label,pred_score' and len(rows) == 1 + 8
+    assert rows[0].startswith('path,gt_label,pred_score,anomaly_map,') and len(rows) == 1 + 8
     assert sum(r.split(',')[1] == '1' for r in rows[1:]) == 4
 
 
