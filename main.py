@@ -23,13 +23,15 @@ def str2bool(v):
 
 
 def iters_or_latest(v):
-    """An iteration number, or 'latest' for the newest checkpoint in --model_save_dir."""
-    if v == 'latest':
+    """An iteration number, 'latest' (the newest checkpoint in --model_save_dir) or 'best_aucp'
+    (the checkpoint with the highest label-free AUCp logged during training)."""
+    if v in ('latest', 'best_aucp'):
         return v
     try:
         n = int(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an iteration number or 'latest', got {v!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected an iteration number, 'latest' or 'best_aucp', got {v!r}")
     if n < 0:
         raise argparse.ArgumentTypeError(f'expected a non-negative iteration, got {n}')
     return n
@@ -86,14 +88,65 @@ def build_parser():
     g.add_argument('--lr_schedule', type=str, default='original', choices=['original', 'linear'],
                    help="original: the original's decrements of lr0/num_iters_decay (ends at "
                         "99.9%% of lr0 by default); linear: a real linear decay to 0 (added)")
+    g.add_argument('--data_cache', type=str, default='on', choices=['on', 'off'],
+                   help='on: decode, crop and resize every image once into a uint8 cache (see '
+                        '--cache_dir) and draw batches from it, on the GPU when it fits: the same '
+                        "pixels, many times faster; off: decode every image at every step, as "
+                        'the original (added)')
+    g.add_argument('--bad_images', type=str, default='refuse', choices=['refuse', 'skip'],
+                   help='unreadable or corrupt images, all found before training starts: refuse '
+                        'lists them and stops; skip lists them and trains without them (added; '
+                        'the original crashed when it reached the first one)')
+
+    g.add_argument('--holdout_fraction', type=float, default=0.05,
+                   help='fraction of the healthy and of the mixed images held out of training and '
+                        'scored at every checkpoint for the label-free AUCp (healthy = 0, mixed = '
+                        '1); 0 trains on everything, as the original (added)')
+
+    g.add_argument('--g_ema_decay', type=float, default=0.0,
+                   help='keep an exponential moving average of G with this decay per generator '
+                        'update (e.g. 0.999), saved as <iters>-G_ema.ckpt; 0: none, as the '
+                        'original (added)')
 
     g = p.add_argument_group('Test configuration')
     g.add_argument('--test_iters', type=iters_or_latest, default=200000,
-                   help="test model from this step ('latest' for the newest checkpoint)")
+                   help="test model from this step ('latest' for the newest checkpoint, 'best_aucp' for "
+                        "the one with the highest AUCp logged in training)")
+
+    g.add_argument('--score_variant', type=str, default='mean',
+                   choices=['mean', 'p99', 'top1pct', 'masked'],
+                   help="image score behind the headline metrics: mean |x - x_hat| / 2 (the "
+                        "original's), p99 (99th percentile of the map), top1pct (mean of its top "
+                        "1%%) or masked (the map weighted by G's mask); all are reported side by "
+                        "side in metrics.json (added)")
+    g.add_argument('--bootstrap', type=int, default=1000,
+                   help='bootstrap resamples for the 95%% confidence interval of the AUROC; 0: '
+                        'none (added)')
+    g.add_argument('--bootstrap_seed', type=int, default=0,
+                   help='seed of the bootstrap resamples (added)')
+    g.add_argument('--val_dir', type=str, default=None,
+                   help='folder with normal/ and anomalous/ on which the threshold is chosen '
+                        "(the original's rule); default <image_dir>/val when it exists, else "
+                        'the test set itself, as the original (labelled optimistic) (added)')
+    g.add_argument('--report', type=str2bool, default=True,
+                   help='true: per-image panels, ROC curve, score histograms and report.html in '
+                        '--result_dir (needs matplotlib); false: scores, maps and metrics '
+                        'only (added)')
+    g.add_argument('--num_maps', type=int, default=-1,
+                   help='draw panels (input, translation, mask, map) for the first N images; '
+                        '-1: all (added; the raw maps are always written to maps/)')
+    g.add_argument('--score_dir', type=str, default=None,
+                   help='--mode score: folder of images to score, searched recursively '
+                        '(added)')
+    g.add_argument('--test_ema', type=str2bool, default=False,
+                   help='test the averaged generator <iters>-G_ema.ckpt (true/false) (added)')
 
     g = p.add_argument_group('Miscellaneous')
     g.add_argument('--num_workers', type=int, default=12, help='data loading processes')
-    g.add_argument('--mode', type=str, default='train', choices=['train', 'test', 'testAUC'])
+    g.add_argument('--mode', type=str, default='train',
+                   choices=['train', 'test', 'testAUC', 'score'],
+                   help="score: anomaly scores and maps of every image under --score_dir, "
+                        "no labels needed (added)")
     g.add_argument('--use_tensorboard', type=str2bool, default=True, help='true or false')
     g.add_argument('--seed', type=int, default=None,
                    help='random seed for weights, data order and flips; drawn at random and '
@@ -112,6 +165,9 @@ def build_parser():
     g.add_argument('--list_dir', type=str, default='data/covid',
                    help="folder of the Covid split lists (*.pickle), read safely (added; the "
                         "original always read data/covid)")
+    g.add_argument('--cache_dir', type=str, default='',
+                   help='folder of the data cache (--data_cache on); default '
+                        '$XDG_CACHE_HOME/healthygan, i.e. ~/.cache/healthygan (added)')
     g.add_argument('--log_dir', type=str, default='covid/logs')
     g.add_argument('--model_save_dir', type=str, default='covid/models')
     g.add_argument('--sample_dir', type=str, default='covid/samples')
@@ -122,6 +178,38 @@ def build_parser():
     g.add_argument('--sample_step', type=positive_int, default=1000)
     g.add_argument('--model_save_step', type=positive_int, default=10000)
     g.add_argument('--lr_update_step', type=positive_int, default=1000)
+
+    # Fast paths (solver.resolve_speed): each flag left unset takes the original's behaviour, or
+    # the --fast preset's value; an explicit value always wins. README, "Speed", has the numbers.
+    g = p.add_argument_group('Speed (added)')
+    g.add_argument('--fast', type=str2bool, default=False,
+                   help='true: turn on the fast paths measured to help on this device (CUDA: '
+                        'all of them; CPU: see README, Speed); flags given explicitly win (added)')
+    g.add_argument('--amp', type=str, default=None, choices=['off', 'bf16', 'fp16'],
+                   help='mixed precision for G and the critic passes: bf16 autocast, or fp16 '
+                        'with loss scaling; the gradient penalty stays fp32 (default off) (added)')
+    g.add_argument('--channels_last', type=str2bool, default=None,
+                   help='channels-last memory format for G, D and the batches (default false) '
+                        '(added)')
+    g.add_argument('--compile', type=str2bool, default=None,
+                   help='torch.compile G and the critic passes outside the gradient penalty; '
+                        'falls back to eager with a warning if compiling fails (default false) '
+                        '(added)')
+    g.add_argument('--adam_impl', type=str, default=None, choices=['default', 'foreach', 'fused'],
+                   help="Adam implementation (default: torch's choice, as the original) (added)")
+    g.add_argument('--reuse_fake', type=str2bool, default=None,
+                   help="true: the G step reuses the critic step's translation of the mixed "
+                        "batch (G is unchanged in between) instead of running G on it again "
+                        "(default false) (added)")
+    g.add_argument('--merge_critic', type=str2bool, default=None,
+                   help='true: one critic pass on real and fake together (D has no batch-'
+                        'dependent layers, so the outputs are the same) (default false) (added)')
+    g.add_argument('--cudnn_benchmark', type=str2bool, default=None,
+                   help='cudnn.benchmark (default true, as the original; --deterministic true '
+                        'turns it off) (added)')
+    g.add_argument('--tf32', type=str2bool, default=None,
+                   help="TF32 matmuls and convolutions on Ampere+ GPUs (default: torch's "
+                        "defaults, i.e. convolutions TF32, matmuls fp32) (added)")
     return p
 
 
@@ -142,7 +230,7 @@ def check_writable(config):
     """Fail before any work if an output folder cannot be created or written."""
     from solver import ConfigError
     flags = {'train': ('model_save_dir', 'sample_dir', 'log_dir'), 'test': ('result_dir',),
-             'testAUC': ('result_dir',)}[config.mode]
+             'testAUC': ('result_dir',), 'score': ('result_dir',)}[config.mode]
     for flag in flags:
         path = getattr(config, flag)
         try:
@@ -168,6 +256,22 @@ def non_default_options(parser, config):
     return {k: v for k, v in vars(config).items() if parser.get_default(k) != v}
 
 
+def start_distributed(config):
+    """Under torchrun (WORLD_SIZE > 1) join the process group and take rank 0's seed (added).
+
+    Ranks other than 0 print nothing (their stdout goes to os.devnull); errors still reach stderr.
+    """
+    from solver import ConfigError, broadcast_object, init_distributed, is_main
+    try:
+        init_distributed(config)
+    except ConfigError as e:
+        print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(2)
+    config.seed = broadcast_object(config.seed)  # a seed drawn at random differs per rank
+    if not is_main():
+        sys.stdout = open(os.devnull, 'w')
+
+
 def main(argv=None):
     """Parse flags and run the chosen mode; returns testAUC's metrics dict, else None."""
     parser = build_parser()
@@ -175,29 +279,39 @@ def main(argv=None):
     check_architecture(parser, config)
     if config.seed is None:
         config.seed = int.from_bytes(os.urandom(4), 'little') >> 1
+    start_distributed(config)  # torchrun; nothing happens on one process
     print('Options (differing from the defaults):', non_default_options(parser, config))
 
     import data_loader
-    from solver import ConfigError, Solver
+    from solver import ConfigError, Solver, is_main
     torch.backends.cudnn.benchmark = not config.deterministic
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     seed_everything(config.seed)
     try:
-        check_writable(config)
-        split = data_loader.resolve_split(config)
+        if config.mode != 'train' and not is_main():
+            return None  # under torchrun, test and testAUC run on rank 0 alone (same result)
+        if is_main():  # one probe file, not one per rank
+            check_writable(config)
+        # score needs no dataset layout, only the images under --score_dir
+        split = data_loader.resolve_split(config) if config.mode != 'score' else None
         solver = Solver(config, split)
         if config.mode == 'train':
             solver.train()
         elif config.mode == 'test':
             solver.test()
+        elif config.mode == 'score':
+            return solver.score_folder()
         else:
             return solver.test_auc()
     except (data_loader.DataError, ConfigError) as e:
         # Problems the user must fix: one clear line, no traceback.
         print(f'error: {e}', file=sys.stderr)
         raise SystemExit(2)
+    finally:
+        if torch.distributed.is_initialized():  # torchrun: leave the process group
+            torch.distributed.destroy_process_group()
     return None
 
 

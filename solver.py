@@ -1,6 +1,7 @@
 """Solver: builds G and D, trains them (WGAN-GP + identity, reconstruction and mask terms) and
 tests them (translation grids, anomaly scores and AUROC)."""
 import contextlib
+import copy
 import csv
 import datetime
 import json
@@ -217,9 +218,63 @@ def available_iters(model_save_dir, suffix='-G.ckpt'):
     return sorted(int(stem) for stem in stems if stem.isdigit())
 
 
-def resolve_iters(value, model_save_dir, flag):
-    """An iteration number, or 'latest' (the highest checkpoint in model_save_dir)."""
+@torch.no_grad()
+def update_ema(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model for the weights; buffers copied (added)."""
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach(), 1 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+AUCP_LOG = 'aucp.jsonl'  # beside the checkpoints: one {"iter", "AUCp", ...} line per checkpoint
+
+
+def read_aucp_log(model_save_dir):
+    """The AUCp records of a run ({iter: record}), later lines winning (a resumed run rewrites)."""
+    path = os.path.join(model_save_dir, AUCP_LOG)
+    records = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    records[int(rec['iter'])] = rec
+    return records
+
+
+def aucp_of(record, ema=False, variant='mean'):
+    """The AUCp a record holds for G (or its average) under a score variant, or None."""
+    by_variant = record.get('AUCp_ema_by_variant' if ema else 'AUCp_by_variant', {})
+    if variant in by_variant:
+        return by_variant[variant]
+    if record.get('score_variant', 'mean') == variant:
+        return record.get('AUCp_ema' if ema else 'AUCp')
+    return None
+
+
+def best_aucp_iters(model_save_dir, flag='--test_iters', ema=False, variant='mean'):
+    """The checkpoint with the highest AUCp (ties: the later one) among those still on disk,
+    for the averaged generator when ema, under the score variant that will be tested."""
+    found = set(available_iters(model_save_dir))
+    values = {i: aucp_of(r, ema, variant) for i, r in read_aucp_log(model_save_dir).items()
+              if i in found}
+    values = {i: v for i, v in values.items() if v is not None}
+    if not values:
+        raise CheckpointError(
+            f'{flag} best_aucp: no AUCp records{" of the averaged G" if ema else ""} for the '
+            f'checkpoints in {model_save_dir} (train with --holdout_fraction > 0'
+            f'{" and --g_ema_decay > 0" if ema else ""} to log them in {AUCP_LOG})')
+    return max(values, key=lambda i: (values[i], i))
+
+
+def resolve_iters(value, model_save_dir, flag, ema=False, variant='mean'):
+    """An iteration number, 'latest' (the highest checkpoint in model_save_dir) or 'best_aucp'."""
     found = available_iters(model_save_dir)
+    if value == 'best_aucp':
+        if flag == '--resume_iters':
+            raise ConfigError('--resume_iters best_aucp: resume from a number or latest')
+        return best_aucp_iters(model_save_dir, flag, ema, variant)
     if value == 'latest':
         if not found:
             raise CheckpointError(f'{flag} latest: no <N>-G.ckpt checkpoints in {model_save_dir}')
@@ -296,6 +351,321 @@ def run_metadata(config):
 
 
 # ------------------------------------------------------------------------------------------------ #
+#                 Several processes (torchrun): torch.distributed, no wrapper                      #
+# ------------------------------------------------------------------------------------------------ #
+# Added (the original trains on one GPU). G and D stay plain modules: DDP's reducer does not
+# support the gradient penalty's double backward (create_graph=True) reliably, so, as
+# StyleGAN2-ADA does, each rank runs its own backward and the gradients are then averaged with one
+# all_reduce per network before the optimizer step. The ranks start from rank 0's weights and
+# apply identical updates, so they stay identical. Without torchrun every helper is a no-op and
+# the run is bit for bit what it was.
+
+dist = torch.distributed
+
+
+def init_distributed(config):
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+    MASTER_PORT in the environment); NCCL on CUDA, gloo on the CPU. Without torchrun: nothing.
+
+    torchrun --nproc_per_node 1 joins a group of one, so that a single GPU runs (and checks)
+    every collective of the multi-GPU path.
+    """
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ or dist.is_initialized():
+        return
+    device = resolve_device(config.device)
+    if device.type == 'mps':
+        raise ConfigError('--device mps cannot be used with torchrun (no collective backend); '
+                          'use --device cpu or cuda, or run one process')
+    if device.type == 'cuda':
+        local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f'LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} '
+                              f'GPU(s) are visible: use torchrun --nproc_per_node <= '
+                              f'{torch.cuda.device_count()}')
+        # Every later 'cuda' tensor of this process lands on cuda:LOCAL_RANK.
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group('nccl', device_id=torch.device('cuda', local_rank))
+    else:
+        dist.init_process_group('gloo')
+
+
+def world_size():
+    """Number of training processes (1 without torchrun)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank():
+    """This process's rank (0 without torchrun)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main():
+    """True on the one process that prints and writes logs, samples and checkpoints."""
+    return rank() == 0
+
+
+def barrier():
+    """Wait for every rank (no-op on one process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's value of a picklable object on every rank (e.g. a seed drawn at random)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_params(*modules):
+    """Copy rank 0's parameters and buffers to every rank (same start on every rank)."""
+    if not dist.is_initialized():
+        return
+    with torch.no_grad():
+        for module in modules:
+            for t in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(t.data, src=0)
+
+
+def average_gradients(module):
+    """Replace each parameter's gradient by its mean over ranks (one flat all_reduce).
+
+    Each rank's losses are means over its own batch and all per-rank batches have the same size,
+    so the mean of the per-rank gradients is the gradient of the loss on the concatenated global
+    batch, the gradient penalty included (its double backward happened locally already).
+    """
+    if not dist.is_initialized():
+        return
+    params = [p for p in module.parameters() if p.grad is not None]
+    if not params:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
+def average_buffers(*modules):
+    """Mean over ranks of the floating-point buffers (InstanceNorm running statistics).
+
+    G is never put in eval mode, so these statistics do not affect training or testing; they
+    are averaged before each save so that the checkpoint holds the statistics of the global
+    batch (the updates are linear in the batch means) and the ranks stay identical.
+    """
+    if not dist.is_initialized():
+        return
+    with torch.no_grad():
+        for module in modules:
+            for b in module.buffers():
+                if b.is_floating_point():
+                    dist.all_reduce(b)
+                    b /= world_size()
+
+
+def all_reduce_mean(tensors):
+    """{tag: scalar tensor} averaged over ranks (one all_reduce), for logging."""
+    if not dist.is_initialized() or not tensors:
+        return tensors
+    tags = list(tensors)
+    flat = torch.stack([tensors[k].detach().float().reshape(()) for k in tags])
+    dist.all_reduce(flat)
+    return dict(zip(tags, flat / world_size()))
+
+
+def any_rank(flag, device):
+    """True on every rank if flag is true on any rank (to agree on stopping)."""
+    if not dist.is_initialized():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gp_alpha(x):
+    """The gradient penalty's interpolation weights for this rank's batch x, shape (n, 1, 1, 1).
+
+    One process: torch.rand(n, ...) exactly as before. Several: every rank holds the same
+    generator state and draws the global batch's weights, then takes its own slice, so the run
+    draws what one process on the concatenated batch would draw.
+    """
+    n, world = x.size(0), world_size()
+    if world == 1:
+        return torch.rand(n, 1, 1, 1, device=x.device)
+    r = rank()
+    return torch.rand(n * world, 1, 1, 1, device=x.device)[r * n:(r + 1) * n]
+
+
+def sync_rng_state(device):
+    """Give every rank rank 0's torch RNG state (CPU, and the current GPU's)."""
+    if not dist.is_initialized():
+        return
+    torch.set_rng_state(broadcast_object(torch.get_rng_state()))
+    if device.type == 'cuda':
+        torch.cuda.set_rng_state(broadcast_object(torch.cuda.get_rng_state()))
+
+
+# ------------------------------------------------------------------------------------------------ #
+#                   Speed (added): fast paths of the training step, each a flag                    #
+# ------------------------------------------------------------------------------------------------ #
+# The original runs an eager fp32 step. Each fast path is off unless asked for (then the step
+# computes the original's losses, bit for bit); --fast true turns on those measured to help on
+# the device (README, "Speed"). None changes the losses beyond floating-point rounding
+# (tests/test_speed.py compares them with the plain step).
+
+SPEED_FLAGS = ('amp', 'channels_last', 'compile', 'adam_impl', 'reuse_fake', 'merge_critic',
+               'cudnn_benchmark', 'tf32')
+# The original's behaviour; tf32 None leaves torch's own defaults alone.
+ORIGINAL_SPEED = {'amp': 'off', 'channels_last': False, 'compile': False, 'adam_impl': 'default',
+                  'reuse_fake': False, 'merge_critic': False, 'cudnn_benchmark': True,
+                  'tf32': None}
+
+
+def cuda_bf16():
+    """True where the GPU has bf16 arithmetic (Ampere and later), not only its emulation."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3 has no emulation flag
+        return torch.cuda.is_bf16_supported()
+
+
+def fast_preset(device):
+    """The fast paths --fast true turns on for a device."""
+    if device.type == 'cuda':
+        bf16 = cuda_bf16()
+        return {'amp': 'bf16' if bf16 else 'fp16', 'channels_last': True, 'compile': True,
+                'adam_impl': 'fused', 'reuse_fake': True, 'merge_critic': True,
+                'cudnn_benchmark': True, 'tf32': True}
+    # CPU (and MPS): the fp32 paths tools/benchmark.py found faster on a 2-core AVX-512 CPU
+    # without bf16 units (README, "Speed"); bf16 autocast and torch.compile slowed the step.
+    return {**ORIGINAL_SPEED, 'reuse_fake': True, 'merge_critic': True, 'channels_last': True,
+            'adam_impl': 'fused'}
+
+
+def resolve_speed(config, device):
+    """Each fast-path flag as given, else the --fast preset's value, else the original's."""
+    preset = fast_preset(device) if getattr(config, 'fast', False) else ORIGINAL_SPEED
+    speed = {}
+    for name in SPEED_FLAGS:
+        value = getattr(config, name, None)
+        speed[name] = preset[name] if value is None else value
+    if speed['amp'] == 'bf16' and device.type == 'cuda' and not cuda_bf16():
+        raise ConfigError('--amp bf16: this GPU does not support bfloat16; use --amp fp16')
+    if speed['amp'] != 'off' and device.type not in ('cuda', 'cpu', 'mps'):
+        raise ConfigError(f'--amp {speed["amp"]}: no autocast on device {device.type}')
+    return speed
+
+
+def autocast(device, dtype):
+    """torch.autocast for dtype (None: a no-op context)."""
+    return torch.autocast(device.type, dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def generate_amp(G, x, dtype=None):
+    """generate() with G under autocast(dtype); also returns the mask logit.
+
+    The tanh, the mask and the blend run in fp32 on G's logits (with dtype None this is exactly
+    generate()), so the losses and the mask's 1 / (|m - 0.5| + 0.01) term keep fp32 precision.
+    """
+    with autocast(x.device, dtype):
+        image_logits, mask_logit = G(x)
+    x_raw, mask_logit = torch.tanh(image_logits.float()), mask_logit.float()
+    mask = mask_from_logit(mask_logit)
+    return blend(x, x_raw, mask), x_raw, mask, mask_logit
+
+
+def critic(D, xs, dtype=None, merge=False):
+    """D's patch logits (fp32) for each batch in xs; merge: one pass on the batches concatenated.
+
+    D has no batch-dependent layer (convolutions and LeakyReLU only), so each sample's output
+    is the same as in a pass of its own, up to floating-point rounding.
+    """
+    with autocast(xs[0].device, dtype):
+        if merge and len(xs) > 1:
+            outs = D(torch.cat(xs))[1].split([x.size(0) for x in xs])
+        else:
+            outs = [D(x)[1] for x in xs]
+    return [out.float() for out in outs]
+
+
+def running_stats(G):
+    """A copy of G's InstanceNorm running statistics (None where a pass can't be reused)."""
+    norms = [m for m in G.modules() if isinstance(m, torch.nn.modules.instancenorm._InstanceNorm)
+             and m.track_running_stats]
+    if any(m.momentum is None for m in norms):
+        return None  # a cumulative average: not a momentum update that can be repeated
+    return [(m, m.running_mean.clone(), m.running_var.clone()) for m in norms]
+
+
+def repeat_running_stats_update(snapshot):
+    """Apply again the running-statistics update of the G pass made since `snapshot`.
+
+    A second pass on the same batch with the same weights sees the same per-image statistics s,
+    so from r1 = k r0 + (1 - k) s it would give r2 = k r1 + (1 - k) s = r1 + k (r1 - r0),
+    k = 1 - momentum. The statistics are stored in the checkpoints but never used (G stays in
+    training mode); this keeps them the original's, up to rounding.
+    """
+    with torch.no_grad():
+        for m, mean0, var0 in snapshot:
+            k = 1 - m.momentum
+            m.running_mean.add_(m.running_mean - mean0, alpha=k)
+            m.running_var.add_(m.running_var - var0, alpha=k)
+
+
+class CompiledOrEager:
+    """torch.compile(module), or the module itself (after one warning) where compiling fails."""
+
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+        self.compiled = torch.compile(module)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as e:  # a backend or compiler error: run eagerly from now on
+                first_line = (str(e).strip().splitlines() or [''])[0][:200]
+                print(f'warning: --compile true: compiling {self.name} failed '
+                      f'({type(e).__name__}: {first_line}); running it eagerly', file=sys.stderr)
+                self.compiled = None
+        return self.module(*args)
+
+
+def maybe_compile(module, name, device):
+    """CompiledOrEager(module), or module where inductor cannot work (no C++ compiler on CPU)."""
+    if device.type == 'cpu':
+        import shutil
+        if not any(shutil.which(cxx) for cxx in (os.environ.get('CXX', 'g++'), 'c++', 'clang++')):
+            print(f'warning: --compile true: no C++ compiler (g++, c++, clang++) for inductor on '
+                  f'the CPU; {name} runs eagerly', file=sys.stderr)
+            return module
+    return CompiledOrEager(module, name)
+
+
+def keep_adam_impl(optimizer):
+    """Make load_state_dict (a resume) keep this optimizer's foreach/fused choice."""
+    impl = {k: optimizer.param_groups[0][k] for k in ('foreach', 'fused')}
+
+    def restore(opt):  # the saved param_groups carry the saved run's choice
+        for group in opt.param_groups:
+            group.update(impl)
+    optimizer.register_load_state_dict_post_hook(restore)
+
+
+def apply_backend_switches(speed, deterministic):
+    """cudnn.benchmark (the original's True; off under --deterministic) and TF32 (if set)."""
+    torch.backends.cudnn.benchmark = bool(speed['cudnn_benchmark']) and not deterministic
+    if speed['tf32'] is not None:
+        torch.backends.cuda.matmul.allow_tf32 = bool(speed['tf32'])
+        torch.backends.cudnn.allow_tf32 = bool(speed['tf32'])
+
+
+# ------------------------------------------------------------------------------------------------ #
 #                                           Solver                                                 #
 # ------------------------------------------------------------------------------------------------ #
 
@@ -308,14 +678,53 @@ class Solver:
         self.split = split
         self.build_model()
         self.logger = None
+        # Added: an exponential moving average of G's weights (--g_ema_decay > 0), as in
+        # ProGAN / StyleGAN; the original has none. Saved as <iters>-G_ema.ckpt.
+        self.G_ema = None
+        if not 0 <= getattr(config, 'g_ema_decay', 0) < 1:
+            raise ConfigError(f'--g_ema_decay {config.g_ema_decay}: expected a value in [0, 1)')
+        if getattr(config, 'g_ema_decay', 0) > 0:
+            self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
 
     def build_model(self):
-        """Create G, D and their Adam optimizers."""
+        """Create G, D and their Adam optimizers, with the fast paths the flags ask for."""
         c = self.config
+        s = self.speed = resolve_speed(c, self.device)
+        for name, value in s.items():  # run_config.json then records what actually ran
+            setattr(c, name, value)
+        apply_backend_switches(s, getattr(c, 'deterministic', False))
         self.G = Generator(c.g_conv_dim, 0, c.g_repeat_num).to(self.device)
         self.D = Discriminator(c.image_size, c.d_conv_dim, 0, c.d_repeat_num).to(self.device)
-        self.g_optimizer = torch.optim.Adam(self.G.parameters(), c.g_lr, (c.beta1, c.beta2))
-        self.d_optimizer = torch.optim.Adam(self.D.parameters(), c.d_lr, (c.beta1, c.beta2))
+        if s['channels_last']:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+        adam = {'default': {}, 'foreach': {'foreach': True}, 'fused': {'fused': True}}
+        try:
+            self.g_optimizer = torch.optim.Adam(self.G.parameters(), c.g_lr, (c.beta1, c.beta2),
+                                                **adam[s['adam_impl']])
+            self.d_optimizer = torch.optim.Adam(self.D.parameters(), c.d_lr, (c.beta1, c.beta2),
+                                                **adam[s['adam_impl']])
+        except (RuntimeError, ValueError) as e:
+            raise ConfigError(f'--adam_impl {s["adam_impl"]} is not available on '
+                              f'{self.device.type}: {e}; use --adam_impl default') from None
+        keep_adam_impl(self.g_optimizer)
+        keep_adam_impl(self.d_optimizer)
+        self.amp_dtype = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[s['amp']]
+        # fp16 needs loss scaling; disabled (bf16, fp32) the scaler passes everything through.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=s['amp'] == 'fp16')
+        # Compiled modules share G's and D's parameters; self.G / self.D stay the plain modules
+        # (checkpoints, grids, the gradient penalty's double backward, which compiled graphs
+        # do not support).
+        self.G_run, self.D_run = self.G, self.D
+        if s['compile']:
+            self.G_run = maybe_compile(self.G, 'G', self.device)
+            self.D_run = maybe_compile(self.D, 'D', self.device)
+        self.kept_fake = None  # --reuse_fake: the critic step's translation, for the G step
+
+    def to_layout(self, x):
+        """x in the memory format the networks use (channels-last under --channels_last)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.speed['channels_last'] \
+            else x
 
     def restore_model(self, iters, load_D=True):
         """Load <iters>-G.ckpt (and -D.ckpt when asked and present) from model_save_dir."""
@@ -342,37 +751,63 @@ class Solver:
     #                                         Training                                             #
     # ------------------------------------------------------------------------------------------ #
 
-    def d_step(self, x_A, x_B):
-        """One critic update (WGAN-GP); returns the loss terms as tensors."""
-        c = self.config
-        d_loss_real = d_loss_real_fn(self.D(x_B)[1])
-        with torch.no_grad():  # only the detached translation is used: no graph needed
-            x_hat_A, _, _ = generate(self.G, x_A)
-        d_loss_fake = d_loss_fake_fn(self.D(x_hat_A)[1])
-        alpha = torch.rand(x_B.size(0), 1, 1, 1, device=x_B.device)
+    def d_step(self, x_A, x_B, keep_fake=False):
+        """One critic update (WGAN-GP); returns the loss terms as tensors.
+
+        keep_fake (added): a G step on the same batch follows; with --reuse_fake the translation
+        of x_A is then kept, with its graph, for g_step instead of being recomputed there.
+        """
+        c, amp = self.config, self.amp_dtype
+        x_A_given, x_A, x_B = x_A, self.to_layout(x_A), self.to_layout(x_B)
+        keep = keep_fake and self.speed['reuse_fake']
+        stats = running_stats(self.G) if keep else None
+        keep = keep and stats is not None
+        # The original ran G here with autograd on and used only the detached output: without
+        # --reuse_fake no graph is needed; with it, the G step reuses this pass.
+        with torch.set_grad_enabled(keep):
+            fake = generate_amp(self.G_run, x_A, amp)
+        self.kept_fake = (x_A_given, fake, stats) if keep else None
+        x_hat_A = fake[0].detach()
+        out_real, out_fake = critic(self.D_run, [x_B, x_hat_A], amp, self.speed['merge_critic'])
+        d_loss_real = d_loss_real_fn(out_real)
+        d_loss_fake = d_loss_fake_fn(out_fake)
+        alpha = gp_alpha(x_B)  # torch.rand(n, 1, 1, 1); several ranks: a slice of the global draw
         x_int = interpolate(x_B, x_hat_A, alpha)
+        # The penalty's pass stays eager and fp32 under every fast path: compiled graphs do not
+        # support its double backward, and (||grad|| - 1)^2 with ||grad|| near 1 cancels most
+        # of a 16-bit gradient's precision.
         d_loss_gp = gradient_penalty(self.D(x_int)[1], x_int)
         d_loss = d_loss_real + d_loss_fake + c.lambda_gp * d_loss_gp
 
         self.g_optimizer.zero_grad(set_to_none=True)
         self.d_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.d_optimizer.step()
+        self.scaler.scale(d_loss).backward()  # the scaler is a no-op unless --amp fp16
+        average_gradients(self.D)  # several ranks (torchrun): mean over ranks; else no-op
+        self.scaler.step(self.d_optimizer)
+        self.scaler.update()
         return {'D/loss_real': d_loss_real.detach(), 'D/loss_fake': d_loss_fake.detach(),
                 'D/loss_gp': d_loss_gp.detach()}
 
     def g_step(self, x_A, x_B):
         """One generator update with fresh forward passes; returns the loss terms as tensors."""
-        c = self.config
+        c, amp = self.config, self.amp_dtype
+        kept, self.kept_fake = self.kept_fake, None
+        x_A_given, x_A, x_B = x_A, self.to_layout(x_A), self.to_layout(x_B)
+        if kept is not None and kept[0] is x_A_given:
+            # --reuse_fake (added): the critic step changed only D, so its pass of G on x_A is
+            # the pass the original ran again here; only the second update of the (unused)
+            # InstanceNorm running statistics is left to do.
+            x_hat_A, x_raw_A, mask_A, mask_logit_A = kept[1]
+            repeat_running_stats_update(kept[2])
+        else:
+            x_hat_A, x_raw_A, mask_A, mask_logit_A = generate_amp(self.G_run, x_A, amp)
+        x_hat_B, x_raw_B, mask_B, mask_logit_B = generate_amp(self.G_run, x_B, amp)
+        out_A, out_B = critic(self.D_run, [x_hat_A, x_hat_B], amp, self.speed['merge_critic'])
         # Mixed path (original -> target): fool D, and leave everything outside the mask alone.
-        image_logits, mask_logit_A = self.G(x_A)
-        x_raw_A, mask_A = torch.tanh(image_logits), mask_from_logit(mask_logit_A)
-        g_loss_fake = g_adv_loss(self.D(blend(x_A, x_raw_A, mask_A))[1])
+        g_loss_fake = g_adv_loss(out_A)
         g_loss_rec = reconstruction_loss(x_A, x_raw_A, mask_A)
         # Healthy path (original -> original): fool D, and reproduce the image exactly.
-        image_logits, mask_logit_B = self.G(x_B)
-        x_raw_B, mask_B = torch.tanh(image_logits), mask_from_logit(mask_logit_B)
-        g_loss_fake_id = g_adv_loss(self.D(blend(x_B, x_raw_B, mask_B))[1])
+        g_loss_fake_id = g_adv_loss(out_B)
         g_loss_id = identity_loss(x_B, x_raw_B)
         # Mask terms, the two paths averaged.
         mask_loss_A, small_A, zo_A = mask_loss(mask_A, c.lambda_msmall, c.lambda_mzerone)
@@ -383,8 +818,10 @@ class Solver:
 
         self.g_optimizer.zero_grad(set_to_none=True)
         self.d_optimizer.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.g_optimizer.step()
+        self.scaler.scale(g_loss).backward()  # the scaler is a no-op unless --amp fp16
+        average_gradients(self.G)  # several ranks (torchrun): mean over ranks; else no-op
+        self.scaler.step(self.g_optimizer)
+        self.scaler.update()
         terms = {'G/loss_fake': g_loss_fake, 'G/loss_rec': g_loss_rec,
                  'G/loss_fake_id': g_loss_fake_id, 'G/loss_id': g_loss_id,
                  'G/loss_mask': g_loss_mask,
@@ -394,7 +831,7 @@ class Solver:
                  'Mask/OO_small': small_B, 'Mask/OO_zo': zo_B}
         return {tag: t.detach() for tag, t in terms.items()}
 
-    def save_training_state(self, iters, sampler, batches_done):
+    def save_training_state(self, iters, sampler, pairs_done):
         """<iters>-state.pt: both optimizers, RNG states and the data position, for exact resume.
 
         Written beside the original-format <iters>-G/D.ckpt (which it does not replace); the
@@ -405,9 +842,13 @@ class Solver:
             'iteration': iters,
             'g_optimizer': self.g_optimizer.state_dict(),
             'd_optimizer': self.d_optimizer.state_dict(),
+            'scaler': self.scaler.state_dict(),  # --amp fp16's loss scale ({} otherwise)
             'rng_torch': torch.get_rng_state(),
             'rng_cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            'data_epoch': sampler.epoch, 'data_batches_done': batches_done,
+            # Position in the epoch's order in pairs of the global batch (every rank's batch
+            # together): another number of ranks resumes at the same pair.
+            'data_epoch': sampler.epoch, 'data_pairs_done': pairs_done,
+            'world_size': world_size(),
             'metadata': self.metadata,
         }
         save_atomic(state, os.path.join(c.model_save_dir, f'{iters}-state.pt'))
@@ -426,6 +867,8 @@ class Solver:
             state = torch.load(path, map_location='cpu', weights_only=True)
             self.g_optimizer.load_state_dict(state['g_optimizer'])
             self.d_optimizer.load_state_dict(state['d_optimizer'])
+            if state.get('scaler'):
+                self.scaler.load_state_dict(state['scaler'])
         except Exception as e:
             raise CheckpointError(f'cannot use training state {path}: {e}') from None
         torch.set_rng_state(state['rng_torch'])
@@ -433,46 +876,67 @@ class Solver:
             torch.cuda.set_rng_state_all(state['rng_cuda'])
         return state
 
-    def save_checkpoint(self, iters, sampler, batches_done):
-        """G/D in the original format, then the training state."""
-        self.save_model(iters)
-        self.save_training_state(iters, sampler, batches_done)
+    def save_checkpoint(self, iters, sampler, pairs_done):
+        """G/D in the original format, then the training state (rank 0 only; every rank calls)."""
+        average_buffers(self.G)  # several ranks: the global batch's running statistics
+        if is_main():
+            self.save_model(iters)
+            if self.G_ema is not None:
+                save_atomic(self.G_ema.state_dict(),
+                            os.path.join(self.config.model_save_dir, f'{iters}-G_ema.ckpt'))
+            self.save_training_state(iters, sampler, pairs_done)
+        barrier()
 
     def train(self):
         """Train HealthyGAN on (mixed, healthy) pairs."""
         c = self.config
         for d in (c.model_save_dir, c.sample_dir, c.log_dir):
             os.makedirs(d, exist_ok=True)
-        loader = data_loader.get_loader(c, 'train', self.split)
+        loader = data_loader.get_loader(c, 'train', self.split, self.device)
         sampler = loader.sampler
         # Fixed samples for the grids: the first batch of the first epoch.
         fixed = [loader.dataset[k] for k in sampler.order(0)[:c.batch_size]]
         x_fixed_A = torch.stack([a for a, _ in fixed]).to(self.device)
         x_fixed_B = torch.stack([b for _, b in fixed]).to(self.device)
 
-        start_iters, batches_done = 0, 0
+        # Position in the epoch's order, in pairs of the global batch (all ranks together), so
+        # that a run can resume with another number of ranks.
+        start_iters, pairs_done = 0, 0
         if c.resume_iters is not None:
             start_iters = resolve_iters(c.resume_iters, c.model_save_dir, '--resume_iters')
             self.restore_model(start_iters)
+            self.restore_ema(start_iters)
             state = self.load_training_state(start_iters)
             if state is not None:
-                sampler.epoch, batches_done = state['data_epoch'], state['data_batches_done']
-        sampler.start = batches_done * c.batch_size
+                # States written before 'data_pairs_done' existed count one-process batches.
+                sampler.epoch, pairs_done = state['data_epoch'], state.get(
+                    'data_pairs_done', state.get('data_batches_done', 0) * c.batch_size)
+        sampler.start = pairs_done
         data_iter = iter(loader)
+        # Several ranks: same weights and same RNG state (the GP's alphas) everywhere.
+        broadcast_params(self.G, self.D)
+        sync_rng_state(self.device)
 
-        if c.use_tensorboard:
+        main_rank = is_main()  # only rank 0 writes logs, samples and checkpoints
+        if c.use_tensorboard and main_rank:
             from logger import Logger
             self.logger = Logger(c.log_dir)
         from logger import JsonlLogger
         stats = JsonlLogger(os.path.join(c.log_dir, 'stats.jsonl'))
         # A resumed run keeps the first run's record and adds its own beside it.
         self.metadata = run_metadata(c)
+        self.metadata['world_size'] = world_size()  # processes; --batch_size is per process
         name = 'run_config.json' if start_iters == 0 else f'run_config-resume{start_iters}.json'
-        with open(os.path.join(c.model_save_dir, name), 'w') as f:
-            json.dump(self.metadata, f, indent=1)
+        if main_rank:
+            with open(os.path.join(c.model_save_dir, name), 'w') as f:
+                json.dump(self.metadata, f, indent=1)
 
+        holdout = self.load_holdout()
         print(f'G: {count_parameters(self.G):,} parameters; D: {count_parameters(self.D):,}; '
               f'{len(loader.dataset)} pairs an epoch; device {self.device}')
+        if dist.is_initialized():
+            print(f'{world_size()} processes ({dist.get_backend()}), --batch_size {c.batch_size} '
+                  f'each: global batch {world_size() * c.batch_size}')
         print('Start training...')
         start_time = time.time()
         stop = StopFlag()
@@ -487,10 +951,10 @@ class Solver:
                 try:
                     x_A, x_B = next(data_iter)
                 except StopIteration:  # the epoch is over: reshuffle
-                    sampler.epoch, sampler.start, batches_done = sampler.epoch + 1, 0, 0
+                    sampler.epoch, sampler.start, pairs_done = sampler.epoch + 1, 0, 0
                     data_iter = iter(loader)
                     x_A, x_B = next(data_iter)
-                batches_done += 1
+                pairs_done += x_A.size(0) * world_size()  # every rank's batch has this size
                 x_A = x_A.to(self.device, non_blocking=True)  # mixed (unannotated)
                 x_B = x_B.to(self.device, non_blocking=True)  # healthy
 
@@ -505,13 +969,15 @@ class Solver:
                 # =============================================================================== #
                 #                           2. Train the discriminator                            #
                 # =============================================================================== #
-                step_loss = self.d_step(x_A, x_B)
+                step_loss = self.d_step(x_A, x_B, keep_fake=(i + 1) % c.n_critic == 0)
 
                 # =============================================================================== #
                 #                             3. Train the generator                              #
                 # =============================================================================== #
                 if (i + 1) % c.n_critic == 0:
                     step_loss.update(self.g_step(x_A, x_B))
+                    if self.G_ema is not None:
+                        update_ema(self.G_ema, self.G, c.g_ema_decay)
 
                 # =============================================================================== #
                 #                               4. Miscellaneous                                  #
@@ -520,6 +986,7 @@ class Solver:
                 # to be logged or written, so no NaN reaches a file and the loop does not wait.
                 if (i + 1) % c.log_step == 0 or (i + 1) % c.sample_step == 0 \
                         or (i + 1) % c.model_save_step == 0:
+                    step_loss = all_reduce_mean(step_loss)  # ranks: all see (and stop on) a NaN
                     bad = nonfinite_terms(step_loss) + self.nonfinite_weights()
                     if bad:
                         raise NonFiniteLossError(
@@ -528,6 +995,8 @@ class Solver:
                             f'last good checkpoint is iteration {last_saved} in '
                             f'{c.model_save_dir}. Try lower learning rates (--g_lr, --d_lr).')
                 loss.update(step_loss)
+                if (i + 1) % c.log_step == 0 or (i + 1) % c.sample_step == 0:
+                    loss = all_reduce_mean(loss)  # several ranks: log the mean over ranks
 
                 # Loss values are fetched from the device only here, so the loop does not wait.
                 if (i + 1) % c.log_step == 0:
@@ -536,13 +1005,14 @@ class Solver:
                                      ('D/loss_real', 'D/loss_fake', 'D/loss_gp', 'G/loss_fake',
                                       'G/loss_id', 'G/loss_rec', 'G/loss_mask') if k in values},
                                     refresh=False)
-                    stats.write({'iter': i + 1, 'time': round(time.time() - start_time, 3),
-                                 'g_lr': g_lr, 'd_lr': d_lr, **values})
+                    if main_rank:
+                        stats.write({'iter': i + 1, 'time': round(time.time() - start_time, 3),
+                                     'g_lr': g_lr, 'd_lr': d_lr, **values})
                     if self.logger:
                         for tag, value in values.items():
                             self.logger.scalar_summary(tag, value, i + 1)
 
-                if (i + 1) % c.sample_step == 0:
+                if (i + 1) % c.sample_step == 0 and main_rank:
                     with torch.no_grad():
                         grid = translation_grid(self.G, x_fixed_A, x_fixed_B)
                     path = os.path.join(c.sample_dir, f'{i + 1}-images.jpg')
@@ -554,19 +1024,26 @@ class Solver:
                                file=sys.stdout)
 
                 if (i + 1) % c.model_save_step == 0:
-                    self.save_checkpoint(i + 1, sampler, batches_done)
+                    self.save_checkpoint(i + 1, sampler, pairs_done)
                     last_saved = i + 1
                     tqdm.write(f'Saved model checkpoints into {c.model_save_dir}...',
                                file=sys.stdout)
+                    if main_rank:  # only rank 0 writes
+                        self.log_aucp(i + 1, holdout)
 
-                if stop.signal is not None:
+                stopping = stop.signal is not None
+                if dist.is_initialized():  # all ranks stop at the same iteration, agreed at log
+                    # steps only (one tiny all_reduce), so a signal takes up to log_step steps.
+                    stopping = (i + 1) % c.log_step == 0 and any_rank(stopping, self.device)
+                if stopping:
                     # Interrupted: keep the work done so far, then exit.
                     bar.close()
                     if nonfinite_terms(step_loss) + self.nonfinite_weights():
                         raise NonFiniteLossError(f'interrupted at iteration {i + 1} with '
                                                  f'non-finite losses; nothing saved')
                     if last_saved != i + 1:
-                        self.save_checkpoint(i + 1, sampler, batches_done)
+                        self.save_checkpoint(i + 1, sampler, pairs_done)
+                    stop.signal = stop.signal or signal.SIGTERM  # a rank told by another one
                     print(f'\nInterrupted by {signal.Signals(stop.signal).name} at iteration '
                           f'{i + 1}; saved {i + 1}-G.ckpt, {i + 1}-D.ckpt and {i + 1}-state.pt '
                           f'in {c.model_save_dir}. Resume with the same flags plus '
@@ -577,11 +1054,96 @@ class Solver:
         # Unlike the original, always keep the final weights, even when num_iters is not a
         # multiple of model_save_step.
         if c.num_iters > last_saved:
-            self.save_checkpoint(c.num_iters, sampler, batches_done)
+            self.save_checkpoint(c.num_iters, sampler, pairs_done)
             print(f'Saved final model checkpoints ({c.num_iters}) into {c.model_save_dir}...')
+            if main_rank:  # only rank 0 writes
+                self.log_aucp(c.num_iters, holdout)
         if self.logger:
             self.logger.close()
         print(f'Training finished in {time.time() - start_time:.1f} s.')
+
+    def restore_ema(self, iters):
+        """Continue the average of a resumed run from <iters>-G_ema.ckpt (or from G)."""
+        path = os.path.join(self.config.model_save_dir, f'{iters}-G_ema.ckpt')
+        if self.G_ema is not None and os.path.exists(path):
+            load_state_dict_checked(self.G_ema, path, 'Generator')
+        elif self.G_ema is not None:
+            self.G_ema.load_state_dict(self.G.state_dict())
+
+    def load_holdout(self):
+        """The held-out healthy and mixed images as two CPU tensors (None when none held out)."""
+        split = self.split or data_loader.resolve_split(self.config)
+        if not split.get('holdout_healthy') or not split.get('holdout_mixed'):
+            print('AUCp: no held-out images (--holdout_fraction 0 or sets too small): '
+                  'checkpoints are not scored')
+            return None
+        loader = data_loader.get_loader(self.config, 'holdout', split)
+        x, labels = [], []
+        for batch, label, _ in loader:
+            x.append(batch.cpu())
+            labels.append(label.cpu())
+        x, labels = torch.cat(x), torch.cat(labels)
+        print(f'AUCp: {int((labels == 0).sum())} healthy and {int((labels == 1).sum())} mixed '
+              f'images held out of training')
+        return x[labels == 0], x[labels == 1]
+
+    @torch.no_grad()
+    def score_images(self, x, G=None):
+        """Every score variant (metrics.SCORE_VARIANTS) of each image in a CPU tensor: {name: [N]}."""
+        G = G or self.G
+        G.train()  # per-image InstanceNorm statistics, as in testing (see translate)
+        # Training-mode forwards move InstanceNorm's running statistics; put them back so that
+        # scoring leaves the run exactly as it was (and a resumed run equal to an unbroken one).
+        buffers = [b.clone() for b in G.buffers()]
+        scores = {}
+        for batch in torch.split(x, self.config.batch_size):
+            batch = batch.to(self.device)
+            x_hat, _, mask = generate(G, batch)
+            for name, s in metrics.score_variants(batch, x_hat, mask).items():
+                scores.setdefault(name, []).append(s.cpu())
+        for b, saved in zip(G.buffers(), buffers):
+            b.copy_(saved)
+        return {name: torch.cat(s) for name, s in scores.items()}
+
+    def holdout_aucp(self, holdout, G=None):
+        """AUCp of every score variant on the held-out images: {name: value}."""
+        x_healthy, x_mixed = holdout
+        s_healthy, s_mixed = self.score_images(x_healthy, G), self.score_images(x_mixed, G)
+        labels = [0] * len(x_healthy) + [1] * len(x_mixed)
+        return {name: metrics.aucp(labels, metrics.to_numpy(torch.cat([s_healthy[name],
+                                                                       s_mixed[name]])))
+                for name in s_healthy}
+
+    def log_aucp(self, iters, holdout):
+        """AUCp (healthy held-out = 0, mixed held-out = 1) of the current G, to TB and aucp.jsonl.
+
+        'AUCp' uses --score_variant (the score testAUC reports first); every variant's AUCp is
+        recorded too, so a score can also be chosen without labels.
+        Added: the label-free checkpoint selection of the authors' later work (see ORIGINAL.md).
+        """
+        if holdout is None:
+            return None
+        variant = getattr(self.config, 'score_variant', 'mean')
+        by_variant = self.holdout_aucp(holdout)
+        value = by_variant[variant]
+        record = {'iter': iters, 'AUCp': value, 'score_variant': variant,
+                  'n_healthy': len(holdout[0]), 'n_mixed': len(holdout[1]),
+                  'AUCp_by_variant': by_variant}
+        if self.G_ema is not None:  # the averaged generator, which --test_ema true tests
+            ema_by_variant = self.holdout_aucp(holdout, self.G_ema)
+            record['AUCp_ema'] = ema_by_variant[variant]
+            record['AUCp_ema_by_variant'] = ema_by_variant
+        with open(os.path.join(self.config.model_save_dir, AUCP_LOG), 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        if self.logger:
+            self.logger.scalar_summary('AUCp', value, iters)
+            if 'AUCp_ema' in record:
+                self.logger.scalar_summary('AUCp_ema', record['AUCp_ema'], iters)
+        tqdm.write(f'AUCp at iteration {iters}: {value:.4f}' + (
+            f' (averaged G: {record["AUCp_ema"]:.4f})' if 'AUCp_ema' in record else '') +
+            ' [' + ', '.join(f'{k} {v:.3f}' for k, v in by_variant.items()) + ']',
+            file=sys.stdout)
+        return value
 
     def nonfinite_weights(self):
         """['G weights'] / ['D weights'] where a parameter is NaN or infinite."""
@@ -595,22 +1157,35 @@ class Solver:
     #                                          Testing                                             #
     # ------------------------------------------------------------------------------------------ #
 
-    @torch.no_grad()
     def translate(self, x):
         """x_hat, x_raw, mask for a test batch.
 
         Faithful to the original, G stays in training mode: InstanceNorm normalises every image
         with its own statistics and the running statistics stored in the checkpoint are never
-        used (calling eval() would change the released model's scores).
+        used (calling eval() would change the released model's scores). Runs under
+        inference_mode (the original: no_grad; same values) with the --amp / --channels_last /
+        --compile fast paths the flags ask for.
         """
         self.G.train()
-        return generate(self.G, x)
+        with torch.inference_mode():
+            x_hat, x_raw, mask, _ = generate_amp(self.G_run, self.to_layout(x), self.amp_dtype)
+        return x_hat, x_raw, mask
 
     def load_for_test(self):
-        """Resolve --test_iters and load G (D is not needed to test)."""
+        """Resolve --test_iters and load G (D is not needed to test); --test_ema: its average."""
         c = self.config
-        iters = resolve_iters(c.test_iters, c.model_save_dir, '--test_iters')
-        self.restore_model(iters, load_D=False)
+        ema = getattr(c, 'test_ema', False)
+        iters = resolve_iters(c.test_iters, c.model_save_dir, '--test_iters', ema,
+                              getattr(c, 'score_variant', 'mean'))
+        if ema:
+            path = os.path.join(c.model_save_dir, f'{iters}-G_ema.ckpt')
+            if not os.path.exists(path):
+                raise CheckpointError(f'--test_ema true: {path} does not exist (train with '
+                                      f'--g_ema_decay > 0 to write it)')
+            print(f'Loading the averaged generator {path}...')
+            load_state_dict_checked(self.G, path, 'Generator')
+        else:
+            self.restore_model(iters, load_D=False)
         return iters
 
     def test(self):
@@ -618,7 +1193,7 @@ class Solver:
         c = self.config
         iters = self.load_for_test()
         os.makedirs(c.result_dir, exist_ok=True)
-        loader = data_loader.get_loader(c, 'test', self.split)
+        loader = data_loader.get_loader(c, 'test', self.split, self.device)
         for k, (x_A, x_B) in enumerate(tqdm(loader, desc='test', file=sys.stdout)):
             self.G.train()
             with torch.no_grad():
@@ -627,35 +1202,356 @@ class Solver:
             save_image(denorm(grid.cpu()), path, nrow=1, padding=0)
         print(f'Saved translated images into {c.result_dir}...')
 
+    # ------------------------------------------------------------------------------------------ #
+    #               Evaluation (added): score variants, maps, thresholds, pictures                 #
+    # ------------------------------------------------------------------------------------------ #
+
+    @torch.no_grad()
+    def score_pass(self, loader, names=None, map_dir=None, keep_maps=(), desc='scoring'):
+        """One translation pass over a loader of (images, labels, indices[, errors]) batches.
+
+        Returns ({variant: float array [n]}, {index: anomaly map} for the indices in keep_maps,
+        {index: error} for unreadable images). With map_dir, each image's anomaly map is
+        written to map_dir/<names[index]> as a 16-bit PNG.
+        """
+        import numpy as np
+        import report
+        n = len(loader.dataset)
+        scores = {v: np.full(n, np.nan) for v in metrics.SCORE_VARIANTS}
+        kept, errors = {}, {}
+        for batch in tqdm(loader, desc=desc, file=sys.stdout):
+            x, index = batch[0].to(self.device), batch[2].tolist()
+            bad = batch[3] if len(batch) > 3 else [''] * len(index)
+            x_hat, _, mask = self.translate(x)
+            variants = {v: metrics.to_numpy(s)
+                        for v, s in metrics.score_variants(x, x_hat, mask).items()}
+            amap = metrics.to_numpy(metrics.anomaly_map(x, x_hat))[:, 0].astype(np.float32)
+            for j, k in enumerate(index):
+                if bad[j]:
+                    errors[k] = bad[j]
+                    continue
+                for v, s in variants.items():
+                    scores[v][k] = s[j]
+                if map_dir is not None:
+                    report.save_map(amap[j], os.path.join(map_dir, names[k]))
+                if k in keep_maps:
+                    kept[k] = amap[j]
+        return scores, kept, errors
+
+    def validation_set(self, test_paths=()):
+        """(paths, labels, description) of the validation images, or None.
+
+        --val_dir DIR, else (Folder layout) <image_dir>/val when it exists: normal/ and
+        anomalous/ below it, as in test/.
+        """
+        c = self.config
+        where = c.val_dir
+        if not where and c.dataset == 'Folder' and os.path.isdir(os.path.join(c.image_dir, 'val')):
+            where = os.path.join(c.image_dir, 'val')
+        if not where:
+            return None
+        if not os.path.isdir(where):
+            raise data_loader.DataError(f'--val_dir {where} does not exist; it should hold '
+                                        f'normal/ and anomalous/ (as test/ does)')
+        normal = data_loader.list_images(os.path.join(where, 'normal'))
+        anomalous = data_loader.list_images(os.path.join(where, 'anomalous'))
+        shared = {os.path.abspath(p) for p in normal + anomalous} & \
+            {os.path.abspath(p) for p in test_paths}
+        if shared:
+            raise ConfigError(f'{len(shared)} validation images in {where} are also test images '
+                              f'(e.g. {sorted(shared)[0]}): a threshold chosen on them is not '
+                              f'independent of the test set; use a disjoint --val_dir')
+        return normal + anomalous, [0] * len(normal) + [1] * len(anomalous), where
+
+    def validation_thresholds(self, val):
+        """The original's threshold rule applied to the validation scores of every variant."""
+        paths, labels, where = val
+        loader = data_loader.folder_loader(self.config, paths, labels)
+        scores, _, errors = self.score_pass(loader, desc='validation')
+        if errors:
+            raise data_loader.DataError(
+                f'{len(errors)} validation images cannot be read, e.g. '
+                f'{next(iter(errors.values()))}; remove them from {where}')
+        n_normal, n_anomalous = labels.count(0), labels.count(1)
+        source = (f"validation set {where} ({n_normal} normal, {n_anomalous} anomalous; the "
+                  f"original's rule, |TPR - (1 - FPR)| minimal, applied to it)")
+        thresholds = {v: metrics.original_threshold(labels, s)[0] for v, s in scores.items()}
+        info = {'dir': where, 'n_normal': n_normal, 'n_anomalous': n_anomalous,
+                'image_AUROC': {v: metrics.image_metrics(labels, s)['image_AUROC']
+                                for v, s in scores.items()}}
+        return thresholds, source, info
+
+    def draw_panels(self, dataset, indices, names, panel_dir, vmax, gt_masks=None, captions=None):
+        """Per-image panels (input, translation, mask, map; true lesion where known) as PNGs.
+
+        A second, short translation pass over these images only: the scores come from the
+        first pass, and the colour scale vmax needs every map first.
+        """
+        import report
+        gt_masks, captions = gt_masks or {}, captions or {}
+        indices = list(indices)
+        for a in tqdm(range(0, len(indices), self.config.batch_size), desc='pictures',
+                      file=sys.stdout, disable=len(indices) < 50):
+            chunk = indices[a:a + self.config.batch_size]
+            x = torch.stack([dataset[k][0] for k in chunk]).to(self.device)
+            x_hat, _, mask = self.translate(x)
+            amap = metrics.anomaly_map(x, x_hat)
+            x, x_hat = metrics.to_numpy(x), metrics.to_numpy(x_hat)
+            mask, amap = metrics.to_numpy(mask)[:, 0], metrics.to_numpy(amap)[:, 0]
+            for j, k in enumerate(chunk):
+                path = os.path.join(panel_dir, names[k])
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                report.panel(x[j], x_hat[j], mask[j], amap[j], vmax, gt_masks.get(k),
+                             captions.get(k, '')).save(path)
+
+    def checkpoint_path(self, iters):
+        """The generator file that was tested (the averaged one with --test_ema true)."""
+        ema = getattr(self.config, 'test_ema', False)
+        return os.path.join(self.config.model_save_dir, f'{iters}-G{"_ema" if ema else ""}.ckpt')
+
     def test_auc(self):
-        """Score every test image, report AUROC, sensitivity and specificity; write the files."""
+        """Score every test image with every score variant; AUROC (bootstrap CI), AUPRC and the
+        operating point's metrics, pixel metrics where lesion masks exist; scores.csv, the maps,
+        metrics.json and (--report true) pictures and report.html in result_dir."""
+        import numpy as np
         c = self.config
         iters = self.load_for_test()
         os.makedirs(c.result_dir, exist_ok=True)
-        loader = data_loader.get_loader(c, 'testAUC', self.split)
+        loader = data_loader.get_loader(c, 'testAUC', self.split, self.device)
         dataset = loader.dataset
-        scores = [0.0] * len(dataset)
-        for x, _, index in tqdm(loader, desc='testAUC', file=sys.stdout):
-            x = x.to(self.device)
-            x_hat, _, _ = self.translate(x)
-            for k, s in zip(index.tolist(), metrics.to_numpy(metrics.anomaly_score(x, x_hat))):
-                scores[k] = float(s)
-        result = metrics.image_metrics(dataset.labels, scores)
-        result.update({'checkpoint': os.path.join(c.model_save_dir, f'{iters}-G.ckpt'),
-                       'iteration': iters, 'score': 'mean |x - x_hat| / 2 (original)',
-                       'image_size': c.image_size})
-        with open(os.path.join(c.result_dir, 'metrics.json'), 'w') as f:
-            json.dump(result, f, indent=1)
+        paths, labels = list(dataset.paths), np.asarray(dataset.labels, dtype=int)
+        import report
+        names = report.output_names(paths)
+        # Ground-truth lesion masks (synthetic.py's layout): a normal image's truth is empty.
+        gt_masks = {}
+        for k, p in enumerate(paths):
+            found = data_loader.find_mask(p, c.image_dir)
+            if found:
+                gt_masks[k] = data_loader.load_mask(found, p, c.image_size)
+        pixel_keys = set()
+        if any(labels[k] == 1 for k in gt_masks):
+            pixel_keys = set(gt_masks) | {k for k in range(len(paths)) if labels[k] == 0}
+
+        val = self.validation_set(paths)
+        scores, maps, _ = self.score_pass(loader, names, os.path.join(c.result_dir, 'maps'),
+                                          pixel_keys, desc='testAUC')
+        thresholds, source, val_info = (self.validation_thresholds(val) if val
+                                        else ({}, None, None))
+        variants = {}
+        for v, s in scores.items():
+            r = metrics.image_metrics(labels, s, thresholds.get(v), source, c.bootstrap,
+                                      c.bootstrap_seed)
+            variants[v] = {'description': metrics.SCORE_VARIANTS[v], **r}
+        result = dict(variants[c.score_variant])
+        del result['description']
+        result.update({'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
+                       'score': metrics.SCORE_VARIANTS[c.score_variant],
+                       'score_variant': c.score_variant, 'image_size': c.image_size,
+                       'bootstrap': {'n': c.bootstrap, 'seed': c.bootstrap_seed,
+                                     'method': 'percentile, stratified by class'}})
+        if val_info:
+            result['validation'] = val_info
+        if pixel_keys:
+            keys = sorted(pixel_keys)
+            empty = np.zeros((c.image_size, c.image_size), bool)
+            result.update(metrics.pixel_metrics([gt_masks.get(k, empty) for k in keys],
+                                                [maps[k] for k in keys]))
+            result['pixel_map'] = 'anomaly_map |x - x_hat| / 2; normal images count as lesion-free'
+        result['variants'] = {v: {key: r[key] for key in (
+            'description', 'image_AUROC', 'image_AUROC_ci95', 'image_AUPRC', 'threshold',
+            'sensitivity', 'specificity', 'accuracy', 'F1') if key in r}
+            for v, r in variants.items()}
+
+        selected = scores[c.score_variant]
+        pred = (selected >= result['threshold']).astype(int)
         with open(os.path.join(c.result_dir, 'scores.csv'), 'w', newline='') as f:
             w = csv.writer(f)
-            w.writerow(['path', 'gt_label', 'pred_score'])
-            for path, label, score in zip(dataset.paths, dataset.labels, scores):
-                w.writerow([path, label, f'{score:.8f}'])
+            w.writerow(['path', 'gt_label', 'pred_score', 'anomaly_map', 'pred_label']
+                       + [f'score_{v}' for v in scores])
+            for k, path in enumerate(paths):
+                w.writerow([path, int(labels[k]), f'{selected[k]:.8f}',
+                            os.path.join('maps', names[k]), pred[k]]
+                           + [f'{scores[v][k]:.8f}' for v in scores])
+        if c.report:
+            result['report'] = 'report.html'
+        with open(os.path.join(c.result_dir, 'metrics.json'), 'w') as f:
+            json.dump(result, f, indent=1)
+        if c.report:
+            self.write_test_report(result, scores, labels, names, dataset, gt_masks, iters)
+
+        ci = result.get('image_AUROC_ci95')
         print(f"AUC: {result['image_AUROC']:.4f}  sensitivity: {result['sensitivity']:.4f}  "
               f"specificity: {result['specificity']:.4f}  (threshold {result['threshold']:.6f}, "
               f"{result['threshold_source']}; {result['n_normal']} normal, "
               f"{result['n_anomalous']} anomalous)")
-        print(f'Saved metrics.json and scores.csv into {c.result_dir}')
+        print(f'score {c.score_variant}' + (f'; AUROC 95% CI {ci[0]:.4f} - {ci[1]:.4f}' if ci
+                                            else '')
+              + f"; AUPRC {result['image_AUPRC']:.4f}; accuracy {result['accuracy']:.4f}; "
+                f"F1 {result['F1']:.4f}")
+        print('variants: ' + ', '.join(f"{v} {r['image_AUROC']:.4f}"
+                                       for v, r in result['variants'].items()))
+        if 'pixel_AUROC' in result:
+            print(f"pixel AUROC {result['pixel_AUROC']:.4f}; Dice {result['pixel_Dice']:.4f} "
+                  f"({result['pixel_threshold_source']})")
+        print('Saved metrics.json, scores.csv and maps/' + (', pictures and report.html'
+                                                            if c.report else '')
+              + f' into {c.result_dir}')
         return result
 
     testAUC = test_auc  # the original's name for the mode
+
+    def picture_indices(self, n, order_groups):
+        """The first --num_maps images (-1: all) plus the report's examples."""
+        first = range(n) if self.config.num_maps < 0 else range(min(self.config.num_maps, n))
+        return sorted(set(first) | {k for _, ks in order_groups for k in ks})
+
+    def write_test_report(self, result, scores, labels, names, dataset, gt_masks, iters):
+        """Panels, ROC curve, histograms and report.html of a testAUC run."""
+        import numpy as np
+        import report
+        c = self.config
+        selected = scores[c.score_variant]
+        plots = os.path.join(c.result_dir, 'plots')
+        os.makedirs(plots, exist_ok=True)
+        report.plot_roc(labels, scores, c.score_variant, result['threshold'],
+                        os.path.join(plots, 'roc.png'),
+                        {v: r['image_AUROC'] for v, r in result['variants'].items()})
+        report.plot_histogram(selected, os.path.join(plots, 'score_histogram.png'), labels,
+                              result['threshold'], f'anomaly score ({c.score_variant})')
+        groups = []
+        for label, name in ((1, 'anomalous'), (0, 'normal')):
+            ks = np.flatnonzero(labels == label)
+            order = ks[np.argsort(-selected[ks], kind='stable')]
+            groups.append((f'{name}: most anomalous', order[:report.N_EXAMPLES].tolist()))
+            groups.append((f'{name}: least anomalous', order[::-1][:report.N_EXAMPLES].tolist()))
+        captions = {k: f'{os.path.basename(dataset.paths[k])}  label '
+                       f'{"anomalous" if labels[k] else "normal"}  score {selected[k]:.5f}'
+                    for k in range(len(labels))}
+        vmax = max(float(np.nanmax(scores['p99'])), 1e-6)
+        self.draw_panels(dataset, self.picture_indices(len(labels), groups), names,
+                         os.path.join(c.result_dir, 'panels'), vmax, gt_masks, captions)
+        examples = [(title, [(f'panels/{names[k]}', f'#{rank + 1}: {captions[k]}')
+                             for rank, k in enumerate(ks)]) for title, ks in groups]
+        body = (report.metrics_html(result)
+                + '\n<h2>Plots</h2><div class="plots"><img src="plots/roc.png" alt="ROC">'
+                  '<img src="plots/score_histogram.png" alt="histogram"></div>'
+                + f'\n<h2>Examples</h2><p class="note">Columns: input, translation, G\'s mask, '
+                  f'the anomaly map |x - x_hat| / 2 over the input (colours from 0 to {vmax:.4g}, '
+                  f'the largest 99th percentile of any map in this run), and the true lesion '
+                  f'where a mask exists. Ranked by the {c.score_variant} score.</p>\n'
+                + report.examples_html(examples)
+                + '\n<p class="note">Files: <a href="metrics.json">metrics.json</a>, '
+                  '<a href="scores.csv">scores.csv</a> (one row per image, with its map in '
+                  'maps/ and, for the first --num_maps images, its panel in panels/).</p>')
+        info = {'checkpoint': result['checkpoint'], 'iteration': iters,
+                'image size': c.image_size, 'test images': len(labels),
+                'score variant': f"{c.score_variant}: {result['score']}",
+                'threshold source': result['threshold_source'],
+                'written': datetime.datetime.now().isoformat(timespec='seconds')}
+        report.write_html(os.path.join(c.result_dir, 'report.html'), 'HealthyGAN test report',
+                          info, body)
+
+    def score_folder(self):
+        """Score every image below --score_dir (recursively, any supported format), unlabelled.
+
+        Writes scores.csv (one row per image: path, pred_score, map file, every variant; a
+        predicted label when --val_dir gives a threshold), maps/, summary.json and, with
+        --report true, panels and report.html into result_dir.
+        """
+        import numpy as np
+        import report
+        c = self.config
+        if not c.score_dir:
+            raise ConfigError('--mode score needs --score_dir DIR, the folder of images to score')
+        if not os.path.isdir(c.score_dir):
+            raise data_loader.DataError(f'--score_dir {c.score_dir} does not exist')
+        # A result_dir inside score_dir must not have its own maps and panels scored.
+        results = os.path.abspath(c.result_dir) + os.sep
+        paths = [p for p in data_loader.list_images(c.score_dir)
+                 if not os.path.abspath(p).startswith(results)]
+        if not paths:
+            raise data_loader.DataError(f'no images in --score_dir {c.score_dir} outside '
+                                        f'--result_dir {c.result_dir}')
+        iters = self.load_for_test()
+        os.makedirs(c.result_dir, exist_ok=True)
+        names = report.output_names(paths, root=c.score_dir)
+        val = self.validation_set()
+        loader = data_loader.folder_loader(c, paths)
+        scores, _, errors = self.score_pass(loader, names, os.path.join(c.result_dir, 'maps'),
+                                            desc='score')
+        thresholds, source, val_info = (self.validation_thresholds(val) if val
+                                        else ({}, None, None))
+        ok = [k for k in range(len(paths)) if k not in errors]
+        selected = scores[c.score_variant]
+        threshold = thresholds.get(c.score_variant)
+        header = ['path', 'pred_score', 'anomaly_map'] + (['pred_label'] if val else []) \
+            + [f'score_{v}' for v in scores]
+        with open(os.path.join(c.result_dir, 'scores.csv'), 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for k in ok:
+                w.writerow([paths[k], f'{selected[k]:.8f}', os.path.join('maps', names[k])]
+                           + ([int(selected[k] >= threshold)] if val else [])
+                           + [f'{scores[v][k]:.8f}' for v in scores])
+        summary = {'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
+                   'score_dir': c.score_dir, 'image_size': c.image_size,
+                   'score_variant': c.score_variant, 'score': metrics.SCORE_VARIANTS[c.score_variant],
+                   'n_images': len(ok), 'unreadable': {paths[k]: e for k, e in errors.items()}}
+        if ok:
+            s = selected[ok]
+            summary['pred_score'] = {'mean': float(s.mean()), 'min': float(s.min()),
+                                     'median': float(np.median(s)), 'max': float(s.max())}
+        if val:
+            summary.update({'threshold': threshold, 'threshold_source': source,
+                            'validation': val_info,
+                            'n_pred_anomalous': int((selected[ok] >= threshold).sum())})
+        with open(os.path.join(c.result_dir, 'summary.json'), 'w') as f:
+            json.dump(summary, f, indent=1)
+        if errors:
+            print(f'warning: {len(errors)} images could not be read and were left out (listed '
+                  f'in summary.json), e.g. {next(iter(errors.values()))}')
+        if c.report and ok:
+            self.write_score_report(summary, scores, ok, paths, names, loader.dataset, iters)
+        print(f'Scored {len(ok)} images in {c.score_dir} ({c.score_variant}: median '
+              f'{summary["pred_score"]["median"]:.6f})' if ok else 'No image could be scored')
+        print('Saved scores.csv, maps/ and summary.json' + (' and report.html' if c.report
+                                                              else '') + f' into {c.result_dir}')
+        return summary
+
+    def write_score_report(self, summary, scores, ok, paths, names, dataset, iters):
+        """Panels, score histogram and report.html of a folder scored without labels."""
+        import numpy as np
+        import report
+        c = self.config
+        selected = scores[c.score_variant]
+        os.makedirs(os.path.join(c.result_dir, 'plots'), exist_ok=True)
+        report.plot_histogram(selected[ok], os.path.join(c.result_dir, 'plots',
+                                                         'score_histogram.png'),
+                              threshold=summary.get('threshold'),
+                              xlabel=f'anomaly score ({c.score_variant})')
+        order = np.asarray(ok)[np.argsort(-selected[ok], kind='stable')]
+        groups = [('most anomalous', order[:report.N_EXAMPLES].tolist()),
+                  ('least anomalous', order[::-1][:report.N_EXAMPLES].tolist())]
+        captions = {k: f'{names[k]}  score {selected[k]:.5f}' for k in ok}
+        vmax = max(float(np.nanmax(scores['p99'])), 1e-6)
+        shown = [k for k in self.picture_indices(len(paths), groups) if k in captions]
+        self.draw_panels(dataset, shown, names, os.path.join(c.result_dir, 'panels'), vmax,
+                         captions=captions)
+        examples = [(title, [(f'panels/{names[k]}', f'#{rank + 1}: {captions[k]}')
+                             for rank, k in enumerate(ks)]) for title, ks in groups]
+        threshold = (f"{summary['threshold']:.6g} ({summary['threshold_source']}); "
+                     f"{summary['n_pred_anomalous']} of {len(ok)} images above it"
+                     if 'threshold' in summary else 'none (no --val_dir): scores only')
+        body = ('<h2>Scores</h2><p>No labels: scores and maps only. Threshold: '
+                f'{threshold}.</p><div class="plots"><img src="plots/score_histogram.png" '
+                'alt="histogram"></div>\n<h2>Examples</h2>'
+                f'<p class="note">Colours of the map from 0 to {vmax:.4g}.</p>\n'
+                + report.examples_html(examples)
+                + '\n<p class="note">Files: <a href="summary.json">summary.json</a>, '
+                  '<a href="scores.csv">scores.csv</a>.</p>')
+        info = {'checkpoint': summary['checkpoint'], 'iteration': iters,
+                'folder': c.score_dir, 'images scored': len(ok),
+                'unreadable': len(summary['unreadable']),
+                'score variant': f"{c.score_variant}: {summary['score']}"}
+        report.write_html(os.path.join(c.result_dir, 'report.html'),
+                          'HealthyGAN: scores of a folder', info, body)

@@ -28,8 +28,9 @@ MODEL_SAVE_STEP=${MODEL_SAVE_STEP:-10000}
 SAMPLE_STEP=${SAMPLE_STEP:-1000}
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-auto}
+LAUNCH=${LAUNCH:-python}             # train_covid_ddp.sh sets a torchrun command here
 
-python main.py --mode train --dataset Covid \
+$LAUNCH main.py --mode train --dataset Covid \
     --image_dir "$IMAGE_DIR" --list_dir "$LIST_DIR" \
     --image_size "$IMAGE_SIZE" --batch_size "$BATCH_SIZE" \
     --num_iters "$NUM_ITERS" --num_iters_decay "$NUM_ITERS_DECAY" \

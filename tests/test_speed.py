@@ -1,0 +1,180 @@
+"""Fast paths of the training step: off, the step is the original loop's; on, the same losses."""
+import json
+import os
+
+import pytest
+import torch
+
+import main as cli
+import solver as S
+from conftest import tiny_args
+from tools import benchmark
+
+TINY = ['--image_size', '16', '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1',
+        '--d_repeat_num', '3', '--batch_size', '4', '--device', 'cpu']
+# Largest allowed |fast - plain| per loss term, as atol + rtol * |plain|, over two cycles
+# (four iterations) from the same weights and batches. fp32 paths differ only by the order of
+# floating-point sums; 16-bit autocast by its rounding of G's and the critic's convolutions.
+FP32_TOL, AMP_TOL = 1e-4, 5e-2
+
+
+def make(*flags, seed=0):
+    config = cli.build_parser().parse_args(TINY + list(flags))
+    torch.manual_seed(seed)
+    return S.Solver(config)
+
+
+def batches(n=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(4, 3, 16, 16, generator=g) * 2 - 1,
+             torch.rand(4, 3, 16, 16, generator=g) * 2 - 1) for _ in range(n)]
+
+
+def run(solver, data, original=False):
+    """Losses (floats) of each cycle; the RNG (gradient-penalty weights) seeded alike."""
+    torch.manual_seed(123)
+    cycle = benchmark.original_cycle if original else benchmark.solver_cycle
+    return [{k: float(v) for k, v in cycle(solver, x_A, x_B).items()} for x_A, x_B in data]
+
+
+def assert_close(fast, plain, tol):
+    for cycle_fast, cycle_plain in zip(fast, plain):
+        assert cycle_fast.keys() == cycle_plain.keys()
+        for k, v in cycle_plain.items():
+            assert abs(cycle_fast[k] - v) <= tol + tol * abs(v), (k, cycle_fast[k], v)
+
+
+def test_default_step_is_the_original_loop_bit_for_bit():
+    # The original: G with autograd on in the critic step, fresh G passes in the G step, .item()
+    # every iteration. The project's step with every fast path off: same numbers, same weights.
+    data = batches()
+    original, default = make(), make()
+    assert run(original, data, original=True) == run(default, data)
+    for a, b in ((original.G, default.G), (original.D, default.D)):
+        for (k, t), u in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(t, u), k
+
+
+@pytest.mark.parametrize('flags,tol', [
+    (['--reuse_fake', 'true'], 0.0),  # the very same pass of G: no difference at all
+    (['--merge_critic', 'true'], FP32_TOL),
+    (['--channels_last', 'true'], FP32_TOL),
+    (['--adam_impl', 'foreach'], FP32_TOL),
+    (['--adam_impl', 'fused'], FP32_TOL),
+    (['--amp', 'bf16'], AMP_TOL),
+    (['--amp', 'fp16'], AMP_TOL),
+    (['--fast', 'true'], FP32_TOL),
+    (['--fast', 'true', '--channels_last', 'true', '--amp', 'bf16'], AMP_TOL),
+])
+def test_fast_paths_keep_the_losses(flags, tol):
+    data = batches()
+    assert_close(run(make(*flags), data), run(make(), data), tol)
+
+
+def test_reuse_fake_saves_a_pass_and_keeps_the_running_statistics():
+    data = batches(3)
+    plain, fast = make(), make('--reuse_fake', 'true')
+    calls = {'plain': 0, 'fast': 0}
+    plain.G.register_forward_hook(lambda *a: calls.__setitem__('plain', calls['plain'] + 1))
+    fast.G.register_forward_hook(lambda *a: calls.__setitem__('fast', calls['fast'] + 1))
+    run(plain, data), run(fast, data)
+    assert calls == {'plain': 4 * 3, 'fast': 3 * 3}  # per cycle: 2 critic + 2 G passes vs 1 + 2
+    # The (unused) InstanceNorm running statistics get the original's two updates for x_A.
+    for (k, a), b in zip(plain.G.state_dict().items(), fast.G.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), k
+    # Without a G step after it (keep_fake False) nothing is kept.
+    fast.d_step(*data[0])
+    assert fast.kept_fake is None
+
+
+def test_merged_critic_pass_gives_each_batch_its_own_outputs():
+    D = make().D
+    a, b = torch.randn(3, 3, 16, 16), torch.randn(5, 3, 16, 16)
+    merged = S.critic(D, [a, b], merge=True)
+    separate = S.critic(D, [a, b], merge=False)
+    for m, s in zip(merged, separate):
+        assert m.shape == s.shape and torch.allclose(m, s, atol=1e-6)
+
+
+def test_translate_under_fast_paths():
+    x = batches(1)[0][0]
+    plain = make()
+    with torch.no_grad():
+        expected = S.generate(plain.G, x)
+    got = plain.translate(x)  # inference_mode: the same values as the original's no_grad
+    assert all(torch.equal(g, e) for g, e in zip(got, expected))
+    for flags, tol in ((['--channels_last', 'true'], 1e-5), (['--amp', 'bf16'], 5e-2)):
+        fast = make(*flags)
+        for g, e in zip(fast.translate(x), expected):
+            assert g.dtype == torch.float32 and torch.allclose(g, e, atol=tol), flags
+
+
+def test_resume_keeps_the_adam_implementation():
+    fast, default = make('--adam_impl', 'fused'), make()
+    fast.d_optimizer.load_state_dict(default.d_optimizer.state_dict())  # saved by a plain run
+    assert fast.d_optimizer.param_groups[0]['fused'] is True
+
+
+def test_compile_without_a_cpp_compiler_runs_eagerly(monkeypatch, capsys):
+    monkeypatch.setenv('PATH', '')
+    monkeypatch.setenv('CXX', 'no-such-compiler')
+    module = torch.nn.Linear(2, 2)
+    assert S.maybe_compile(module, 'G', torch.device('cpu')) is module
+    assert 'no C++ compiler' in capsys.readouterr().err
+
+
+def test_compile_failure_falls_back_to_eager(capsys):
+    class Unsupported(torch.nn.Module):
+        def forward(self, x):  # a graph break inside fullgraph compilation: a real failure
+            torch._dynamo.graph_break()
+            return x * 2
+    wrapped = S.CompiledOrEager(Unsupported(), 'G')
+    wrapped.compiled = torch.compile(wrapped.module, fullgraph=True, backend='eager')
+    x = torch.ones(2)
+    assert torch.equal(wrapped(x), x * 2) and wrapped.compiled is None
+    assert 'running it eagerly' in capsys.readouterr().err
+    assert torch.equal(wrapped(x), x * 2)  # and stays eager, without a second warning
+    assert capsys.readouterr().err == ''
+
+
+def test_speed_flags_through_the_cli(tmp_path, folder_dataset):
+    # --fast fills in the unset flags; an explicit flag wins; run_config.json records what ran;
+    # fp16's loss scale goes into the state file for an exact resume.
+    cli.main(tiny_args(tmp_path, folder_dataset, '--num_iters', '2', '--device', 'cpu',
+                       '--fast', 'true', '--amp', 'fp16', '--merge_critic', 'false',
+                       '--use_tensorboard', 'false'))
+    models = tmp_path / 'run' / 'models'
+    config = json.load(open(models / 'run_config.json'))['config']
+    assert config['reuse_fake'] is True and config['channels_last'] is True  # the CPU preset
+    assert config['compile'] is False and config['adam_impl'] == 'fused'
+    assert config['merge_critic'] is False and config['amp'] == 'fp16'  # given explicitly
+    state = torch.load(models / '2-state.pt', weights_only=True)
+    assert state['scaler']['scale'] > 0
+    # ... and a resume reads it back (and keeps the run's fused/foreach choice).
+    cli.main(tiny_args(tmp_path, folder_dataset, '--num_iters', '3', '--device', 'cpu',
+                       '--fast', 'true', '--amp', 'fp16', '--adam_impl', 'foreach',
+                       '--resume_iters', '2', '--use_tensorboard', 'false'))
+    assert os.path.exists(models / '3-G.ckpt')
+
+
+def test_bad_speed_flag_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(['--amp', 'fp8'])
+    assert e.value.code == 2 and '--amp' in capsys.readouterr().err
+
+
+def test_benchmark_script_runs_and_reports(tmp_path):
+    out = tmp_path / 'bench.json'
+    rows = benchmark.main(TINY + ['--rounds', '1', '--infer_batches', '1',
+                                  '--variants', 'original,reuse_fake+merge_critic',
+                                  '--json_out', str(out)])
+    original, fast = rows
+    assert original['variant'] == 'original' and fast['variant'] == 'reuse_fake+merge_critic'
+    assert fast['speed_flags']['reuse_fake'] and fast['speed_flags']['merge_critic']
+    assert fast['max_abs_loss_diff_vs_original'] < 1e-5
+    for r in rows:
+        assert r['it_per_s'] > 0 and r['infer_img_per_s'] > 0 and r['peak_memory_bytes'] > 0
+        assert 0 < r['fraction_of_peak'] < 1
+    # Reusing G's pass does less arithmetic than the original's loop.
+    assert fast['flops_per_iter'] < original['flops_per_iter']
+    assert json.load(open(out))['rows'][0]['variant'] == 'original'
