@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Real radiographs on a CPU: train HealthyGAN on nih-cxr-mini (healthy + unannotated mixed only),
+# choose the checkpoint without labels (AUCp on held-out healthy and mixed images), test it once,
+# and score the same test images with the simple references (tools/baselines.py) side by side.
+# Budget: at most 60 minutes on a 2-core CPU. Hyperparameters below; extra flags go to main.py.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DATA=${DATA:-../shared/data/nih-cxr-mini}   # healthy/ mixed/ test/normal/ test/anomalous/
+OUT=${OUT:-nih_run}
+SEED=${SEED:-0}
+HOLDOUT=${HOLDOUT:-0.2}              # of healthy and of mixed, never trained on: AUCp
+IMAGE_SIZE=${IMAGE_SIZE:-64}
+G_CONV_DIM=${G_CONV_DIM:-16}
+D_CONV_DIM=${D_CONV_DIM:-16}
+G_REPEAT_NUM=${G_REPEAT_NUM:-2}
+D_REPEAT_NUM=${D_REPEAT_NUM:-4}
+BATCH_SIZE=${BATCH_SIZE:-8}
+NUM_ITERS=${NUM_ITERS:-4000}
+NUM_ITERS_DECAY=${NUM_ITERS_DECAY:-2000}
+LR_SCHEDULE=${LR_SCHEDULE:-linear}   # a decay that reaches 0 (the original's barely moves)
+LR_UPDATE_STEP=${LR_UPDATE_STEP:-100}
+MODEL_SAVE_STEP=${MODEL_SAVE_STEP:-500}
+LAMBDA_ID=${LAMBDA_ID:-10}
+LAMBDA_REC=${LAMBDA_REC:-10}
+LAMBDA_MASK=${LAMBDA_MASK:-0.1}
+LAMBDA_MZERONE=${LAMBDA_MZERONE:-0}
+G_LR=${G_LR:-0.0002}
+D_LR=${D_LR:-0.0005}
+G_EMA_DECAY=${G_EMA_DECAY:-0}
+TEST_EMA=${TEST_EMA:-false}
+TEST_ITERS=${TEST_ITERS:-best_aucp}  # label-free choice; 'latest' for the last checkpoint
+NUM_WORKERS=${NUM_WORKERS:-0}
+DEVICE=${DEVICE:-auto}
+
+if [ ! -d "$DATA/healthy" ]; then
+    echo "error: $DATA/healthy not found; set DATA to a folder with healthy/, mixed/ and test/" >&2
+    exit 2
+fi
+
+COMMON=(--dataset Folder --image_dir "$DATA" --image_size "$IMAGE_SIZE"
+        --g_conv_dim "$G_CONV_DIM" --d_conv_dim "$D_CONV_DIM"
+        --g_repeat_num "$G_REPEAT_NUM" --d_repeat_num "$D_REPEAT_NUM"
+        --holdout_fraction "$HOLDOUT" --num_workers "$NUM_WORKERS" --seed "$SEED"
+        --device "$DEVICE" --log_dir "$OUT/logs" --model_save_dir "$OUT/models"
+        --sample_dir "$OUT/samples" --result_dir "$OUT/results")
+
+RESUME=()
+if ls "$OUT"/models/*-G.ckpt >/dev/null 2>&1; then RESUME=(--resume_iters latest); fi
+
+start=$(date +%s)
+python main.py --mode train "${COMMON[@]}" "${RESUME[@]}" --batch_size "$BATCH_SIZE" \
+    --num_iters "$NUM_ITERS" --num_iters_decay "$NUM_ITERS_DECAY" \
+    --lr_schedule "$LR_SCHEDULE" --lr_update_step "$LR_UPDATE_STEP" \
+    --lambda_id "$LAMBDA_ID" --lambda_rec "$LAMBDA_REC" --lambda_mask "$LAMBDA_MASK" \
+    --lambda_mzerone "$LAMBDA_MZERONE" --g_lr "$G_LR" --d_lr "$D_LR" \
+    --g_ema_decay "$G_EMA_DECAY" --model_save_step "$MODEL_SAVE_STEP" \
+    --sample_step "$MODEL_SAVE_STEP" --log_step 50 "$@"
+echo "Training took $(( $(date +%s) - start )) s."
+python main.py --mode testAUC "${COMMON[@]}" --test_iters "$TEST_ITERS" --test_ema "$TEST_EMA" \
+    --batch_size 16 "$@"
+python tools/baselines.py --dataset Folder --image_dir "$DATA" --image_size "$IMAGE_SIZE" \
+    --holdout_fraction "$HOLDOUT" --seed "$SEED" --result_dir "$OUT/baselines" \
+    --methods mean_intensity,pca,knn
+echo "Total $(( $(date +%s) - start )) s. Results: $OUT/results/metrics.json, $OUT/baselines/baselines.json"
