@@ -16,19 +16,21 @@ D_CONV_DIM=${D_CONV_DIM:-16}
 G_REPEAT_NUM=${G_REPEAT_NUM:-2}
 D_REPEAT_NUM=${D_REPEAT_NUM:-4}
 BATCH_SIZE=${BATCH_SIZE:-8}
-NUM_ITERS=${NUM_ITERS:-4000}
-NUM_ITERS_DECAY=${NUM_ITERS_DECAY:-2000}
-LR_SCHEDULE=${LR_SCHEDULE:-linear}   # a decay that reaches 0 (the original's barely moves)
-LR_UPDATE_STEP=${LR_UPDATE_STEP:-100}
-MODEL_SAVE_STEP=${MODEL_SAVE_STEP:-500}
+NUM_ITERS=${NUM_ITERS:-8000}         # about 50 min on 2 shared cores with one thread
+NUM_ITERS_DECAY=${NUM_ITERS_DECAY:-100000}
+LR_SCHEDULE=${LR_SCHEDULE:-original} # in effect constant here; 'linear' decayed to 0 measured no better
+LR_UPDATE_STEP=${LR_UPDATE_STEP:-1000}
+MODEL_SAVE_STEP=${MODEL_SAVE_STEP:-1000}
 LAMBDA_ID=${LAMBDA_ID:-10}
 LAMBDA_REC=${LAMBDA_REC:-10}
 LAMBDA_MASK=${LAMBDA_MASK:-0.1}
 LAMBDA_MZERONE=${LAMBDA_MZERONE:-0}
 G_LR=${G_LR:-0.0002}
 D_LR=${D_LR:-0.0005}
-G_EMA_DECAY=${G_EMA_DECAY:-0}
+G_EMA_DECAY=${G_EMA_DECAY:-0}         # 0.999 averages G: smoother, measured no better at this budget
 TEST_EMA=${TEST_EMA:-false}
+PCA_COMPONENTS=${PCA_COMPONENTS:-32}   # references: PCA reconstruction error, k nearest healthy
+KNN_K=${KNN_K:-5}
 TEST_ITERS=${TEST_ITERS:-best_aucp}  # label-free choice; 'latest' for the last checkpoint
 NUM_WORKERS=${NUM_WORKERS:-0}
 DEVICE=${DEVICE:-auto}
@@ -61,5 +63,5 @@ python main.py --mode testAUC "${COMMON[@]}" --test_iters "$TEST_ITERS" --test_e
     --batch_size 16 "$@"
 python tools/baselines.py --dataset Folder --image_dir "$DATA" --image_size "$IMAGE_SIZE" \
     --holdout_fraction "$HOLDOUT" --seed "$SEED" --result_dir "$OUT/baselines" \
-    --methods mean_intensity,pca,knn
+    --methods mean_intensity,pca,knn --pca_components "$PCA_COMPONENTS" --knn_k "$KNN_K"
 echo "Total $(( $(date +%s) - start )) s. Results: $OUT/results/metrics.json, $OUT/baselines/baselines.json"

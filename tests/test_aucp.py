@@ -87,6 +87,18 @@ def test_update_ema_is_the_moving_average():
     assert torch.allclose(ema.weight, 0.9 * before + 0.1 * model.weight.detach())
 
 
+def test_ema_decay_warms_up_then_holds():
+    from solver import ema_decay
+    assert ema_decay(0.999, 1) == pytest.approx(2 / 11)
+    assert ema_decay(0.999, 100) == pytest.approx(101 / 110)
+    assert ema_decay(0.999, 10 ** 6) == 0.999
+    # The share of the initial weights left after 2,000 updates: negligible with the warm-up.
+    share = 1.0
+    for t in range(1, 2001):
+        share *= ema_decay(0.999, t)
+    assert share < 1e-6 < 0.999 ** 2000
+
+
 def test_averaged_generator_is_saved_resumed_and_tested(tmp_path, folder_dataset):
     import torch
     args = tiny_args(tmp_path, folder_dataset, '--holdout_fraction', '0.34')

@@ -43,6 +43,16 @@ def record_steps():
     return steps, handle
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The one-process reference runs use one thread like the forked ranks: a different thread
+    count sums in another order, and bit-for-bit comparisons would fail on that alone."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _worker(rank, runs, out_dir, world=WORLD):
     """One rank as torchrun would start it: its environment, then main.main(argv) per run."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),

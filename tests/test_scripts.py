@@ -69,3 +69,26 @@ def test_demo_script_end_to_end_tiny(tmp_path):
     r = run_script('demo.sh', env)
     assert r.returncode == 0, r.stderr
     assert 'Loading the trained models from step 2' in r.stdout
+
+
+def test_bench_nih_script_end_to_end_tiny(tmp_path):
+    # Ten images per training set so that HOLDOUT 0.2 holds out two of each for AUCp.
+    import numpy as np
+    from conftest import write_image
+    rng = np.random.default_rng(0)
+    data = tmp_path / 'nih'
+    for sub, n, bright in [('healthy', 10, 0), ('mixed', 10, 0), ('test/normal', 3, 0),
+                           ('test/anomalous', 3, 100)]:
+        for k in range(n):
+            write_image(str(data / sub / f'img_{k}.png'), rng, bright=bright)
+    env = {**TINY, 'DATA': str(data), 'OUT': str(tmp_path / 'run'), 'NUM_ITERS': '4',
+           'MODEL_SAVE_STEP': '2', 'PCA_COMPONENTS': '4', 'KNN_K': '2'}
+    r = run_script('bench_nih.sh', env, '--use_tensorboard', 'false', '--bootstrap', '0')
+    assert r.returncode == 0, r.stderr
+    assert 'AUCp at iteration 4' in r.stdout and 'knn' in r.stdout
+    metrics = json.load(open(tmp_path / 'run' / 'results' / 'metrics.json'))
+    assert metrics['iteration'] in (2, 4)  # the checkpoint with the best AUCp
+    baselines = json.load(open(tmp_path / 'run' / 'baselines' / 'baselines.json'))
+    assert baselines['n_fit'] == 8  # fitted on the healthy images HealthyGAN trained on
+    r = run_script('bench_nih.sh', {**env, 'DATA': str(tmp_path / 'none')})
+    assert r.returncode == 2 and 'healthy' in r.stderr
