@@ -9,7 +9,7 @@
 # (DEVICE=cpu SPEED=0 runs steps 1-2 on the CPU with gloo: a dry run of this script.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-${OUT:-/tmp/check_ddp_gpu}}
+OUT=${1:-${OUT:-runs/check_ddp_gpu}}   # runs/ is ignored by git; emptied first
 DEVICE=${DEVICE:-cuda}
 SPEED=${SPEED:-1}
 BACKEND=$([ "$DEVICE" = cuda ] && echo nccl || echo gloo)
