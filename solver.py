@@ -939,7 +939,7 @@ class Solver:
             with open(os.path.join(c.model_save_dir, name), 'w') as f:
                 json.dump(self.metadata, f, indent=1)
 
-        holdout = self.load_holdout()
+        holdout = self.load_holdout() if main_rank else None  # only rank 0 scores it
         print(f'G: {count_parameters(self.G):,} parameters; D: {count_parameters(self.D):,}; '
               f'{len(loader.dataset)} pairs an epoch; device {self.device}')
         if dist.is_initialized():

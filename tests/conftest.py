@@ -35,16 +35,21 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg-cache'))
 
 
-@pytest.fixture
-def folder_dataset(tmp_path):
-    """healthy/ mixed/ test/normal/ test/anomalous/ with a few 40x44 images each."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / 'data'
-    for sub, n, bright in [('healthy', 6, 0), ('mixed', 6, 0), ('test/normal', 4, 0),
-                           ('test/anomalous', 4, 100)]:
+def write_folder_layout(root, n_train, n_test, seed=0):
+    """healthy/ and mixed/ with n_train images each, test/normal/ and test/anomalous/ with n_test
+    (the anomalous ones carry a bright square)."""
+    rng = np.random.default_rng(seed)
+    for sub, n, bright in [('healthy', n_train, 0), ('mixed', n_train, 0),
+                           ('test/normal', n_test, 0), ('test/anomalous', n_test, 100)]:
         for k in range(n):
             write_image(str(root / sub / f'img_{k}.png'), rng, bright=bright)
     return root
+
+
+@pytest.fixture
+def folder_dataset(tmp_path):
+    """healthy/ mixed/ test/normal/ test/anomalous/ with a few 40x44 images each."""
+    return write_folder_layout(tmp_path / 'data', 6, 4)
 
 
 @pytest.fixture

@@ -73,14 +73,8 @@ def test_demo_script_end_to_end_tiny(tmp_path):
 
 def test_bench_nih_script_end_to_end_tiny(tmp_path):
     # Ten images per training set so that HOLDOUT 0.2 holds out two of each for AUCp.
-    import numpy as np
-    from conftest import write_image
-    rng = np.random.default_rng(0)
-    data = tmp_path / 'nih'
-    for sub, n, bright in [('healthy', 10, 0), ('mixed', 10, 0), ('test/normal', 3, 0),
-                           ('test/anomalous', 3, 100)]:
-        for k in range(n):
-            write_image(str(data / sub / f'img_{k}.png'), rng, bright=bright)
+    from conftest import write_folder_layout
+    data = write_folder_layout(tmp_path / 'nih', 10, 3)
     env = {**TINY, 'DATA': str(data), 'OUT': str(tmp_path / 'run'), 'NUM_ITERS': '4',
            'MODEL_SAVE_STEP': '2', 'PCA_COMPONENTS': '4', 'KNN_K': '2'}
     r = run_script('bench_nih.sh', env, '--use_tensorboard', 'false', '--bootstrap', '0')
