@@ -103,6 +103,18 @@ def build_parser():
                         'scored at every checkpoint for the label-free AUCp (healthy = 0, mixed = '
                         '1); 0 trains on everything, as the original (added)')
 
+    g.add_argument('--augment', type=str, default='flip', choices=['flip', 'affine'],
+                   help="training augmentation. flip: a random horizontal flip, as the original; "
+                        "affine: also a small random rotation, zoom, shift, contrast and "
+                        "brightness change per image (ranges in data_loader.AFFINE_RANGES) (added)")
+    g.add_argument('--aug_strength', type=float, default=1.0,
+                   help='--augment affine: multiplies every range (0.5 halves them) (added)')
+
+    g.add_argument('--diff_augment', type=str, default='off',
+                   help="DiffAugment (Zhao et al. 2020) of every image the critic sees, real or "
+                        "translated: a comma-separated list of color, translation, cutout; off: "
+                        "none, as the original (added)")
+
     g.add_argument('--g_ema_decay', type=float, default=0.0,
                    help='keep an exponential moving average of G with this decay per generator '
                         'update (e.g. 0.999), saved as <iters>-G_ema.ckpt; 0: none, as the '
@@ -224,6 +236,9 @@ def check_architecture(parser, config):
                      f'times; use --d_repeat_num <= {int(np.log2(config.image_size))}')
     if config.g_repeat_num < 0:
         parser.error('--g_repeat_num must be >= 0')
+    if not 0 < config.aug_strength <= 4:
+        parser.error(f'--aug_strength {config.aug_strength}: expected a value in (0, 4] '
+                     f'(1 = the ranges in data_loader.AFFINE_RANGES)')
 
 
 def check_writable(config):

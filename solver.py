@@ -119,6 +119,62 @@ def interpolate(x_real, x_fake, alpha):
     return (alpha * x_real.detach() + (1 - alpha) * x_fake.detach()).requires_grad_(True)
 
 
+# --diff_augment (added): Differentiable Augmentation (Zhao et al., NeurIPS 2020) for GANs
+# trained on few images. Every image the critic sees, real or translated, in the critic's and
+# in the generator's step, goes through the same kind of random, differentiable change, so D
+# cannot memorise the few hundred training images and G gets gradients through the change. The
+# original has none (its D sees the images as they are).
+DIFF_AUGMENT_POLICIES = ('color', 'translation', 'cutout')
+
+
+def diff_augment_policy(value):
+    """'off' -> (); 'translation,cutout' -> ('translation', 'cutout'); unknown names refused."""
+    if value in ('off', '', 'none'):
+        return ()
+    names = tuple(v.strip() for v in value.split(',') if v.strip())
+    unknown = [n for n in names if n not in DIFF_AUGMENT_POLICIES]
+    if unknown:
+        raise ValueError(f'unknown policy {", ".join(unknown)}; choose from '
+                         f'{", ".join(DIFF_AUGMENT_POLICIES)} (comma-separated) or off')
+    return names
+
+
+def diff_augment(x, policy, generator=None):
+    """DiffAugment of a batch in [-1, 1]: per image, random and differentiable in x.
+
+    color: brightness + U(-0.5, 0.5), then contrast x U(0.5, 1.5) about the image mean;
+    translation: an integer shift of up to 1/8 of the side in each axis, zeros come in;
+    cutout: a square of half the side, at a random place, set to 0 (mid-grey).
+    Draws come from the global RNG (saved in <iters>-state.pt, so a resumed run draws the same).
+    """
+    if not policy:
+        return x
+    n, _, h, w = x.shape
+    opts = {'device': x.device, 'generator': generator}
+    if 'color' in policy:
+        x = x + (torch.rand(n, 1, 1, 1, **opts) - 0.5)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (torch.rand(n, 1, 1, 1, **opts) + 0.5) + mean
+    if 'translation' in policy:
+        sy, sx = h // 8, w // 8
+        dy = torch.randint(-sy, sy + 1, (n, 1, 1), **opts)
+        dx = torch.randint(-sx, sx + 1, (n, 1, 1), **opts)
+        ys = torch.arange(h, device=x.device).view(1, h, 1) - dy  # source row of each output row
+        xs = torch.arange(w, device=x.device).view(1, 1, w) - dx
+        inside = ((ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)).unsqueeze(1)
+        index = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).view(n, 1, h * w)
+        x = x.flatten(2).gather(2, index.expand(-1, x.size(1), -1)).view_as(x) * inside
+    if 'cutout' in policy:
+        ch, cw = h // 2, w // 2
+        cy = torch.randint(0, h - ch + 1, (n, 1, 1), **opts)
+        cx = torch.randint(0, w - cw + 1, (n, 1, 1), **opts)
+        ys = torch.arange(h, device=x.device).view(1, h, 1)
+        xs = torch.arange(w, device=x.device).view(1, 1, w)
+        keep = ~((ys >= cy) & (ys < cy + ch) & (xs >= cx) & (xs < cx + cw))
+        x = x * keep.unsqueeze(1)
+    return x
+
+
 def reconstruction_loss(x, x_raw, mask):
     """mean |x - (m * x + (1 - m) * x_raw)|: outside the mask G's raw output must equal x."""
     return (x - (mask * x + (1 - mask) * x_raw)).abs().mean()
@@ -693,6 +749,10 @@ class Solver:
             raise ConfigError(f'--g_ema_decay {config.g_ema_decay}: expected a value in [0, 1)')
         if getattr(config, 'g_ema_decay', 0) > 0:
             self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+        try:
+            self.diff_augment = diff_augment_policy(getattr(config, 'diff_augment', 'off'))
+        except ValueError as e:
+            raise ConfigError(f'--diff_augment {config.diff_augment}: {e}') from None
 
     def build_model(self):
         """Create G, D and their Adam optimizers, with the fast paths the flags ask for."""
@@ -776,6 +836,9 @@ class Solver:
             fake = generate_amp(self.G_run, x_A, amp)
         self.kept_fake = (x_A_given, fake, stats) if keep else None
         x_hat_A = fake[0].detach()
+        if self.diff_augment:  # --diff_augment (added): D sees changed images, G's too
+            x_B, x_hat_A = diff_augment(x_B, self.diff_augment), diff_augment(x_hat_A,
+                                                                            self.diff_augment)
         out_real, out_fake = critic(self.D_run, [x_B, x_hat_A], amp, self.speed['merge_critic'])
         d_loss_real = d_loss_real_fn(out_real)
         d_loss_fake = d_loss_fake_fn(out_fake)
@@ -810,7 +873,11 @@ class Solver:
         else:
             x_hat_A, x_raw_A, mask_A, mask_logit_A = generate_amp(self.G_run, x_A, amp)
         x_hat_B, x_raw_B, mask_B, mask_logit_B = generate_amp(self.G_run, x_B, amp)
-        out_A, out_B = critic(self.D_run, [x_hat_A, x_hat_B], amp, self.speed['merge_critic'])
+        seen_A, seen_B = x_hat_A, x_hat_B
+        if self.diff_augment:  # --diff_augment (added): through the change, differentiably
+            seen_A = diff_augment(x_hat_A, self.diff_augment)
+            seen_B = diff_augment(x_hat_B, self.diff_augment)
+        out_A, out_B = critic(self.D_run, [seen_A, seen_B], amp, self.speed['merge_critic'])
         # Mixed path (original -> target): fool D, and leave everything outside the mask alone.
         g_loss_fake = g_adv_loss(out_A)
         g_loss_rec = reconstruction_loss(x_A, x_raw_A, mask_A)
