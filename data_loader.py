@@ -619,6 +619,36 @@ def default_cache_dir(config):
     return os.path.join(home, 'healthygan')
 
 
+def mean_image(paths, config):
+    """The mean of these images as the test path reads them: float [C, S, S] in [-1, 1].
+
+    From the uint8 cache with --data_cache on (built if absent), else decoded one by one;
+    unreadable images are left out (training refuses or skips them on its own)."""
+    paths = sorted({os.path.abspath(p) for p in paths})
+    total, count = None, 0
+    if getattr(config, 'data_cache', 'on') == 'on':
+        cache = open_cache(paths, config.image_size, default_cache_dir(config),
+                           getattr(config, 'num_workers', 0))
+        rows = [cache.rows[p] for p in paths if p not in cache.bad]
+        for a in range(0, len(rows), 1024):  # in slices: a large set never loads at once
+            chunk = np.take(cache.pixels, rows[a:a + 1024], axis=0).astype(np.float64)
+            total = chunk.sum(0) if total is None else total + chunk.sum(0)
+            count += len(chunk)
+        mean = torch.from_numpy(total / max(count, 1) / 255 * 2 - 1).float()
+        return mean.expand(3, -1, -1).contiguous() if mean.shape[0] == 1 else mean
+    transform = build_transform(config.image_size)
+    for p in paths:
+        try:
+            x = transform(load_image(p)).double()
+        except DataError:
+            continue
+        total = x if total is None else total + x
+        count += 1
+    if total is None:
+        raise DataError('no readable image to average')
+    return (total / count).float()
+
+
 def item_flips(seed, i):
     """(flip x_A, flip x_B) of item i: each with probability 1/2, drawn from (seed, i)."""
     flip_A, flip_B = np.random.default_rng([seed, i]).random(2) < 0.5

@@ -126,11 +126,12 @@ def build_parser():
                         "the one with the highest AUCp logged in training)")
 
     g.add_argument('--score_variant', type=str, default='mean',
-                   choices=['mean', 'p99', 'top1pct', 'masked'],
+                   choices=['mean', 'p99', 'top1pct', 'masked', 'lung'],
                    help="image score behind the headline metrics: mean |x - x_hat| / 2 (the "
                         "original's), p99 (99th percentile of the map), top1pct (mean of its top "
-                        "1%%) or masked (the map weighted by G's mask); all are reported side by "
-                        "side in metrics.json (added)")
+                        "1%%), masked (the map weighted by G's mask) or lung (the map's mean over "
+                        "the darker half of the mean healthy training image); all are reported "
+                        "side by side in metrics.json (added)")
     g.add_argument('--bootstrap', type=int, default=1000,
                    help='bootstrap resamples for the 95%% confidence interval of the AUROC; 0: '
                         'none (added)')

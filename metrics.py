@@ -20,7 +20,18 @@ SCORE_VARIANTS = {
     'p99': '99th percentile of the anomaly map',
     'top1pct': 'mean of the top 1% of the anomaly map',
     'masked': "mean of m * |x - x_hat| / 2 (the map weighted by G's mask m)",
+    'lung': 'mean of the map over the lung-field prior: the darker half of the pixels of the '
+            'mean healthy training image (lungs are dark on a radiograph)',
 }
+LUNG_PRIOR_QUANTILE = 0.5  # 'lung': the darkest half of the mean healthy image's pixels
+
+
+def lung_prior(mean_image, quantile=LUNG_PRIOR_QUANTILE):
+    """The region prior behind the 'lung' score: a [1, 1, H, W] float mask of the pixels of the
+    mean healthy image (any channels, [-1, 1]) at or below its quantile. Added: the original
+    scores the whole image, borders, labels and shoulders included."""
+    m = mean_image.float().mean(dim=-3, keepdim=True).reshape(1, 1, *mean_image.shape[-2:])
+    return (m <= torch.quantile(m.flatten(), quantile)).float()
 
 
 def anomaly_map(x, x_hat):
@@ -44,8 +55,10 @@ def original_threshold(gt_label, pred_score):
     return float(thresholds[k]), float(tpr[k]), float(1 - fpr[k])
 
 
-def score_variants(x, x_hat, mask):
-    """Every image score of SCORE_VARIANTS from one translation: {name: tensor [N]}."""
+def score_variants(x, x_hat, mask, region=None):
+    """Every image score of SCORE_VARIANTS from one translation: {name: tensor [N]}.
+
+    'lung' needs region (lung_prior's mask); without one it is left out."""
     amap = anomaly_map(x, x_hat).flatten(1)
     n = amap.size(1)
     k = max(1, int(round(TOPK_FRACTION * n)))
@@ -60,6 +73,8 @@ def score_variants(x, x_hat, mask):
         'p99': p99,
         'top1pct': amap.topk(k, dim=1).values.mean(dim=1),
         'masked': (mask.flatten(1) * amap).mean(dim=1),
+        **({'lung': (amap * region.to(amap).flatten(1)).sum(dim=1) / region.sum().to(amap)}
+           if region is not None else {}),
     }
 
 

@@ -1163,6 +1163,23 @@ class Solver:
               f'images held out of training')
         return x[labels == 0], x[labels == 1]
 
+    def lung_region(self):
+        """The 'lung' score's region (metrics.lung_prior of the mean healthy training image),
+        computed once; None where no healthy training set can be found (--mode score on a
+        folder without the dataset layout)."""
+        if not hasattr(self, '_lung_region'):
+            split = self.split
+            if split is None:
+                try:
+                    split = data_loader.resolve_split(self.config)
+                except data_loader.DataError:
+                    split = None
+            self._lung_region = None
+            if split and split.get('healthy'):
+                mean = data_loader.mean_image(split['healthy'], self.config)
+                self._lung_region = metrics.lung_prior(mean).to(self.device)
+        return self._lung_region
+
     @torch.no_grad()
     def score_images(self, x, G=None):
         """Every score variant (metrics.SCORE_VARIANTS) of each image in a CPU tensor: {name: [N]}."""
@@ -1175,7 +1192,8 @@ class Solver:
         for batch in torch.split(x, self.config.batch_size):
             batch = batch.to(self.device)
             x_hat, _, mask = generate(G, batch)
-            for name, s in metrics.score_variants(batch, x_hat, mask).items():
+            for name, s in metrics.score_variants(batch, x_hat, mask,
+                                                  self.lung_region()).items():
                 scores.setdefault(name, []).append(s.cpu())
         for b, saved in zip(G.buffers(), buffers):
             b.copy_(saved)
@@ -1293,14 +1311,16 @@ class Solver:
         import numpy as np
         import report
         n = len(loader.dataset)
-        scores = {v: np.full(n, np.nan) for v in metrics.SCORE_VARIANTS}
+        region = self.lung_region()
+        scores = {v: np.full(n, np.nan) for v in metrics.SCORE_VARIANTS
+                  if v != 'lung' or region is not None}
         kept, errors = {}, {}
         for batch in tqdm(loader, desc=desc, file=sys.stdout):
             x, index = batch[0].to(self.device), batch[2].tolist()
             bad = batch[3] if len(batch) > 3 else [''] * len(index)
             x_hat, _, mask = self.translate(x)
             variants = {v: metrics.to_numpy(s)
-                        for v, s in metrics.score_variants(x, x_hat, mask).items()}
+                        for v, s in metrics.score_variants(x, x_hat, mask, region).items()}
             amap = metrics.to_numpy(metrics.anomaly_map(x, x_hat))[:, 0].astype(np.float32)
             for j, k in enumerate(index):
                 if bad[j]:
@@ -1548,6 +1568,11 @@ class Solver:
         if not paths:
             raise data_loader.DataError(f'no images in --score_dir {c.score_dir} outside '
                                         f'--result_dir {c.result_dir}')
+        if c.score_variant == 'lung' and self.lung_region() is None:
+            raise ConfigError(f'--score_variant lung needs the healthy training images (the '
+                              f'mean healthy image gives the lung fields): --image_dir '
+                              f'{c.image_dir} has no healthy set; pass the dataset\'s '
+                              f'--dataset/--image_dir or another --score_variant')
         iters = self.load_for_test()
         os.makedirs(c.result_dir, exist_ok=True)
         names = report.output_names(paths, root=c.score_dir)

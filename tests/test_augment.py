@@ -139,3 +139,14 @@ def test_unknown_diff_augment_policy_is_refused(tmp_path, folder_dataset, capsys
         cli.main(tiny_args(tmp_path, folder_dataset, '--diff_augment', 'rotate'))
     assert e.value.code == 2 and '--diff_augment rotate: unknown policy rotate' in \
         capsys.readouterr().err
+
+
+def test_mean_image_is_the_same_from_the_cache_and_from_decoding(tmp_path):
+    split = nested_layout(tmp_path / 'data')
+    on = config_for(tmp_path / 'data', tmp_path)
+    off = config_for(tmp_path / 'data', tmp_path, data_cache='off')
+    a, b = dl.mean_image(split['healthy'], on), dl.mean_image(split['healthy'], off)
+    expected = torch.stack([dl.build_transform(16)(dl.load_image(p))
+                            for p in split['healthy']]).mean(0)
+    assert a.shape == b.shape == (3, 16, 16)
+    assert torch.allclose(a, expected, atol=1e-5) and torch.allclose(b, expected, atol=1e-5)

@@ -94,7 +94,12 @@ def test_score_variants_on_known_maps():
     x = torch.rand(2, 3, 20, 20) * 2 - 1
     x_hat = torch.rand(2, 3, 20, 20) * 2 - 1
     mask = torch.rand(2, 1, 20, 20)
-    v = metrics.score_variants(x, x_hat, mask)
+    assert set(metrics.score_variants(x, x_hat, mask)) == set(metrics.SCORE_VARIANTS) - {'lung'}
+    mean_healthy = torch.linspace(-1, 1, 400).view(1, 20, 20).expand(3, -1, -1)
+    region = metrics.lung_prior(mean_healthy)  # the darker half: the first 200 pixels
+    assert region.shape == (1, 1, 20, 20) and region.flatten()[:200].all()
+    assert not region.flatten()[200:].any()
+    v = metrics.score_variants(x, x_hat, mask, region)
     assert set(v) == set(metrics.SCORE_VARIANTS)
     assert torch.equal(v['mean'], metrics.anomaly_score(x, x_hat))
     amap = ((x - x_hat).abs().mean(dim=1) / 2).numpy().reshape(2, -1).astype(np.float64)
@@ -104,6 +109,7 @@ def test_score_variants_on_known_maps():
     np.testing.assert_allclose(v['top1pct'].numpy(), top4, rtol=1e-5)
     masked = (mask.numpy().reshape(2, -1) * amap).mean(axis=1)
     np.testing.assert_allclose(v['masked'].numpy(), masked, rtol=1e-5)
+    np.testing.assert_allclose(v['lung'].numpy(), amap[:, :200].mean(axis=1), rtol=1e-5)
 
 
 def test_pixel_metrics_match_scikit_learn_and_a_brute_force_dice():

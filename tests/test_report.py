@@ -156,6 +156,7 @@ def test_score_mode_scores_a_folder_recursively_in_any_format(trained, capsys):
     folder = trained / 'new'
     rows = read_csv(trained / 'results' / 'scores.csv')
     test_scores = {os.path.basename(r['path']): float(r['score_mean']) for r in rows}
+    test_lung = {os.path.basename(r['path']): float(r['score_lung']) for r in rows}
     src = trained / 'syn' / 'test'
     os.makedirs(folder / 'a' / 'b')
     shutil.copy(src / 'normal' / 'normal_00000.png', folder / 'n0.png')
@@ -188,6 +189,18 @@ def test_score_mode_scores_a_folder_recursively_in_any_format(trained, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(args(trained, trained / 'syn', 'x', '--mode', 'score'))
     assert e.value.code == 2 and '--score_dir' in capsys.readouterr().err
+
+    # the lung score needs the healthy training images; with the dataset it is scored too
+    with pytest.raises(SystemExit) as e:
+        cli.main(args(trained, trained / 'missing', 'y', '--mode', 'score', '--score_dir',
+                      str(folder), '--score_variant', 'lung'))
+    assert e.value.code == 2 and '--score_variant lung needs' in capsys.readouterr().err
+    cli.main(args(trained, trained / 'syn', 'lung', '--mode', 'score', '--score_dir',
+                  str(folder), '--score_variant', 'lung', '--report', 'false'))
+    lung = {os.path.relpath(r['path'], folder): r for r in read_csv(trained / 'lung' /
+                                                                     'scores.csv')}
+    assert float(lung['n0.png']['pred_score']) == pytest.approx(
+        test_lung['normal_00000.png'], abs=1e-6)
 
 
 def test_output_names_are_unique_and_mirror_folders():
