@@ -31,7 +31,11 @@ G_EMA_DECAY=${G_EMA_DECAY:-0}         # 0.999 averages G: smoother, measured no 
 TEST_EMA=${TEST_EMA:-false}
 PCA_COMPONENTS=${PCA_COMPONENTS:-32}   # references: PCA reconstruction error, k nearest healthy
 KNN_K=${KNN_K:-5}
+AUGMENT=${AUGMENT:-flip}              # 'affine' (rotation, zoom, shift, contrast): measured no better
+DIFF_AUGMENT=${DIFF_AUGMENT:-off}     # e.g. color,translation,cutout (DiffAugment): measured no better
 TEST_ITERS=${TEST_ITERS:-best_aucp}  # label-free choice; 'latest' for the last checkpoint
+SCORE_VARIANT=${SCORE_VARIANT:-mean}  # headline score (all variants are reported); also ranks AUCp
+AE_ITERS=${AE_ITERS:-0}              # >0: also the normal-only autoencoder reference (same G backbone)
 NUM_WORKERS=${NUM_WORKERS:-0}
 DEVICE=${DEVICE:-auto}
 
@@ -56,12 +60,17 @@ python main.py --mode train "${COMMON[@]}" "${RESUME[@]}" --batch_size "$BATCH_S
     --lr_schedule "$LR_SCHEDULE" --lr_update_step "$LR_UPDATE_STEP" \
     --lambda_id "$LAMBDA_ID" --lambda_rec "$LAMBDA_REC" --lambda_mask "$LAMBDA_MASK" \
     --lambda_mzerone "$LAMBDA_MZERONE" --g_lr "$G_LR" --d_lr "$D_LR" \
-    --g_ema_decay "$G_EMA_DECAY" --model_save_step "$MODEL_SAVE_STEP" \
+    --g_ema_decay "$G_EMA_DECAY" --augment "$AUGMENT" --diff_augment "$DIFF_AUGMENT" \
+    --model_save_step "$MODEL_SAVE_STEP" \
     --sample_step "$MODEL_SAVE_STEP" --log_step 50 "$@"
 echo "Training took $(( $(date +%s) - start )) s."
 python main.py --mode testAUC "${COMMON[@]}" --test_iters "$TEST_ITERS" --test_ema "$TEST_EMA" \
-    --batch_size 16 "$@"
+    --score_variant "$SCORE_VARIANT" --batch_size 16 "$@"
+METHODS=mean_intensity,pca,knn
+if [ "$AE_ITERS" -gt 0 ]; then METHODS=$METHODS,autoencoder; fi
 python tools/baselines.py --dataset Folder --image_dir "$DATA" --image_size "$IMAGE_SIZE" \
     --holdout_fraction "$HOLDOUT" --seed "$SEED" --result_dir "$OUT/baselines" \
-    --methods mean_intensity,pca,knn --pca_components "$PCA_COMPONENTS" --knn_k "$KNN_K"
+    --methods "$METHODS" --pca_components "$PCA_COMPONENTS" --knn_k "$KNN_K" \
+    --ae_iters "$((AE_ITERS > 0 ? AE_ITERS : 1))" --ae_g_conv_dim "$G_CONV_DIM" \
+    --ae_g_repeat_num "$G_REPEAT_NUM" --ae_batch_size "$BATCH_SIZE" --ae_lr "$G_LR"
 echo "Total $(( $(date +%s) - start )) s. Results: $OUT/results/metrics.json, $OUT/baselines/baselines.json"
