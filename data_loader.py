@@ -619,16 +619,18 @@ def default_cache_dir(config):
     return os.path.join(home, 'healthygan')
 
 
-def mean_image(paths, config):
+def mean_image(paths, config, among=None):
     """The mean of these images as the test path reads them: float [C, S, S] in [-1, 1].
 
-    From the uint8 cache with --data_cache on (built if absent), else decoded one by one;
-    unreadable images are left out (training refuses or skips them on its own)."""
+    From the uint8 cache with --data_cache on, else decoded one by one; unreadable images are
+    left out (training refuses or skips them on its own). among: the image set whose cache to
+    read them from (e.g. the training set, whose cache training has already built), else the
+    cache of these images alone."""
     paths = sorted({os.path.abspath(p) for p in paths})
     total, count = None, 0
     if getattr(config, 'data_cache', 'on') == 'on':
-        cache = open_cache(paths, config.image_size, default_cache_dir(config),
-                           getattr(config, 'num_workers', 0))
+        cache = open_cache(list(among or []) + paths, config.image_size,
+                           default_cache_dir(config), getattr(config, 'num_workers', 0))
         rows = [cache.rows[p] for p in paths if p not in cache.bad]
         for a in range(0, len(rows), 1024):  # in slices: a large set never loads at once
             chunk = np.take(cache.pixels, rows[a:a + 1024], axis=0).astype(np.float64)

@@ -151,6 +151,8 @@ def diff_augment(x, policy, generator=None):
         return x
     n, _, h, w = x.shape
     opts = {'device': x.device, 'generator': generator}
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
     if 'color' in policy:
         x = x + (torch.rand(n, 1, 1, 1, **opts) - 0.5)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -159,8 +161,7 @@ def diff_augment(x, policy, generator=None):
         sy, sx = h // 8, w // 8
         dy = torch.randint(-sy, sy + 1, (n, 1, 1), **opts)
         dx = torch.randint(-sx, sx + 1, (n, 1, 1), **opts)
-        ys = torch.arange(h, device=x.device).view(1, h, 1) - dy  # source row of each output row
-        xs = torch.arange(w, device=x.device).view(1, 1, w) - dx
+        ys, xs = rows - dy, cols - dx  # the source pixel of each output pixel
         inside = ((ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)).unsqueeze(1)
         index = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).view(n, 1, h * w)
         x = x.flatten(2).gather(2, index.expand(-1, x.size(1), -1)).view_as(x) * inside
@@ -168,9 +169,7 @@ def diff_augment(x, policy, generator=None):
         ch, cw = h // 2, w // 2
         cy = torch.randint(0, h - ch + 1, (n, 1, 1), **opts)
         cx = torch.randint(0, w - cw + 1, (n, 1, 1), **opts)
-        ys = torch.arange(h, device=x.device).view(1, h, 1)
-        xs = torch.arange(w, device=x.device).view(1, 1, w)
-        keep = ~((ys >= cy) & (ys < cy + ch) & (xs >= cx) & (xs < cx + cw))
+        keep = ~((rows >= cy) & (rows < cy + ch) & (cols >= cx) & (cols < cx + cw))
         x = x * keep.unsqueeze(1)
     return x
 
@@ -1176,7 +1175,9 @@ class Solver:
                     split = None
             self._lung_region = None
             if split and split.get('healthy'):
-                mean = data_loader.mean_image(split['healthy'], self.config)
+                # read from the training set's cache (training built it; no second decode)
+                mean = data_loader.mean_image(split['healthy'], self.config,
+                                              among=split['mixed'] + split['healthy'])
                 self._lung_region = metrics.lung_prior(mean).to(self.device)
         return self._lung_region
 

@@ -150,3 +150,13 @@ def test_mean_image_is_the_same_from_the_cache_and_from_decoding(tmp_path):
                             for p in split['healthy']]).mean(0)
     assert a.shape == b.shape == (3, 16, 16)
     assert torch.allclose(a, expected, atol=1e-5) and torch.allclose(b, expected, atol=1e-5)
+
+
+def test_lung_prior_reads_the_training_cache_without_building_another(tmp_path):
+    split = nested_layout(tmp_path / 'data')
+    config = config_for(tmp_path / 'data', tmp_path)
+    dl.get_loader(config, 'train', split)  # builds the training set's cache
+    built = sorted(os.listdir(tmp_path / 'cache'))
+    mean = dl.mean_image(split['healthy'], config, among=split['mixed'] + split['healthy'])
+    assert sorted(os.listdir(tmp_path / 'cache')) == built
+    assert torch.allclose(mean, dl.mean_image(split['healthy'], config), atol=1e-6)
