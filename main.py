@@ -153,6 +153,10 @@ def build_parser():
                         '(added)')
     g.add_argument('--test_ema', type=str2bool, default=False,
                    help='test the averaged generator <iters>-G_ema.ckpt (true/false) (added)')
+    g.add_argument('--ensemble', type=positive_int, default=1,
+                   help='testAUC / score: average the anomaly maps and scores of the N most '
+                        'recent checkpoints up to --test_iters (a snapshot ensemble); 1: that '
+                        'checkpoint alone, as the original (added)')
 
     g = p.add_argument_group('Miscellaneous')
     g.add_argument('--num_workers', type=int, default=12, help='data loading processes')

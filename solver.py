@@ -273,6 +273,21 @@ def available_iters(model_save_dir, suffix='-G.ckpt'):
     return sorted(int(stem) for stem in stems if stem.isdigit())
 
 
+def ensemble_members(model_save_dir, iters, n, ema=False):
+    """The n most recent checkpoints up to and including `iters`, oldest first (added: a
+    snapshot ensemble for --ensemble n; n = 1 is [iters], the original's single checkpoint)."""
+    if n <= 1:
+        return [iters]
+    suffix = '-G_ema.ckpt' if ema else '-G.ckpt'
+    earlier = [i for i in available_iters(model_save_dir, suffix) if i <= iters]
+    if len(earlier) < n:
+        raise CheckpointError(
+            f'--ensemble {n}: only {len(earlier)} checkpoint(s) *{suffix} at or before iteration '
+            f'{iters} in {model_save_dir}; lower --ensemble or save checkpoints more often '
+            f'(--model_save_step)')
+    return earlier[-n:]
+
+
 @torch.no_grad()
 def update_ema(ema, model, decay):
     """ema <- decay * ema + (1 - decay) * model for the weights; buffers copied (added)."""
@@ -744,6 +759,7 @@ class Solver:
         # Added: an exponential moving average of G's weights (--g_ema_decay > 0), as in
         # ProGAN / StyleGAN; the original has none. Saved as <iters>-G_ema.ckpt.
         self.G_ema = None
+        self.ensemble_states, self.ensemble_iters = [], []  # --ensemble, set by load_for_test
         if not 0 <= getattr(config, 'g_ema_decay', 0) < 1:
             raise ConfigError(f'--g_ema_decay {config.g_ema_decay}: expected a value in [0, 1)')
         if getattr(config, 'g_ema_decay', 0) > 0:
@@ -1272,8 +1288,21 @@ class Solver:
         ema = getattr(c, 'test_ema', False)
         iters = resolve_iters(c.test_iters, c.model_save_dir, '--test_iters', ema,
                               getattr(c, 'score_variant', 'mean'))
+        members = ensemble_members(c.model_save_dir, iters, getattr(c, 'ensemble', 1), ema)
+        self.ensemble_states = []
+        for member in members:  # the tested checkpoint last, so that it stays loaded
+            self.load_generator(member, ema)
+            if len(members) > 1:
+                self.ensemble_states.append({k: v.clone() for k, v in self.G.state_dict().items()})
+        self.ensemble_iters = members
+        if len(members) > 1:
+            print(f'Snapshot ensemble of {len(members)} checkpoints: {members}')
+        return iters
+
+    def load_generator(self, iters, ema=False):
+        """Load <iters>-G.ckpt, or with ema its average <iters>-G_ema.ckpt, into G."""
         if ema:
-            path = os.path.join(c.model_save_dir, f'{iters}-G_ema.ckpt')
+            path = os.path.join(self.config.model_save_dir, f'{iters}-G_ema.ckpt')
             if not os.path.exists(path):
                 raise CheckpointError(f'--test_ema true: {path} does not exist (train with '
                                       f'--g_ema_decay > 0 to write it)')
@@ -1281,7 +1310,24 @@ class Solver:
             load_state_dict_checked(self.G, path, 'Generator')
         else:
             self.restore_model(iters, load_D=False)
-        return iters
+
+    def translate_scored(self, x, region=None):
+        """(x_hat, mask, anomaly map [N,1,H,W], {variant: score [N]}) for a test batch.
+
+        With a snapshot ensemble (--ensemble N > 1) the map and every score are the means over
+        the N checkpoints' translations; x_hat and mask are the tested (last) checkpoint's.
+        """
+        states = self.ensemble_states or [None]
+        amap, variants = 0, {}
+        for state in states:
+            if state is not None:
+                self.G.load_state_dict(state)
+            x_hat, _, mask = self.translate(x)
+            amap = amap + metrics.anomaly_map(x, x_hat)
+            for v, s in metrics.score_variants(x, x_hat, mask, region).items():
+                variants[v] = variants.get(v, 0) + s
+        n = len(states)
+        return x_hat, mask, amap / n, {v: s / n for v, s in variants.items()}
 
     def test(self):
         """Write translation grids (input, raw, blended, mask for a mixed and a healthy image)."""
@@ -1319,10 +1365,9 @@ class Solver:
         for batch in tqdm(loader, desc=desc, file=sys.stdout):
             x, index = batch[0].to(self.device), batch[2].tolist()
             bad = batch[3] if len(batch) > 3 else [''] * len(index)
-            x_hat, _, mask = self.translate(x)
-            variants = {v: metrics.to_numpy(s)
-                        for v, s in metrics.score_variants(x, x_hat, mask, region).items()}
-            amap = metrics.to_numpy(metrics.anomaly_map(x, x_hat))[:, 0].astype(np.float32)
+            _, _, amap, variants = self.translate_scored(x, region)
+            variants = {v: metrics.to_numpy(s) for v, s in variants.items()}
+            amap = metrics.to_numpy(amap)[:, 0].astype(np.float32)
             for j, k in enumerate(index):
                 if bad[j]:
                     errors[k] = bad[j]
@@ -1391,8 +1436,7 @@ class Solver:
                       file=sys.stdout, disable=len(indices) < 50):
             chunk = indices[a:a + self.config.batch_size]
             x = torch.stack([dataset[k][0] for k in chunk]).to(self.device)
-            x_hat, _, mask = self.translate(x)
-            amap = metrics.anomaly_map(x, x_hat)
+            x_hat, mask, amap, _ = self.translate_scored(x)
             x, x_hat = metrics.to_numpy(x), metrics.to_numpy(x_hat)
             mask, amap = metrics.to_numpy(mask)[:, 0], metrics.to_numpy(amap)[:, 0]
             for j, k in enumerate(chunk):
@@ -1446,6 +1490,8 @@ class Solver:
                        'score_variant': c.score_variant, 'image_size': c.image_size,
                        'bootstrap': {'n': c.bootstrap, 'seed': c.bootstrap_seed,
                                      'method': 'percentile, stratified by class'}})
+        if len(self.ensemble_iters) > 1:
+            result['ensemble'] = [self.checkpoint_path(i) for i in self.ensemble_iters]
         if val_info:
             result['validation'] = val_info
         if pixel_keys:
@@ -1599,6 +1645,8 @@ class Solver:
                    'score_dir': c.score_dir, 'image_size': c.image_size,
                    'score_variant': c.score_variant, 'score': metrics.SCORE_VARIANTS[c.score_variant],
                    'n_images': len(ok), 'unreadable': {paths[k]: e for k, e in errors.items()}}
+        if len(self.ensemble_iters) > 1:
+            summary['ensemble'] = [self.checkpoint_path(i) for i in self.ensemble_iters]
         if ok:
             s = selected[ok]
             summary['pred_score'] = {'mean': float(s.mean()), 'min': float(s.min()),
