@@ -133,6 +133,20 @@ def bootstrap_auroc(gt_label, pred_score, n_bootstrap=1000, seed=0, level=0.95, 
     return float(low), float(high), values
 
 
+def paired_auroc_difference(gt_label, score_a, score_b, n_bootstrap=1000, seed=0, level=0.95):
+    """AUROC(score_a) - AUROC(score_b) on the same images, with a paired percentile bootstrap
+    interval: (difference, low, high). Both scores are resampled with the same draws
+    (bootstrap_auroc's draws depend only on the class counts and the seed), so the interval
+    reflects how the two methods differ on the same images, not each one's own spread."""
+    a = roc_auc_score(*_check_labels_and_scores(gt_label, score_a))
+    b = roc_auc_score(*_check_labels_and_scores(gt_label, score_b))
+    _, _, values_a = bootstrap_auroc(gt_label, score_a, n_bootstrap, seed, level)
+    _, _, values_b = bootstrap_auroc(gt_label, score_b, n_bootstrap, seed, level)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values_a - values_b, [tail, 100 - tail])
+    return float(a - b), float(low), float(high)
+
+
 def image_metrics(gt_label, pred_score, threshold=None, threshold_source=None, n_bootstrap=0,
                   seed=0):
     """image_AUROC (with a 95% bootstrap interval when n_bootstrap > 0), image_AUPRC, and

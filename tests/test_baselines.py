@@ -163,3 +163,53 @@ def test_real_data_reproduces_the_independent_measurements(tmp_path):
     assert auroc['mean_intensity'] == pytest.approx(0.63, abs=0.005)
     assert auroc['pca'] == pytest.approx(0.68, abs=0.01)
     assert auroc['knn'] == pytest.approx(0.69, abs=0.005)
+
+
+def write_healthygan_scores(path, rows, score):
+    """A testAUC-style scores.csv for the baselines' test images, with the given scores."""
+    with open(path, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['path', 'gt_label', 'pred_score', 'anomaly_map', 'pred_label'])
+        for r, s in zip(rows, score):
+            w.writerow([r['path'], r['gt_label'], s, 'maps/x.png', 0])
+
+
+def test_compare_reports_the_paired_difference(folder_dataset, tmp_path):
+    out = tmp_path / 'b1'
+    bl.main(tiny_argv(folder_dataset, out, '--methods', 'mean_intensity,knn'))
+    rows = read_scores(out / 'baselines_scores.csv')
+    labels = np.array([int(r['gt_label']) for r in rows])
+    # a perfect detector, and in reversed order (testAUC writes its own order)
+    perfect = labels + np.linspace(0, 0.5, len(labels))
+    write_healthygan_scores(tmp_path / 'scores.csv', rows[::-1], perfect[::-1])
+    summary = bl.main(tiny_argv(folder_dataset, tmp_path / 'b2', '--methods',
+                                'mean_intensity,knn', '--compare', tmp_path / 'scores.csv'))
+    c = summary['compare']
+    assert c['AUROC'] == 1.0
+    for name in ('mean_intensity', 'knn'):
+        method_auc = summary['methods'][name]['image_AUROC']
+        r = c['methods'][name]
+        assert r['AUROC_difference'] == pytest.approx(1.0 - method_auc)
+        low, high = r['ci95']
+        assert low <= r['AUROC_difference'] <= high
+        # paired: the same resamples as the method's own interval, so the bounds mirror it
+        m_low, m_high = summary['methods'][name]['image_AUROC_ci95']
+        assert (low, high) == pytest.approx((1 - m_high, 1 - m_low))
+
+
+def test_compare_with_another_test_set_is_a_clear_error(folder_dataset, tmp_path, capsys):
+    out = tmp_path / 'b1'
+    bl.main(tiny_argv(folder_dataset, out, '--methods', 'mean_intensity'))
+    rows = read_scores(out / 'baselines_scores.csv')
+    write_healthygan_scores(tmp_path / 'short.csv', rows[:-1], [0.1] * (len(rows) - 1))
+    flipped = [dict(r, gt_label=1 - int(r['gt_label'])) for r in rows]
+    write_healthygan_scores(tmp_path / 'flipped.csv', flipped, [0.1] * len(rows))
+    for name, message in [('short.csv', '1 of the 8 test images are not in it'),
+                          ('flipped.csv', 'is labelled 1 there and 0 here'),
+                          ('absent.csv', 'cannot read it')]:
+        with pytest.raises(SystemExit) as e:
+            bl.main(tiny_argv(folder_dataset, tmp_path / 'b2', '--methods', 'mean_intensity',
+                              '--compare', tmp_path / name))
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f'--compare {tmp_path / name}' in err and message in err

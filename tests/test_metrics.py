@@ -163,3 +163,17 @@ def test_masks_are_found_by_synthetics_layout_and_follow_the_images_crop(tmp_pat
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(mask_path)
     with pytest.raises(data_loader.DataError, match='must match their images'):
         data_loader.load_mask(str(mask_path), str(img_path), 16)
+
+
+def test_paired_auroc_difference_is_paired():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(30, int), np.ones(30, int)]
+    a = labels * 0.8 + rng.normal(size=60)
+    b = a + rng.normal(scale=0.1, size=60)  # nearly the same detector
+    d, low, high = metrics.paired_auroc_difference(labels, a, b, 500, seed=3)
+    assert d == pytest.approx(roc_auc_score(labels, a) - roc_auc_score(labels, b))
+    assert low <= d <= high
+    # resampled together, two close detectors differ by far less than either one's own spread
+    a_low, a_high, _ = metrics.bootstrap_auroc(labels, a, 500, seed=3)
+    assert high - low < (a_high - a_low) / 3
+    assert metrics.paired_auroc_difference(labels, a, a, 200) == (0.0, 0.0, 0.0)

@@ -77,13 +77,14 @@ def test_bench_nih_script_end_to_end_tiny(tmp_path):
     data = write_folder_layout(tmp_path / 'nih', 10, 3)
     env = {**TINY, 'DATA': str(data), 'OUT': str(tmp_path / 'run'), 'NUM_ITERS': '4',
            'MODEL_SAVE_STEP': '2', 'PCA_COMPONENTS': '4', 'KNN_K': '2', 'AE_ITERS': '2',
-           'SCORE_VARIANT': 'lung'}
+           'ENSEMBLE': '2'}
     r = run_script('bench_nih.sh', env, '--use_tensorboard', 'false', '--bootstrap', '0')
     assert r.returncode == 0, r.stderr
     assert 'AUCp at iteration 4' in r.stdout and 'knn' in r.stdout
     metrics = json.load(open(tmp_path / 'run' / 'results' / 'metrics.json'))
-    assert metrics['iteration'] in (2, 4)  # the checkpoint with the best AUCp
-    assert metrics['score_variant'] == 'lung'
+    assert metrics['iteration'] == 4 and metrics['score_variant'] == 'lung'  # the defaults
+    # the snapshot ensemble: the last ENSEMBLE checkpoints
+    assert [p.rsplit('/', 1)[-1] for p in metrics['ensemble']] == ['2-G.ckpt', '4-G.ckpt']
     baselines = json.load(open(tmp_path / 'run' / 'baselines' / 'baselines.json'))
     assert baselines['n_fit'] == 8  # fitted on the healthy images HealthyGAN trained on
     assert baselines['methods']['autoencoder']['parameters']['iters'] == 2

@@ -106,6 +106,12 @@ def build_parser():
                         'instead of training one')
     g.add_argument('--ae_log_step', type=cli.positive_int, default=50)
 
+    g = p.add_argument_group('Comparison')
+    g.add_argument('--compare', type=str, default=None,
+                   help="a testAUC scores.csv (HealthyGAN's pred_score) of the same test images: "
+                        'also report AUROC(HealthyGAN) - AUROC(method) for every method, with a '
+                        'paired bootstrap interval')
+
     g = p.add_argument_group('Miscellaneous')
     g.add_argument('--seed', type=int, default=0,
                    help='seeds PCA, the autoencoder (weights, data order, flips) and the '
@@ -272,6 +278,43 @@ def evaluate(gt_label, pred_score, n_bootstrap, seed):
         raise ConfigError(str(e)) from None
 
 
+def read_compare_scores(path, paths, labels):
+    """The pred_score column of a testAUC scores.csv, in the order of `paths` (the test images
+    of this run; matched by their absolute path), checked against their labels."""
+    try:
+        with open(path, newline='') as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise ConfigError(f'--compare {path}: cannot read it ({e.strerror}); pass the scores.csv '
+                          f'that main.py --mode testAUC wrote') from None
+    if not rows or not {'path', 'gt_label', 'pred_score'} <= set(rows[0]):
+        raise ConfigError(f'--compare {path}: expected the columns path, gt_label and pred_score '
+                          f'of a testAUC scores.csv')
+    by_path = {os.path.abspath(r['path']): r for r in rows}
+    missing = [p for p in paths if os.path.abspath(p) not in by_path]
+    if missing:
+        raise ConfigError(f'--compare {path}: {len(missing)} of the {len(paths)} test images are '
+                          f'not in it (e.g. {missing[0]}); score the same --image_dir with testAUC')
+    out = []
+    for p, label in zip(paths, labels):
+        row = by_path[os.path.abspath(p)]
+        if int(row['gt_label']) != int(label):
+            raise ConfigError(f'--compare {path}: {p} is labelled {row["gt_label"]} there and '
+                              f'{label} here')
+        out.append(float(row['pred_score']))
+    return np.asarray(out)
+
+
+def compare(labels, reference, scores, n_bootstrap, seed):
+    """{method: {AUROC difference, paired 95% interval}} of `reference` against each method."""
+    out = {}
+    for name, s in scores.items():
+        d, low, high = metrics.paired_auroc_difference(labels, reference, s,
+                                                       max(n_bootstrap, 1), seed)
+        out[name] = {'AUROC_difference': d, 'ci95': [low, high] if n_bootstrap else None}
+    return out
+
+
 def print_table(results):
     """One line per method."""
     print(f'\n{"method":<16}{"AUROC":>7}  {"95% CI":<15}{"AUPRC":>7}  {"fit on":<15}{"time":>8}')
@@ -301,6 +344,8 @@ def run(args, command=''):
     x_fit, x_test, paths, labels = load_sets(config, split, args.fit_on)
     print(f'Loaded {len(x_fit)} fit images ({args.fit_on}) and {len(x_test)} test images at '
           f'{args.image_size} px in {time.time() - t0:.1f} s')
+    # Read before the methods run (the autoencoder takes minutes): a wrong file fails at once.
+    reference = read_compare_scores(args.compare, paths, labels) if args.compare else None
 
     scores, results = {}, {}
     for name in args.methods:
@@ -360,6 +405,13 @@ def run(args, command=''):
         'higher_score': 'more anomalous',
         'command': command,
     }
+    if args.compare:
+        summary['compare'] = {
+            'scores_csv': args.compare,
+            'AUROC': metrics.image_metrics(labels, reference)['image_AUROC'],
+            'methods': compare(labels, reference, scores, args.bootstrap, args.seed),
+            'note': 'AUROC(pred_score of scores_csv) - AUROC(method); paired: the same '
+                    'bootstrap resamples of the test images for both'}
     with open(os.path.join(args.result_dir, 'baselines.json'), 'w') as f:
         json.dump(summary, f, indent=1)
     with open(os.path.join(args.result_dir, 'baselines_scores.csv'), 'w', newline='') as f:
@@ -368,6 +420,14 @@ def run(args, command=''):
         for k, (path, label) in enumerate(zip(paths, labels)):
             w.writerow([path, label, *(f'{scores[m][k]:.10g}' for m in args.methods)])
     print_table(results)
+    if args.compare:
+        c = summary['compare']
+        print(f"\n{args.compare}: AUROC {c['AUROC']:.4f}; difference to each method "
+              f"(paired 95% interval):")
+        for name, r in c['methods'].items():
+            ci = r['ci95']
+            print(f"  - {name:<15}{r['AUROC_difference']:+.4f}"
+                  + (f'  [{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else ''))
     print(f'Saved baselines.json and baselines_scores.csv into {args.result_dir}')
     return summary
 
