@@ -1445,6 +1445,12 @@ class Solver:
                 report.panel(x[j], x_hat[j], mask[j], amap[j], vmax, gt_masks.get(k),
                              captions.get(k, '')).save(path)
 
+    def ensemble_record(self):
+        """{'ensemble': the members' files} for metrics.json / summary.json; {} for one checkpoint."""
+        if len(self.ensemble_iters) > 1:
+            return {'ensemble': [self.checkpoint_path(i) for i in self.ensemble_iters]}
+        return {}
+
     def checkpoint_path(self, iters):
         """The generator file that was tested (the averaged one with --test_ema true)."""
         ema = getattr(self.config, 'test_ema', False)
@@ -1490,8 +1496,7 @@ class Solver:
                        'score_variant': c.score_variant, 'image_size': c.image_size,
                        'bootstrap': {'n': c.bootstrap, 'seed': c.bootstrap_seed,
                                      'method': 'percentile, stratified by class'}})
-        if len(self.ensemble_iters) > 1:
-            result['ensemble'] = [self.checkpoint_path(i) for i in self.ensemble_iters]
+        result.update(self.ensemble_record())
         if val_info:
             result['validation'] = val_info
         if pixel_keys:
@@ -1645,8 +1650,7 @@ class Solver:
                    'score_dir': c.score_dir, 'image_size': c.image_size,
                    'score_variant': c.score_variant, 'score': metrics.SCORE_VARIANTS[c.score_variant],
                    'n_images': len(ok), 'unreadable': {paths[k]: e for k, e in errors.items()}}
-        if len(self.ensemble_iters) > 1:
-            summary['ensemble'] = [self.checkpoint_path(i) for i in self.ensemble_iters]
+        summary.update(self.ensemble_record())
         if ok:
             s = selected[ok]
             summary['pred_score'] = {'mean': float(s.mean()), 'min': float(s.min()),
