@@ -3,8 +3,8 @@
 # test it once with a label-free choice (the last 4 checkpoints' scores averaged, the lung-field
 # score), and score the same test images with the simple references and the normal-only
 # autoencoder (tools/baselines.py) side by side. AUCp on held-out healthy and mixed images is
-# logged at every checkpoint. Budget: at most 60 minutes on a 2-core CPU (training 128 px:
-# about 40 min on the idle machine). Hyperparameters below; extra flags go to main.py.
+# logged at every checkpoint. Budget: at most 60 minutes on a 2-core CPU (training at 128 px:
+# 43 min on the idle machine, 52 min in all). Hyperparameters below; extra flags go to main.py.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,7 +18,7 @@ D_CONV_DIM=${D_CONV_DIM:-16}
 G_REPEAT_NUM=${G_REPEAT_NUM:-2}
 D_REPEAT_NUM=${D_REPEAT_NUM:-5}     # 4 at 64 px (the critic's patches stay the same size)
 BATCH_SIZE=${BATCH_SIZE:-8}
-NUM_ITERS=${NUM_ITERS:-5500}         # ~40 min at 128 px on 2 idle cores (64 px: 8000 in ~19 min)
+NUM_ITERS=${NUM_ITERS:-5500}         # 43 min at 128 px on 2 idle cores (64 px: 8000 in ~19 min)
 NUM_ITERS_DECAY=${NUM_ITERS_DECAY:-100000}
 LR_SCHEDULE=${LR_SCHEDULE:-original} # in effect constant here; 'linear' decayed to 0 measured no better
 LR_UPDATE_STEP=${LR_UPDATE_STEP:-1000}
