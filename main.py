@@ -221,6 +221,11 @@ def build_parser():
     g.add_argument('--merge_critic', type=str2bool, default=None,
                    help='true: one critic pass on real and fake together (D has no batch-'
                         'dependent layers, so the outputs are the same) (default false) (added)')
+    g.add_argument('--critic_matmul', type=str2bool, default=None,
+                   help="true: the critic's convolutions on maps of 8x8 and smaller run as "
+                        'unfold + one matrix multiply, the same sums in another order; faster '
+                        "on the CPU, where oneDNN's kernels for them are slow (default false) "
+                        '(added)')
     g.add_argument('--cudnn_benchmark', type=str2bool, default=None,
                    help='cudnn.benchmark (default true, as the original; --deterministic true '
                         'turns it off) (added)')

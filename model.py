@@ -3,7 +3,9 @@
 Layer order, names and shapes follow the original implementation exactly, so that its released
 checkpoints (e.g. ``360000-G.ckpt``) load with ``strict=True``.
 """
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def _instance_norm(num_features):
@@ -66,8 +68,30 @@ class Generator(nn.Module):
         return out[:, :3], out[:, 3:4]
 
 
+def conv2d_as_matmul(x, conv):
+    """conv(x) computed as im2col (F.unfold) and one matrix multiply (added, a CPU fast path).
+
+    The same sums as the convolution, in another order. On the critic's last layers (maps of
+    8x8 and smaller, hundreds of channels) oneDNN's direct kernels, and their double backward
+    in the gradient penalty, run far below the CPU's matmul speed; one (N*L) x (C*k*k) by
+    (C*k*k) x O product does not (README, Speed). Returns a channels-last view.
+    """
+    n, _, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))  # N x C*kh*kw x L
+    cols = cols.transpose(1, 2).reshape(n * ho * wo, -1)
+    weight = conv.weight.reshape(conv.out_channels, -1).t()
+    out = cols @ weight if conv.bias is None else torch.addmm(conv.bias, cols, weight)
+    return out.view(n, ho, wo, conv.out_channels).permute(0, 3, 1, 2)
+
+
 class Discriminator(nn.Module):
     """PatchGAN critic: returns (features, patch logits of side image_size / 2**repeat_num)."""
+
+    # --critic_matmul (added): the convolutions whose input maps are at most this many pixels on
+    # a side run as conv2d_as_matmul; 0 (the default) runs every one as nn.Conv2d.
+    MATMUL_SIDE = 8
 
     def __init__(self, image_size=128, conv_dim=64, c_dim=0, repeat_num=6):
         super().__init__()
@@ -82,9 +106,16 @@ class Discriminator(nn.Module):
         self.conv1 = nn.Conv2d(curr_dim, 1, kernel_size=3, stride=1, padding=1, bias=False)
         # c_dim is kept for signature compatibility; HealthyGAN uses no classification head.
         self.image_size = image_size
+        self.matmul_side = 0
 
     def forward(self, x):
-        h = self.main(x)
+        if not self.matmul_side:
+            h = self.main(x)
+        else:
+            h = x
+            for layer in self.main:
+                small = isinstance(layer, nn.Conv2d) and max(h.shape[-2:]) <= self.matmul_side
+                h = conv2d_as_matmul(h, layer) if small else layer(h)
         return h, self.conv1(h)
 
 

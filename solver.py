@@ -597,11 +597,11 @@ def sync_rng_state(device):
 # (tests/test_speed.py compares them with the plain step).
 
 SPEED_FLAGS = ('amp', 'channels_last', 'compile', 'adam_impl', 'reuse_fake', 'merge_critic',
-               'cudnn_benchmark', 'tf32')
+               'critic_matmul', 'cudnn_benchmark', 'tf32')
 # The original's behaviour; tf32 None leaves torch's own defaults alone.
 ORIGINAL_SPEED = {'amp': 'off', 'channels_last': False, 'compile': False, 'adam_impl': 'default',
-                  'reuse_fake': False, 'merge_critic': False, 'cudnn_benchmark': True,
-                  'tf32': None}
+                  'reuse_fake': False, 'merge_critic': False, 'critic_matmul': False,
+                  'cudnn_benchmark': True, 'tf32': None}
 
 
 def cuda_bf16():
@@ -618,11 +618,11 @@ def fast_preset(device):
         bf16 = cuda_bf16()
         return {'amp': 'bf16' if bf16 else 'fp16', 'channels_last': True, 'compile': True,
                 'adam_impl': 'fused', 'reuse_fake': True, 'merge_critic': True,
-                'cudnn_benchmark': True, 'tf32': True}
+                'critic_matmul': False, 'cudnn_benchmark': True, 'tf32': True}
     # CPU (and MPS): the fp32 paths tools/benchmark.py found faster on a 2-core AVX-512 CPU
     # without bf16 units (README, "Speed"); bf16 autocast and torch.compile slowed the step.
     return {**ORIGINAL_SPEED, 'reuse_fake': True, 'merge_critic': True, 'channels_last': True,
-            'adam_impl': 'fused'}
+            'adam_impl': 'fused', 'critic_matmul': True}
 
 
 def resolve_speed(config, device):
@@ -669,6 +669,18 @@ def critic(D, xs, dtype=None, merge=False):
         else:
             outs = [D(x)[1] for x in xs]
     return [out.float() for out in outs]
+
+
+@contextlib.contextmanager
+def frozen(module):
+    """Within the block, passes through module record no gradient for its parameters."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def running_stats(G):
@@ -781,6 +793,7 @@ class Solver:
         if s['channels_last']:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
+        self.D.matmul_side = Discriminator.MATMUL_SIDE if s['critic_matmul'] else 0
         adam = {'default': {}, 'foreach': {'foreach': True}, 'fused': {'fused': True}}
         try:
             self.g_optimizer = torch.optim.Adam(self.G.parameters(), c.g_lr, (c.beta1, c.beta2),
@@ -892,7 +905,11 @@ class Solver:
         if self.diff_augment:  # --diff_augment (added): through the change, differentiably
             seen_A = diff_augment(x_hat_A, self.diff_augment)
             seen_B = diff_augment(x_hat_B, self.diff_augment)
-        out_A, out_B = critic(self.D_run, [seen_A, seen_B], amp, self.speed['merge_critic'])
+        # Unlike the original, D's parameters take no gradient here: the G step's backward
+        # computed D's weight gradients only for the next critic step to zero them (the G
+        # updates are the same bit for bit: tests/test_speed.py).
+        with frozen(self.D):
+            out_A, out_B = critic(self.D_run, [seen_A, seen_B], amp, self.speed['merge_critic'])
         # Mixed path (original -> target): fool D, and leave everything outside the mask alone.
         g_loss_fake = g_adv_loss(out_A)
         g_loss_rec = reconstruction_loss(x_A, x_raw_A, mask_A)

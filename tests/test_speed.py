@@ -59,6 +59,8 @@ def test_default_step_is_the_original_loop_bit_for_bit():
     (['--reuse_fake', 'true'], 0.0),  # the very same pass of G: no difference at all
     (['--merge_critic', 'true'], FP32_TOL),
     (['--channels_last', 'true'], FP32_TOL),
+    (['--critic_matmul', 'true'], FP32_TOL),
+    (['--critic_matmul', 'true', '--channels_last', 'true'], FP32_TOL),
     (['--adam_impl', 'foreach'], FP32_TOL),
     (['--adam_impl', 'fused'], FP32_TOL),
     (['--amp', 'bf16'], AMP_TOL),
@@ -85,6 +87,61 @@ def test_reuse_fake_saves_a_pass_and_keeps_the_running_statistics():
     # Without a G step after it (keep_fake False) nothing is kept.
     fast.d_step(*data[0])
     assert fast.kept_fake is None
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('shape,out_channels,bias', [((5, 16, 8, 8), 32, True),
+                                                     ((3, 7, 4, 6), 5, True),
+                                                     ((2, 32, 2, 2), 1, False)])
+def test_conv2d_as_matmul_is_the_convolution_and_its_double_backward(shape, out_channels, bias,
+                                                                     channels_last):
+    # Values, input and weight gradients, and the gradient penalty's second-order gradient
+    # with respect to the weights: what the critic step needs of each of D's layers.
+    from model import conv2d_as_matmul
+    torch.manual_seed(0)
+    k, stride = (4, 2) if out_channels > 1 else (3, 1)
+    conv = torch.nn.Conv2d(shape[1], out_channels, k, stride, 1, bias=bias).double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    if channels_last:
+        conv.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def grads(f):
+        xi = x.clone().requires_grad_(True)
+        out = f(xi)
+        g, = torch.autograd.grad(out.sum(), xi, create_graph=True)
+        penalty = ((g.flatten(1).norm(dim=1) - 1) ** 2).mean() + out.square().mean()
+        return [out, g] + list(torch.autograd.grad(penalty, list(conv.parameters())))
+
+    for got, expected in zip(grads(lambda t: conv2d_as_matmul(t, conv)), grads(conv)):
+        assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-10)
+
+
+def test_critic_matmul_runs_only_the_small_maps_as_matmuls(monkeypatch):
+    import model
+    solver = make('--critic_matmul', 'true')  # 16 px, d_repeat_num 3: inputs 16, 8, 4 px
+    sides = []
+    real = model.conv2d_as_matmul
+    monkeypatch.setattr(model, 'conv2d_as_matmul',
+                        lambda x, conv: sides.append(x.shape[-1]) or real(x, conv))
+    x = torch.randn(2, 3, 16, 16)
+    plain = make()
+    with torch.no_grad():
+        assert torch.allclose(solver.D(x)[1], plain.D(x)[1], atol=1e-6)
+    assert sides == [8, 4]
+    assert make().D.matmul_side == 0  # off by default: the original's nn.Conv2d path
+
+
+def test_generator_step_takes_no_gradient_for_the_critic():
+    # The original computed D's weight gradients in the G step and zeroed them unused; the
+    # weights after the G step are the original's bit for bit (the test above on whole cycles).
+    solver = make()
+    x_A, x_B = batches(1)[0]
+    solver.d_step(x_A, x_B)
+    solver.g_step(x_A, x_B)
+    assert all(p.grad is None for p in solver.D.parameters())
+    assert all(p.requires_grad for p in solver.D.parameters())
+    assert any(p.grad is not None for p in solver.G.parameters())
 
 
 def test_merged_critic_pass_gives_each_batch_its_own_outputs():

@@ -45,6 +45,7 @@ VARIANTS = {
     'reuse_fake': {'reuse_fake': True},
     'merge_critic': {'merge_critic': True},
     'channels_last': {'channels_last': True},
+    'critic_matmul': {'critic_matmul': True},
     'adam_foreach': {'adam_impl': 'foreach'},
     'adam_fused': {'adam_impl': 'fused'},
     'amp_bf16': {'amp': 'bf16'},
@@ -52,8 +53,8 @@ VARIANTS = {
     'compile': {'compile': True},
     'fast': {'fast': True},
 }
-DEFAULT_VARIANTS = 'original,default,reuse_fake,merge_critic,channels_last,adam_foreach,' \
-                   'adam_fused,amp_bf16,compile,fast'
+DEFAULT_VARIANTS = 'original,default,reuse_fake,merge_critic,channels_last,critic_matmul,' \
+                   'adam_foreach,adam_fused,amp_bf16,compile,fast'
 
 # Dense (no sparsity) peak TFLOP/s from the vendors' data sheets: (fp32, tf32, bf16/fp16 tensor).
 # Matched against torch.cuda.get_device_name() in this order (first substring that matches).
