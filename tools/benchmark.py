@@ -15,8 +15,12 @@ images per second (Solver.translate).
 
 `original` is the original's loop as ORIGINAL.md describes it: eager fp32; the critic step runs
 G with autograd on and uses only the detached output; the generator step runs G on the mixed
-batch again; every loss is read with .item() at every iteration. `default` is this project's
-step with every fast path off (same losses, bit for bit: tests/test_speed.py).
+batch again; every loss is read with .item() at every iteration. It runs under torch's own TF32
+defaults (on CUDA, cuDNN convolutions may use TF32 unless told otherwise), as the original did;
+`original_fp32` is the same loop with TF32 off (strict fp32 arithmetic). `default` is this
+project's step with every fast path off (same losses, bit for bit: tests/test_speed.py).
+Each variant's cuDNN and TF32 switches are set before each of its timings, so one variant's
+switches (they are process-wide) never leak into another's numbers.
 """
 import copy
 import datetime
@@ -41,6 +45,7 @@ import solver as S  # noqa: E402
 # loop). 'fast' is the --fast preset for the device.
 VARIANTS = {
     'original': None,
+    'original_fp32': None,
     'default': {},
     'reuse_fake': {'reuse_fake': True},
     'merge_critic': {'merge_critic': True},
@@ -48,11 +53,14 @@ VARIANTS = {
     'critic_matmul': {'critic_matmul': True},
     'adam_foreach': {'adam_impl': 'foreach'},
     'adam_fused': {'adam_impl': 'fused'},
+    'tf32': {'tf32': True},
     'amp_bf16': {'amp': 'bf16'},
     'amp_fp16': {'amp': 'fp16'},
     'compile': {'compile': True},
     'fast': {'fast': True},
 }
+# The variants that run the original's loop rather than Solver's step.
+ORIGINAL_LOOPS = {'original': S.ORIGINAL_SPEED, 'original_fp32': {**S.ORIGINAL_SPEED, 'tf32': False}}
 DEFAULT_VARIANTS = 'original,default,reuse_fake,merge_critic,channels_last,critic_matmul,' \
                    'adam_foreach,adam_fused,amp_bf16,compile,fast'
 
@@ -148,7 +156,23 @@ def make_solver(config, name, seed):
 
 
 def run_cycle(name, solver, x_A, x_B):
-    return (original_cycle if name == 'original' else solver_cycle)(solver, x_A, x_B)
+    return (original_cycle if name in ORIGINAL_LOOPS else solver_cycle)(solver, x_A, x_B)
+
+
+def variant_speed(name, solver):
+    """The fast-path flags a variant runs with."""
+    return ORIGINAL_LOOPS[name] if name in ORIGINAL_LOOPS else solver.speed
+
+
+# torch's own TF32 switches when the benchmark starts: what tf32 None means.
+TORCH_TF32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+
+def set_switches(speed):
+    """The process-wide cuDNN / TF32 switches of one variant (tf32 None: torch's defaults)."""
+    S.apply_backend_switches(speed, False)
+    if speed['tf32'] is None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = TORCH_TF32
 
 
 def sync(device):
@@ -216,9 +240,10 @@ def count_flops(config, name, seed, x_A, x_B):
     """FLOPs of one cycle of the variant, counted with compile off (same arithmetic)."""
     c = copy.deepcopy(config)
     solver = make_solver(c, name, seed)
-    if name != 'original' and solver.speed['compile']:
+    set_switches(variant_speed(name, solver))
+    if name not in ORIGINAL_LOOPS and solver.speed['compile']:
         solver.G_run, solver.D_run = solver.G, solver.D
-    if name != 'original':
+    if name not in ORIGINAL_LOOPS:
         x_A, x_B = solver.to_layout(x_A), solver.to_layout(x_B)
     counter = FlopCounterMode(display=False)
     # FlopCounterMode's per-module tracking hooks the backward of every module input, which
@@ -256,6 +281,9 @@ def build_parser():
                    help='translate() calls per variant and round for the inference rate')
     g.add_argument('--no_flops', action='store_true', help='skip counting FLOPs')
     g.add_argument('--json_out', type=str, default=None, help='also write the results here')
+    g.add_argument('--project_iters', type=int, default=400000,
+                   help='also report the hours this many iterations take at each rate '
+                        '(the paper: 400,000)')
     return p
 
 
@@ -265,7 +293,7 @@ def main(argv=None):
     cli.check_architecture(parser, config)
     names = [v.strip() for v in config.variants.split(',') if v.strip()]
     unknown = [v for v in names for part in v.split('+') if part not in VARIANTS
-               or (part == 'original' and v != 'original')]
+               or (part in ORIGINAL_LOOPS and v != part)]
     if unknown:
         parser.error(f'--variants: unknown {unknown}; choose from {", ".join(VARIANTS)}')
     seed = 0 if config.seed is None else config.seed
@@ -293,7 +321,9 @@ def main(argv=None):
         except S.ConfigError as e:
             print(f'{name}: skipped ({e})')
             continue
-        a, b = (x_A, x_B) if name == 'original' else (solver.to_layout(x_A), solver.to_layout(x_B))
+        a, b = (x_A, x_B) if name in ORIGINAL_LOOPS else (solver.to_layout(x_A),
+                                                            solver.to_layout(x_B))
+        set_switches(variant_speed(name, solver))
         sync(device)
         t = time.perf_counter()
         loss = run_cycle(name, solver, a, b)  # from the seed's weights: compare the losses
@@ -312,6 +342,7 @@ def main(argv=None):
     for r in range(config.rounds):
         for name in order[r % len(order):] + order[:r % len(order)]:  # rotate the start
             solver, a, b = solvers[name]
+            set_switches(variant_speed(name, solver))
             sync(device)
             t = time.perf_counter()
             for _ in range(config.cycles):
@@ -324,6 +355,7 @@ def main(argv=None):
 
     memory = {}
     for name, (solver, a, b) in solvers.items():
+        set_switches(variant_speed(name, solver))
         sync(device)
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
@@ -338,11 +370,12 @@ def main(argv=None):
     rows, peaks = [], {}
     for name in solvers:
         solver = solvers[name][0]
-        speed = S.ORIGINAL_SPEED if name == 'original' else solver.speed
+        speed = variant_speed(name, solver)
         it_s = 1 / statistics.median(times[name])
         flops = None if config.no_flops else count_flops(config, name, seed, x_A, x_B)
         flops = flops / config.n_critic if flops else None
-        key = speed['amp'] if device.type == 'cuda' else 'cpu'
+        set_switches(speed)  # the peak depends on whether TF32 is on
+        key = (speed['amp'], torch.backends.cudnn.allow_tf32) if device.type == 'cuda' else 'cpu'
         if key not in peaks:
             peaks[key] = device_peak_flops(device, speed, threads)
         peak, peak_source = peaks[key]
@@ -350,6 +383,9 @@ def main(argv=None):
         rows.append({
             'variant': name, 'it_per_s': it_s, 'img_per_s': it_s * n,
             'speedup_vs_' + base: it_s * statistics.median(times[base]),
+            **({'speedup_vs_original_fp32': it_s * statistics.median(times['original_fp32'])}
+               if 'original_fp32' in times and base != 'original_fp32' else {}),
+            f'hours_for_{config.project_iters}_iters': config.project_iters / it_s / 3600,
             'iter_s_all_rounds': times[name],
             'peak_memory_bytes': memory[name],
             'peak_memory_kind': 'torch.cuda.max_memory_allocated' if device.type == 'cuda'
@@ -358,6 +394,8 @@ def main(argv=None):
             'achieved_tflops': flops * it_s / 1e12 if flops else None,
             'fraction_of_peak': flops * it_s / peak if flops and peak else None,
             'peak_source': peak_source,
+            'tf32': {'cudnn': torch.backends.cudnn.allow_tf32,
+                     'matmul': torch.backends.cuda.matmul.allow_tf32},
             'max_abs_loss_diff_vs_' + reference: diff,
             'infer_img_per_s': n / statistics.median(infer[name]),
             'first_cycle_s': first_cycle_s[name],
@@ -365,16 +403,22 @@ def main(argv=None):
         })
 
     width = max(14, *(len(name) for name in solvers))
-    print(f'\n{"variant":{width}s} {"it/s":>7s} {"img/s":>7s} {"x " + base:>11s} {"peak MiB":>9s} '
+    fp32 = 'speedup_vs_original_fp32' in (rows[0] if rows else {})
+    print(f'\n{"variant":{width}s} {"it/s":>7s} {"img/s":>7s} {"x " + base:>11s} '
+          + (f'{"x original_fp32":>16s} ' if fp32 else '') + f'{"peak MiB":>9s} '
           f'{"GFLOP/it":>9s} {"% peak":>7s} {"|dloss|":>9s} {"infer img/s":>12s}')
     for row in rows:
         mem = row['peak_memory_bytes']
         print(f'{row["variant"]:{width}s} {row["it_per_s"]:7.3f} {row["img_per_s"]:7.2f} '
               f'{row["speedup_vs_" + base]:11.2f} '
+              + (f'{row.get("speedup_vs_original_fp32", 1.0):16.2f} ' if fp32 else '') +
               f'{mem / 2 ** 20 if mem else float("nan"):9.0f} '
               f'{(row["flops_per_iter"] or float("nan")) / 1e9:9.2f} '
               f'{100 * (row["fraction_of_peak"] or float("nan")):7.2f} '
               f'{row["max_abs_loss_diff_vs_" + reference]:9.2e} {row["infer_img_per_s"]:12.2f}')
+    if config.project_iters:
+        print(f'{config.project_iters:,} iterations: ' + ', '.join(
+            f'{r["variant"]} {r[f"hours_for_{config.project_iters}_iters"]:.1f} h' for r in rows))
     print(f'(medians of {config.rounds} rounds of {config.cycles} x {config.n_critic} iterations; '
           f'peak: {rows[0]["peak_source"] if rows else ""}; |dloss|: largest difference of the '
           f'first cycle\'s losses from {reference!r}, same weights and batch)')
