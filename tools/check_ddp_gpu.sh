@@ -3,7 +3,8 @@
 #  1. a small run (64 px, 20 iterations, --deterministic true) with plain `python main.py` and
 #     with `torchrun --standalone --nproc_per_node 1 main.py` (a group of one on NCCL, which runs
 #     every collective of the multi-GPU path): the checkpoints must agree;
-#  2. one process resumes the torchrun run's checkpoint at 10 and must reach the same 20;
+#  2. one process resumes the torchrun run's checkpoint at 10 and must reach the same 20 (on the
+#     CPU; on a GPU the difference is printed: not bit for bit there, README "Reproducibility");
 #  3. the seconds per iteration of the paper's model (256 px, batch 16) both ways.
 # Several GPUs and several machines are not checked here. Usage: bash tools/check_ddp_gpu.sh [OUT]
 # (DEVICE=cpu SPEED=0 runs steps 1-2 on the CPU with gloo: a dry run of this script.)
@@ -49,7 +50,7 @@ python main.py --mode testAUC $(args nccl) --image_size 64 --g_conv_dim 16 --g_r
     --d_repeat_num 4 --test_iters 20 --report false --bootstrap 0 \
     --result_dir "$OUT/nccl/results_alone" > "$OUT/alone_test.log" 2>&1
 
-python - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
+python - "$OUT" "$DEVICE" <<'EOF' | tee "$OUT/summary.txt"
 import json, os, sys
 import torch
 out = sys.argv[1]
@@ -68,9 +69,14 @@ d2 = diff('nccl', 'resumed', lambda k: 'running_' not in k)
 auc = [json.load(open(f'{out}/nccl/{r}/metrics.json'))['image_AUROC']
        for r in ('results', 'results_alone')]
 print(f'plain vs torchrun (1 rank, group of one), 20 iterations: max |diff| {d1:.3g}')
-print(f'torchrun run vs one process resuming it at 10:  max |diff| {d2:.3g} (parameters)')
+# On a GPU a resumed run is not bit for bit the uninterrupted one even with --deterministic
+# true (H200, 2026-11-27: weights within 4e-9 after 10 resumed iterations, or a last-bit
+# difference that Adam grows to 6e-4; README, "Reproducibility"): reported, not required there.
+gpu = sys.argv[2] == 'cuda'
+print(f'torchrun run vs one process resuming it at 10:  max |diff| {d2:.3g} (parameters)'
+      + (' (not required on a GPU)' if gpu else ''))
 print(f'testAUC AUROC torchrun {auc[0]:.6f}, one process {auc[1]:.6f}')
-ok = d1 <= 1e-5 and d2 <= 1e-5 and auc[0] == auc[1]
+ok = d1 <= 1e-5 and (gpu or d2 <= 1e-5) and auc[0] == auc[1]
 print('PASS' if ok else 'FAIL')
 sys.exit(0 if ok else 1)
 EOF
