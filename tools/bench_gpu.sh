@@ -4,14 +4,14 @@
 #  1. tools/benchmark.py, eager variants: the original's loop (torch's TF32 defaults, and strict
 #     fp32), this project's plain step, and the fast paths but compile, together and (1b) alone;
 #  2. tools/benchmark.py with torch.compile: the original's loop again (the same machine, minutes
-#     later) and --fast true (compile included);
+#     later), --fast true (compile included) and the same without channels_last;
 #  3. tools/check_ddp_gpu.sh without its speed part (plain vs torchrun on NCCL, resume, testAUC);
 #  4. a short `main.py` training run with --fast true (compile off) on synthetic images, resumed,
 #     then testAUC.
 # Each stage has its own time limit (seconds: STAGE1, STAGE1B, STAGE2, STAGE3, STAGE4 for each of
 # stage 4's three runs) so a slow compilation cannot take the others' results with it. Measured
-# on an H200 (2026-11-27): stages 1, 1b and 2 took 66, 54 and 90 s (torch.compile: 46 s), stage
-# 3 about 100 s, stage 4 about 60 s. Writes 8 files to OUT. Usage: bash tools/bench_gpu.sh [OUT]
+# on an H200 (2026-11-27): stages 1, 1b and 2 took 66, 54 and 90 s (torch.compile: 46 s; stage
+# 2 has had a fourth variant since), stage 3 about 100 s, stage 4 about 60 s. Writes 8 files to OUT. Usage: bash tools/bench_gpu.sh [OUT]
 # (DEVICE=cpu SIZE=32 TINY=1: a dry run of the whole script on the CPU with a tiny model.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +45,9 @@ echo "== 1b. eager: each fast path alone"
 bench single "${STAGE1B:-100}" original,tf32,channels_last,amp_bf16,amp_fp16,adam_fused,reuse_fake+merge_critic --no_flops
 
 echo "== 2. compiled: --fast true, the original's loop again beside it"
-bench compiled "${STAGE2:-200}" original,original_fp32,fast --warmup 2
+# fast without channels_last too: alone, channels_last slowed the fp32 step (0.92x on an H200)
+bench compiled "${STAGE2:-260}" "original,original_fp32,fast,${FAST_EAGER/channels_last+/}+compile" \
+    --warmup 2
 
 echo "== 3. torchrun / NCCL check (small model)"
 rm -rf /tmp/ddp_check
