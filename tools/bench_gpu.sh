@@ -25,6 +25,8 @@ MODEL=(--image_size "${SIZE:-256}" --batch_size 16 --device "$DEVICE")
 ROUNDS=(--rounds "${ROUNDS:-5}" --cycles "${CYCLES:-2}")
 FAST_EAGER=amp_bf16+channels_last+adam_fused+reuse_fake+merge_critic+tf32   # --fast, compile off
 status=0
+SCRATCH=$(mktemp -d)   # stages 3 and 4 write their runs here; only their logs go to OUT
+trap 'rm -rf "$SCRATCH"' EXIT
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null
   python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda,
@@ -50,13 +52,12 @@ bench compiled "${STAGE2:-260}" "original,original_fp32,fast,${FAST_EAGER/channe
     --warmup 2
 
 echo "== 3. torchrun / NCCL check (small model)"
-rm -rf /tmp/ddp_check
-DEVICE=$DEVICE SPEED=0 timeout "${STAGE3:-150}" bash tools/check_ddp_gpu.sh /tmp/ddp_check \
-    > "$OUT/checks.log" 2>&1 || { echo "stage 3 failed ($?)"; status=1; tail -5 /tmp/ddp_check/*.log; }
+DEVICE=$DEVICE SPEED=0 timeout "${STAGE3:-150}" bash tools/check_ddp_gpu.sh "$SCRATCH/ddp_check" \
+    > "$OUT/checks.log" 2>&1 || { echo "stage 3 failed ($?)"; status=1; tail -5 "$SCRATCH"/ddp_check/*.log; }
 tail -5 "$OUT/checks.log"
 
 echo "== 4. main.py --fast true (compile off): train 30, resume to 40, testAUC"
-R=/tmp/fast_run
+R=$SCRATCH/fast_run
 rm -rf "$R" && python synthetic.py --out "$R/data" --seed 0 --size 64 --n_healthy 32 --n_mixed 32 \
     --n_test_normal 8 --n_test_anomalous 8 > /dev/null
 run() {
@@ -67,8 +68,8 @@ run() {
         --model_save_dir "$R/models" --sample_dir "$R/samples" --result_dir "$R/results" "$@"
 }
 { run --mode train --num_iters 30 && run --mode train --num_iters 40 --resume_iters 30 &&
-  run --mode testAUC --test_iters latest --bootstrap 0 --report false; } > /tmp/fast_run.log 2>&1 \
+  run --mode testAUC --test_iters latest --bootstrap 0 --report false; } > "$SCRATCH/fast_run.log" 2>&1 \
     || { echo "stage 4 failed ($?)"; status=1; }
-tr '\r' '\n' < /tmp/fast_run.log | tee -a "$OUT/checks.log" \
+tr '\r' '\n' < "$SCRATCH/fast_run.log" | tee -a "$OUT/checks.log" \
     | grep -aiE '^Elapsed|AUROC|error|warning|Traceback' | cut -c1-140 | tail -8
 exit $status
