@@ -155,10 +155,6 @@ def make_solver(config, name, seed):
     return S.Solver(c)
 
 
-def run_cycle(name, solver, x_A, x_B):
-    return (original_cycle if name in ORIGINAL_LOOPS else solver_cycle)(solver, x_A, x_B)
-
-
 def variant_speed(name, solver):
     """The fast-path flags a variant runs with."""
     return ORIGINAL_LOOPS[name] if name in ORIGINAL_LOOPS else solver.speed
@@ -173,6 +169,13 @@ def set_switches(speed):
     S.apply_backend_switches(speed, False)
     if speed['tf32'] is None:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = TORCH_TF32
+
+
+def run_cycle(name, solver, x_A, x_B):
+    """One cycle of the variant under its own cuDNN / TF32 switches (the inference timed right
+    after it runs under them too)."""
+    set_switches(variant_speed(name, solver))
+    return (original_cycle if name in ORIGINAL_LOOPS else solver_cycle)(solver, x_A, x_B)
 
 
 def sync(device):
@@ -240,7 +243,6 @@ def count_flops(config, name, seed, x_A, x_B):
     """FLOPs of one cycle of the variant, counted with compile off (same arithmetic)."""
     c = copy.deepcopy(config)
     solver = make_solver(c, name, seed)
-    set_switches(variant_speed(name, solver))
     if name not in ORIGINAL_LOOPS and solver.speed['compile']:
         solver.G_run, solver.D_run = solver.G, solver.D
     if name not in ORIGINAL_LOOPS:
@@ -323,7 +325,6 @@ def main(argv=None):
             continue
         a, b = (x_A, x_B) if name in ORIGINAL_LOOPS else (solver.to_layout(x_A),
                                                             solver.to_layout(x_B))
-        set_switches(variant_speed(name, solver))
         sync(device)
         t = time.perf_counter()
         loss = run_cycle(name, solver, a, b)  # from the seed's weights: compare the losses
@@ -342,7 +343,6 @@ def main(argv=None):
     for r in range(config.rounds):
         for name in order[r % len(order):] + order[:r % len(order)]:  # rotate the start
             solver, a, b = solvers[name]
-            set_switches(variant_speed(name, solver))
             sync(device)
             t = time.perf_counter()
             for _ in range(config.cycles):
@@ -355,7 +355,6 @@ def main(argv=None):
 
     memory = {}
     for name, (solver, a, b) in solvers.items():
-        set_switches(variant_speed(name, solver))
         sync(device)
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
@@ -411,7 +410,7 @@ def main(argv=None):
         mem = row['peak_memory_bytes']
         print(f'{row["variant"]:{width}s} {row["it_per_s"]:7.3f} {row["img_per_s"]:7.2f} '
               f'{row["speedup_vs_" + base]:11.2f} '
-              + (f'{row.get("speedup_vs_original_fp32", 1.0):16.2f} ' if fp32 else '') +
+              + (f'{row["speedup_vs_original_fp32"]:16.2f} ' if fp32 else '') +
               f'{mem / 2 ** 20 if mem else float("nan"):9.0f} '
               f'{(row["flops_per_iter"] or float("nan")) / 1e9:9.2f} '
               f'{100 * (row["fraction_of_peak"] or float("nan")):7.2f} '
@@ -419,8 +418,9 @@ def main(argv=None):
     if config.project_iters:
         print(f'{config.project_iters:,} iterations: ' + ', '.join(
             f'{r["variant"]} {r[f"hours_for_{config.project_iters}_iters"]:.1f} h' for r in rows))
+    sources = ', '.join(dict.fromkeys(row['peak_source'] for row in rows))
     print(f'(medians of {config.rounds} rounds of {config.cycles} x {config.n_critic} iterations; '
-          f'peak: {rows[0]["peak_source"] if rows else ""}; |dloss|: largest difference of the '
+          f'peak: {sources}; |dloss|: largest difference of the '
           f'first cycle\'s losses from {reference!r}, same weights and batch)')
     if config.json_out:
         with open(config.json_out, 'w') as f:
