@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # GPU speed of the paper's configuration (256 px, batch 16, every model flag at its default), each
-# fast path on and off, plus a check of the CUDA training path: about 7 minutes on an H200.
+# fast path on and off, plus checks of the CUDA training path: about 9 minutes on an H200.
 #  1. tools/benchmark.py, eager variants: the original's loop (torch's TF32 defaults, and strict
 #     fp32), this project's plain step, and the fast paths but compile, together and (1b) alone;
 #  2. tools/benchmark.py with torch.compile: the original's loop again (the same machine, minutes
 #     later), --fast true (compile included) and the same without channels_last;
 #  3. tools/check_ddp_gpu.sh without its speed part (plain vs torchrun on NCCL, resume, testAUC);
 #  4. a short `main.py` training run with --fast true (compile off) on synthetic images, resumed,
-#     then testAUC.
+#     then testAUC;
+#  5. tools/check_resume_gpu.sh: where a resumed run leaves the uninterrupted one.
 # Each stage has its own time limit (seconds: STAGE1, STAGE1B, STAGE2, STAGE3, STAGE4 for each of
-# stage 4's three runs) so a slow compilation cannot take the others' results with it. Measured
-# on an H200 (2026-11-27): stages 1, 1b and 2 took 66, 54 and 90 s (torch.compile: 46 s; stage
-# 2 has had a fourth variant since), stage 3 about 100 s, stage 4 about 60 s. Writes 8 files to OUT. Usage: bash tools/bench_gpu.sh [OUT]
+# stage 4's three runs, STAGE5) so a slow compilation cannot take the others' results with it.
+# Measured on an H200 (2026-11-27): stages 1, 1b and 2 took 66, 54 and 90 s (torch.compile: 46 s;
+# stage 2 has had a fourth variant since), stage 3 about 100 s, stage 4 about 60 s; stage 5 is
+# newer (about 2 minutes expected). Writes 8 files to OUT. Usage: bash tools/bench_gpu.sh [OUT]
 # (DEVICE=cpu SIZE=32 TINY=1: a dry run of the whole script on the CPU with a tiny model.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -72,4 +74,8 @@ run() {
     || { echo "stage 4 failed ($?)"; status=1; }
 tr '\r' '\n' < "$SCRATCH/fast_run.log" | tee -a "$OUT/checks.log" \
     | grep -aiE '^Elapsed|AUROC|error|warning|Traceback' | cut -c1-140 | tail -8
+echo "== 5. resumed vs uninterrupted runs, with and without a fixed cuDNN workspace"
+DEVICE=$DEVICE timeout "${STAGE5:-180}" bash tools/check_resume_gpu.sh "$SCRATCH/resume" \
+    >> "$OUT/checks.log" 2>&1 || { echo "stage 5 failed ($?)"; status=1; }
+cat "$SCRATCH/resume/summary.txt" 2>/dev/null
 exit $status
