@@ -90,3 +90,16 @@ def test_bench_nih_script_end_to_end_tiny(tmp_path):
     assert baselines['methods']['autoencoder']['parameters']['iters'] == 2
     r = run_script('bench_nih.sh', {**env, 'DATA': str(tmp_path / 'none')})
     assert r.returncode == 2 and 'healthy' in r.stderr
+
+
+def test_check_resume_gpu_script_on_the_cpu(tmp_path):
+    """tools/check_resume_gpu.sh (run on GPUs) compares a resumed run with the uninterrupted one;
+    on the CPU they must agree exactly, and the script must say so."""
+    out = tmp_path / 'resume'
+    r = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'check_resume_gpu.sh'), str(out)],
+                       env={**os.environ, 'DEVICE': 'cpu', 'ONLY': 'default',
+                            'OMP_NUM_THREADS': '1'},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().splitlines()[-1] == \
+        'default            losses identical to 20; max |weight diff| at 20: 0', r.stdout

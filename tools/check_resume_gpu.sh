@@ -5,7 +5,8 @@
 # weight difference at 20. On the CPU both are exact (tests/test_robustness.py); on an H200 the
 # resumed run drifted (README, "Reproducibility"). The settings include a fixed cuDNN workspace
 # (CUDNN_CONV_WSCAP_DBG), the suspected cause. About 2 minutes on a GPU.
-# Usage: bash tools/check_resume_gpu.sh [OUT]   (DEVICE=cpu: the same on the CPU)
+# Usage: bash tools/check_resume_gpu.sh [OUT]   (DEVICE=cpu: the same on the CPU; ONLY=a,b: those
+# settings alone)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-runs/check_resume_gpu}}   # runs/ is ignored by git; emptied first
@@ -23,6 +24,10 @@ args() {  # the flags of one run writing under $OUT/$1
 # name|environment|flags
 SETTINGS=("default||" "tf32_off||--tf32 false" "wscap256|CUDNN_CONV_WSCAP_DBG=256|"
           "wscap256_tf32_off|CUDNN_CONV_WSCAP_DBG=256|--tf32 false")
+if [ -n "${ONLY:-}" ]; then  # ONLY=default,tf32_off: those settings alone
+    kept=(); for s in "${SETTINGS[@]}"; do [[ ",$ONLY," == *",${s%%|*},"* ]] && kept+=("$s"); done
+    SETTINGS=("${kept[@]}")
+fi
 for s in "${SETTINGS[@]}"; do
     IFS='|' read -r name envs flags <<< "$s"
     env $envs python main.py --mode train $(args "$name") $flags > "$OUT/$name.log" 2>&1 \
