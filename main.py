@@ -226,6 +226,11 @@ def build_parser():
                         'unfold + one matrix multiply, the same sums in another order; faster '
                         "on the CPU, where oneDNN's kernels for them are slow (default false) "
                         '(added)')
+    g.add_argument('--gp_explicit', type=str2bool, default=None,
+                   help="true: the gradient penalty's input gradient as an explicit backward "
+                        "pass of D (transposed convolutions) with one first-order backward, "
+                        "instead of autograd's double backward; the same sums in another order "
+                        '(default false) (added)')
     g.add_argument('--cudnn_benchmark', type=str2bool, default=None,
                    help='cudnn.benchmark (default true, as the original; --deterministic true '
                         'turns it off) (added)')

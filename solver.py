@@ -110,6 +110,11 @@ def gradient_penalty(out, x):
     """WGAN-GP: mean over samples of (||dD/dx||_2 - 1)^2, gradient flattened per sample."""
     grad = torch.autograd.grad(outputs=out, inputs=x, grad_outputs=torch.ones_like(out),
                                retain_graph=True, create_graph=True, only_inputs=True)[0]
+    return penalty_of_gradient(grad)
+
+
+def penalty_of_gradient(grad):
+    """(||grad||_2 - 1)^2 per sample, averaged; grad: dD/dx, [N, C, H, W]."""
     grad = grad.reshape(grad.size(0), -1)
     return ((grad.pow(2).sum(dim=1).sqrt() - 1) ** 2).mean()
 
@@ -597,11 +602,11 @@ def sync_rng_state(device):
 # (tests/test_speed.py compares them with the plain step).
 
 SPEED_FLAGS = ('amp', 'channels_last', 'compile', 'adam_impl', 'reuse_fake', 'merge_critic',
-               'critic_matmul', 'cudnn_benchmark', 'tf32')
+               'critic_matmul', 'gp_explicit', 'cudnn_benchmark', 'tf32')
 # The original's behaviour; tf32 None leaves torch's own defaults alone.
 ORIGINAL_SPEED = {'amp': 'off', 'channels_last': False, 'compile': False, 'adam_impl': 'default',
                   'reuse_fake': False, 'merge_critic': False, 'critic_matmul': False,
-                  'cudnn_benchmark': True, 'tf32': None}
+                  'gp_explicit': False, 'cudnn_benchmark': True, 'tf32': None}
 
 
 def cuda_bf16():
@@ -618,13 +623,14 @@ def fast_preset(device):
         bf16 = cuda_bf16()
         return {'amp': 'bf16' if bf16 else 'fp16', 'channels_last': True, 'compile': True,
                 'adam_impl': 'fused', 'reuse_fake': True, 'merge_critic': True,
-                'critic_matmul': False, 'cudnn_benchmark': True, 'tf32': True}
+                'critic_matmul': False, 'gp_explicit': False, 'cudnn_benchmark': True,
+                'tf32': True}
     # CPU (and MPS): the fp32 paths tools/benchmark.py found faster on a 2-core AVX-512 CPU
     # without bf16 units (README, "Speed"); bf16 autocast slowed the step. torch.compile speeds
     # it up too (1.33x against 1.23x) but compiles for a minute at every start and resume and
     # needs a C++ compiler, so it is left to --compile true.
     return {**ORIGINAL_SPEED, 'reuse_fake': True, 'merge_critic': True, 'channels_last': True,
-            'adam_impl': 'fused', 'critic_matmul': True}
+            'adam_impl': 'fused', 'critic_matmul': True, 'gp_explicit': True}
 
 
 def resolve_speed(config, device):
@@ -815,6 +821,12 @@ class Solver:
         # do not support).
         self.G_run, self.D_run = self.G, self.D
         if s['compile']:
+            # (added) The compiled critic's LeakyReLU runs in place: its backward then reads the
+            # sign of the output, which the next layer keeps anyway, instead of a bool mask of
+            # the input, which inductor's CPU code writes slowly (the cycle 8% faster on the
+            # 2-core CPU; README, Speed). For a positive slope the signs are the same, so the
+            # gradients are too, bit for bit (tests/test_speed.py).
+            self.D.set_inplace_activations(True)
             self.G_run = maybe_compile(self.G, 'G', self.device)
             self.D_run = maybe_compile(self.D, 'D', self.device)
         self.kept_fake = None  # --reuse_fake: the critic step's translation, for the G step
@@ -877,7 +889,10 @@ class Solver:
         # The penalty's pass stays eager and fp32 under every fast path: compiled graphs do not
         # support its double backward, and (||grad|| - 1)^2 with ||grad|| near 1 cancels most
         # of a 16-bit gradient's precision.
-        d_loss_gp = gradient_penalty(self.D(x_int)[1], x_int)
+        if self.speed['gp_explicit']:  # (added) the same penalty without a double backward
+            d_loss_gp = penalty_of_gradient(self.D.input_gradient(x_int))
+        else:
+            d_loss_gp = gradient_penalty(self.D(x_int)[1], x_int)
         d_loss = d_loss_real + d_loss_fake + c.lambda_gp * d_loss_gp
 
         self.g_optimizer.zero_grad(set_to_none=True)

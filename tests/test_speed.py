@@ -61,6 +61,8 @@ def test_default_step_is_the_original_loop_bit_for_bit():
     (['--channels_last', 'true'], FP32_TOL),
     (['--critic_matmul', 'true'], FP32_TOL),
     (['--critic_matmul', 'true', '--channels_last', 'true'], FP32_TOL),
+    (['--gp_explicit', 'true'], FP32_TOL),
+    (['--gp_explicit', 'true', '--critic_matmul', 'true', '--channels_last', 'true'], FP32_TOL),
     (['--adam_impl', 'foreach'], FP32_TOL),
     (['--adam_impl', 'fused'], FP32_TOL),
     (['--amp', 'bf16'], AMP_TOL),
@@ -115,6 +117,85 @@ def test_conv2d_as_matmul_is_the_convolution_and_its_double_backward(shape, out_
 
     for got, expected in zip(grads(lambda t: conv2d_as_matmul(t, conv)), grads(conv)):
         assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize('image_size,repeat_num,matmul_side,channels_last', [
+    (16, 3, 0, False),
+    (16, 3, 8, True),   # 8 px map: transposed convolution after a matmul forward; 4 px: fold
+    (20, 3, 8, False),  # maps 20, 10, 5 -> 2: the strided convolution of 5 px drops a row
+    (32, 4, 8, True),
+])
+def test_input_gradient_is_autograds_and_so_is_the_penalty_gradient(image_size, repeat_num,
+                                                                    matmul_side, channels_last):
+    # --gp_explicit: D.input_gradient against autograd's gradient of D's summed patch logits,
+    # and the gradient penalty's weight gradients (one first-order backward) against autograd's
+    # double backward, in float64 so that only the order of the sums differs.
+    from model import Discriminator
+    torch.manual_seed(0)
+    D = Discriminator(image_size, 4, 0, repeat_num).double()
+    D.matmul_side = matmul_side
+    x = torch.randn(3, 3, image_size, image_size, dtype=torch.float64)
+    if channels_last:
+        D.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def penalty_and_grads(explicit):
+        D.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        if explicit:
+            grad = D.input_gradient(xi)
+            penalty = S.penalty_of_gradient(grad)
+        else:
+            out = D(xi)[1]
+            grad, = torch.autograd.grad(out.sum(), xi, create_graph=True)
+            penalty = S.gradient_penalty(out, xi)
+        penalty.backward()
+        # The biases get no gradient from the penalty: explicitly none, from autograd zeros.
+        return grad.detach(), penalty.detach(), [
+            torch.zeros_like(p) if p.grad is None else p.grad for p in D.parameters()]
+
+    grad, penalty, weight_grads = penalty_and_grads(True)
+    grad_ag, penalty_ag, weight_grads_ag = penalty_and_grads(False)
+    assert grad.shape == x.shape and torch.allclose(grad, grad_ag, rtol=0, atol=1e-12)
+    assert torch.allclose(penalty, penalty_ag, rtol=1e-12, atol=0) and penalty > 0
+    assert any(g.abs().max() > 0 for g in weight_grads)
+    for (name, _), got, expected in zip(D.named_parameters(), weight_grads, weight_grads_ag):
+        assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12), name
+
+
+@pytest.mark.parametrize('explicit', [False, True])
+def test_inplace_critic_activations_change_no_gradient(explicit):
+    # --compile turns the critic's LeakyReLU in place; the critic step's gradients, through
+    # the real/fake passes and either form of the gradient penalty, stay the same bit for bit.
+    from model import Discriminator
+    x_real, x_fake = torch.randn(2, 4, 3, 16, 16).unbind()
+
+    def critic_step_grads(inplace):
+        torch.manual_seed(0)
+        D = Discriminator(16, 4, 0, 3)
+        D.set_inplace_activations(inplace)
+        x_int = S.interpolate(x_real, x_fake, torch.full((4, 1, 1, 1), 0.3))
+        gp = S.penalty_of_gradient(D.input_gradient(x_int)) if explicit else \
+            S.gradient_penalty(D(x_int)[1], x_int)
+        loss = -D(x_real)[1].mean() + D(x_fake)[1].mean() + 10 * gp
+        loss.backward()
+        return [loss.detach()] + [p.grad for p in D.parameters()]
+
+    plain, inplace = critic_step_grads(False), critic_step_grads(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, inplace))
+
+
+def test_gp_explicit_skips_the_double_backward(monkeypatch):
+    # The penalty's pass builds no graph through D's forward (no create_graph anywhere).
+    solver = make('--gp_explicit', 'true')
+    seen = []
+    real_grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, 'grad',
+                        lambda *a, **k: seen.append(k.get('create_graph')) or real_grad(*a, **k))
+    losses = solver.d_step(*batches(1)[0])
+    assert seen == [] and float(losses['D/loss_gp']) > 0
+    assert S.fast_preset(torch.device('cpu'))['gp_explicit']  # measured faster on the CPU
+    assert not make().speed['gp_explicit']  # off by default: the original's double backward
 
 
 def test_critic_matmul_runs_only_the_small_maps_as_matmuls(monkeypatch):

@@ -4,7 +4,7 @@
 #  1. tools/benchmark.py, eager variants: the original's loop (torch's TF32 defaults, and strict
 #     fp32), this project's plain step, and the fast paths but compile, together and (1b) alone;
 #  2. tools/benchmark.py with torch.compile: the original's loop again (the same machine, minutes
-#     later), --fast true (compile included) and the same without channels_last;
+#     later), --fast true (compile included), the same without channels_last and with gp_explicit;
 #  3. tools/check_ddp_gpu.sh without its speed part (plain vs torchrun on NCCL, resume, testAUC);
 #  4. a short `main.py` training run with --fast true (compile off) on synthetic images, resumed,
 #     then testAUC;
@@ -46,11 +46,14 @@ bench() {  # bench NAME LIMIT VARIANTS [FLAGS]: one tools/benchmark.py run -> $O
 echo "== 1. eager: the original's loop, the plain step, --fast without compile"
 bench eager "${STAGE1:-120}" "original,original_fp32,default,$FAST_EAGER"
 echo "== 1b. eager: each fast path alone"
-bench single "${STAGE1B:-100}" original,tf32,channels_last,amp_bf16,amp_fp16,adam_fused,reuse_fake+merge_critic --no_flops
+bench single "${STAGE1B:-110}" original,tf32,channels_last,amp_bf16,amp_fp16,adam_fused,reuse_fake+merge_critic,gp_explicit \
+    --no_flops
 
 echo "== 2. compiled: --fast true, the original's loop again beside it"
-# fast without channels_last too: alone, channels_last slowed the fp32 step (0.92x on an H200)
-bench compiled "${STAGE2:-260}" "original,original_fp32,fast,${FAST_EAGER/channels_last+/}+compile" \
+# fast without channels_last too: alone, channels_last slowed the fp32 step (0.92x on an H200);
+# and with gp_explicit (on in the CPU preset, not yet timed on a GPU)
+bench compiled "${STAGE2:-300}" \
+    "original,original_fp32,fast,${FAST_EAGER/channels_last+/}+compile,fast+gp_explicit" \
     --warmup 2
 
 echo "== 3. torchrun / NCCL check (small model)"

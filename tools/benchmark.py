@@ -51,6 +51,8 @@ VARIANTS = {
     'merge_critic': {'merge_critic': True},
     'channels_last': {'channels_last': True},
     'critic_matmul': {'critic_matmul': True},
+    'gp_explicit': {'gp_explicit': True},
+    'gp_autograd': {'gp_explicit': False},  # to take gp_explicit out of a preset: fast+gp_autograd
     'adam_foreach': {'adam_impl': 'foreach'},
     'adam_fused': {'adam_impl': 'fused'},
     'tf32': {'tf32': True},
@@ -62,7 +64,7 @@ VARIANTS = {
 # The variants that run the original's loop rather than Solver's step.
 ORIGINAL_LOOPS = {'original': S.ORIGINAL_SPEED, 'original_fp32': {**S.ORIGINAL_SPEED, 'tf32': False}}
 DEFAULT_VARIANTS = 'original,default,reuse_fake,merge_critic,channels_last,critic_matmul,' \
-                   'adam_foreach,adam_fused,amp_bf16,compile,fast'
+                   'gp_explicit,adam_foreach,adam_fused,amp_bf16,compile,fast'
 
 # Dense (no sparsity) peak TFLOP/s from the vendors' data sheets: (fp32, tf32, bf16/fp16 tensor).
 # Matched against torch.cuda.get_device_name() in this order (first substring that matches).
