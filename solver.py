@@ -746,12 +746,23 @@ def maybe_compile(module, name, device):
 
 
 def keep_adam_impl(optimizer):
-    """Make load_state_dict (a resume) keep this optimizer's foreach/fused choice."""
+    """Make load_state_dict (a resume) keep this optimizer's foreach/fused choice, and give
+    the loaded moments their parameters' memory layout.
+
+    The layout matters: the saved run may have kept its weights channels-last (or not), and
+    torch's fused CPU Adam, given moments whose strides differ from the parameter's, silently
+    updates with the wrong elements (tests/test_speed.py).
+    """
     impl = {k: optimizer.param_groups[0][k] for k in ('foreach', 'fused')}
 
     def restore(opt):  # the saved param_groups carry the saved run's choice
         for group in opt.param_groups:
             group.update(impl)
+            for p in group['params']:
+                state = opt.state.get(p, {})
+                for k, v in state.items():
+                    if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                        state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
     optimizer.register_load_state_dict_post_hook(restore)
 
 

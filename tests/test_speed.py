@@ -1,4 +1,5 @@
 """Fast paths of the training step: off, the step is the original loop's; on, the same losses."""
+import copy
 import json
 import os
 
@@ -251,6 +252,27 @@ def test_resume_keeps_the_adam_implementation():
     fast, default = make('--adam_impl', 'fused'), make()
     fast.d_optimizer.load_state_dict(default.d_optimizer.state_dict())  # saved by a plain run
     assert fast.d_optimizer.param_groups[0]['fused'] is True
+
+
+@pytest.mark.parametrize('saved_layout,resumed_layout', [('true', 'false'), ('false', 'true')])
+def test_resume_across_memory_layouts_keeps_fused_adam_right(saved_layout, resumed_layout):
+    # A run saved with channels-last weights resumed without (or the reverse): the Adam moments
+    # are loaded in the saved layout; torch's fused CPU Adam, handed moments whose strides differ
+    # from the parameter's, updated with the wrong elements (1e-4-sized errors, found in review).
+    data = batches(3)
+    saved = make('--channels_last', saved_layout, '--adam_impl', 'fused')
+    run(saved, data[:2])
+    state = {k: copy.deepcopy(getattr(saved, k).state_dict())
+             for k in ('G', 'D', 'g_optimizer', 'd_optimizer')}
+    after = {}
+    for layout in (saved_layout, resumed_layout):
+        resumed = make('--channels_last', layout, '--adam_impl', 'fused')
+        for k, v in state.items():
+            getattr(resumed, k).load_state_dict(copy.deepcopy(v))
+        run(resumed, data[2:])
+        after[layout] = [p.detach() for p in resumed.D.parameters()]
+    for a, b in zip(after[saved_layout], after[resumed_layout]):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
 
 
 def test_compile_without_a_cpp_compiler_runs_eagerly(monkeypatch, capsys):
