@@ -209,9 +209,9 @@ def build_parser():
                    help='channels-last memory format for G, D and the batches (default false) '
                         '(added)')
     g.add_argument('--compile', type=str2bool, default=None,
-                   help='torch.compile G and the critic passes outside the gradient penalty; '
-                        'falls back to eager with a warning if compiling fails (default false) '
-                        '(added)')
+                   help='torch.compile G and the critic passes outside the gradient penalty '
+                        "(the compiled critic's LeakyReLU in place: the same gradients); falls "
+                        'back to eager with a warning if compiling fails (default false) (added)')
     g.add_argument('--adam_impl', type=str, default=None, choices=['default', 'foreach', 'fused'],
                    help="Adam implementation (default: torch's choice, as the original) (added)")
     g.add_argument('--reuse_fake', type=str2bool, default=None,
@@ -222,7 +222,7 @@ def build_parser():
                    help='true: one critic pass on real and fake together (D has no batch-'
                         'dependent layers, so the outputs are the same) (default false) (added)')
     g.add_argument('--critic_matmul', type=str2bool, default=None,
-                   help="true: the critic's convolutions on maps of 8x8 and smaller run as "
+                   help="true: the critic's convolutions on maps of 4x4 and smaller run as "
                         'unfold + one matrix multiply, the same sums in another order; faster '
                         "on the CPU, where oneDNN's kernels for them are slow (default false) "
                         '(added)')

@@ -71,8 +71,8 @@ class Generator(nn.Module):
 def conv2d_as_matmul(x, conv):
     """conv(x) computed as im2col (F.unfold) and one matrix multiply (added, a CPU fast path).
 
-    The same sums as the convolution, in another order. On the critic's last layers (maps of
-    8x8 and smaller, hundreds of channels) oneDNN's direct kernels, and their double backward
+    The same sums as the convolution, in another order. On the critic's last layer (maps of
+    4x4 and smaller, hundreds of channels) oneDNN's direct kernels, and their double backward
     in the gradient penalty, run far below the CPU's matmul speed; one (N*L) x (C*k*k) by
     (C*k*k) x O product does not (README, Speed). Returns a channels-last view.
     """
@@ -110,8 +110,11 @@ class Discriminator(nn.Module):
     """PatchGAN critic: returns (features, patch logits of side image_size / 2**repeat_num)."""
 
     # --critic_matmul (added): the convolutions whose input maps are at most this many pixels on
-    # a side run as conv2d_as_matmul; 0 (the default) runs every one as nn.Conv2d.
-    MATMUL_SIDE = 8
+    # a side run as conv2d_as_matmul (their input gradients in input_gradient as a matmul and
+    # F.fold); 0 (the default) runs every one as nn.Conv2d. On the 2-core CPU, forward and
+    # backward, batch 32: 4x4 maps (256 -> 512 channels) 21 ms as a matmul against 35 ms;
+    # 8x8 maps (128 -> 256) 20 ms against 14 ms, so 8x8 maps stay convolutions.
+    MATMUL_SIDE = 4
 
     def __init__(self, image_size=128, conv_dim=64, c_dim=0, repeat_num=6):
         super().__init__()
@@ -127,12 +130,6 @@ class Discriminator(nn.Module):
         # c_dim is kept for signature compatibility; HealthyGAN uses no classification head.
         self.image_size = image_size
         self.matmul_side = 0
-
-    # --gp_explicit (added): in input_gradient, the input gradients of the convolutions whose
-    # input maps are at most this many pixels on a side are one matrix multiply and F.fold (where
-    # matmul_side is set); larger ones are transposed convolutions. On the 2-core CPU the
-    # matmul won on 4x4 maps (12 against 19 ms with its backward) and lost on 8x8 (11 against 8).
-    MATMUL_SIDE_GRAD = 4
 
     def forward(self, x):
         if not self.matmul_side:
@@ -178,7 +175,7 @@ class Discriminator(nn.Module):
         for conv, slope, z, size in reversed(list(zip(convs, slopes, pre_activations, in_sizes))):
             # autograd's own LeakyReLU backward, whose derivative in g is itself again
             g = torch.ops.aten.leaky_relu_backward(g, z, slope, False)
-            matmul = self.matmul_side and max(size) <= self.MATMUL_SIDE_GRAD
+            matmul = self.matmul_side and max(size) <= self.matmul_side
             g = conv_input_gradient(g, conv, size, matmul)
         return g
 
