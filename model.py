@@ -68,6 +68,20 @@ class Generator(nn.Module):
         return out[:, :3], out[:, 3:4]
 
 
+def weight_matrix(conv):
+    """conv.weight as an O x (k*k*C) or O x (C*k*k) matrix, whichever is a view of its memory.
+
+    A channels-last weight (O, kh, kw, C in memory) reshaped the usual way (C*k*k) would be
+    copied, 8 MB for the critic's last layer, forward and backward, at every pass; the columns
+    of im2col, a few rows, are reordered instead. Returns (matrix, channels_last).
+    """
+    o = conv.out_channels
+    permuted = conv.weight.permute(0, 2, 3, 1)
+    if permuted.is_contiguous() and not conv.weight.is_contiguous():
+        return permuted.reshape(o, -1), True
+    return conv.weight.reshape(o, -1), False
+
+
 def conv2d_as_matmul(x, conv):
     """conv(x) computed as im2col (F.unfold) and one matrix multiply (added, a CPU fast path).
 
@@ -76,12 +90,16 @@ def conv2d_as_matmul(x, conv):
     in the gradient penalty, run far below the CPU's matmul speed; one (N*L) x (C*k*k) by
     (C*k*k) x O product does not (README, Speed). Returns a channels-last view.
     """
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))  # N x C*kh*kw x L
-    cols = cols.transpose(1, 2).reshape(n * ho * wo, -1)
-    weight = conv.weight.reshape(conv.out_channels, -1).t()
+    weight, channels_last = weight_matrix(conv)
+    if channels_last:  # columns ordered (kh, kw, C), as the weight's memory
+        cols = cols.view(n, c, kh * kw, ho * wo).permute(0, 3, 2, 1)
+    else:
+        cols = cols.transpose(1, 2)
+    cols, weight = cols.reshape(n * ho * wo, -1), weight.t()
     out = cols @ weight if conv.bias is None else torch.addmm(conv.bias, cols, weight)
     return out.view(n, ho, wo, conv.out_channels).permute(0, 3, 1, 2)
 
@@ -96,9 +114,14 @@ def conv_input_gradient(grad_out, conv, in_size, matmul=False):
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     if matmul:
         n, o, ho, wo = grad_out.shape
-        cols = grad_out.permute(0, 2, 3, 1).reshape(n * ho * wo, o) @ conv.weight.reshape(o, -1)
-        return F.fold(cols.view(n, ho * wo, -1).transpose(1, 2), in_size, (kh, kw),
-                      padding=(ph, pw), stride=(sh, sw))
+        weight, channels_last = weight_matrix(conv)
+        cols = grad_out.permute(0, 2, 3, 1).reshape(n * ho * wo, o) @ weight
+        if channels_last:  # (kh, kw, C) -> F.fold's (C, kh, kw)
+            cols = cols.view(n, ho * wo, kh * kw, -1).permute(0, 3, 2, 1)
+        else:
+            cols = cols.view(n, ho * wo, -1).transpose(1, 2)
+        return F.fold(cols.reshape(n, -1, ho * wo), in_size, (kh, kw), padding=(ph, pw),
+                      stride=(sh, sw))
     ho, wo = grad_out.shape[-2:]
     output_padding = (in_size[0] - ((ho - 1) * sh - 2 * ph + kh),
                       in_size[1] - ((wo - 1) * sw - 2 * pw + kw))
