@@ -12,7 +12,7 @@
 # Each stage has its own time limit (seconds: STAGE1, STAGE1B, STAGE2, STAGE3, STAGE4 for each of
 # stage 4's three runs, STAGE5) so a slow compilation cannot take the others' results with it.
 # Measured on an H200 (2026-11-27): stages 1, 1b and 2 took 66, 54 and 90 s (torch.compile: 46 s;
-# stage 2 has had a fourth variant since), stage 3 about 100 s, stage 4 about 60 s; stage 5 is
+# stage 2 has had two more variants since), stage 3 about 100 s, stage 4 about 60 s; stage 5 is
 # newer (about 2 minutes expected). Writes 8 files to OUT. Usage: bash tools/bench_gpu.sh [OUT]
 # (DEVICE=cpu SIZE=32 TINY=1: a dry run of the whole script on the CPU with a tiny model.)
 set -uo pipefail
