@@ -210,8 +210,9 @@ def build_parser():
                         '(added)')
     g.add_argument('--compile', type=str2bool, default=None,
                    help='torch.compile G and the critic passes outside the gradient penalty '
-                        "(the compiled critic's LeakyReLU in place: the same gradients); falls "
-                        'back to eager with a warning if compiling fails (default false) (added)')
+                        "(on the CPU the compiled critic's LeakyReLU in place: the same "
+                        'gradients); falls back to eager with a warning if compiling fails '
+                        '(default false) (added)')
     g.add_argument('--adam_impl', type=str, default=None, choices=['default', 'foreach', 'fused'],
                    help="Adam implementation (default: torch's choice, as the original) (added)")
     g.add_argument('--reuse_fake', type=str2bool, default=None,

@@ -184,6 +184,9 @@ def test_inplace_critic_activations_change_no_gradient(explicit):
 
     plain, inplace = critic_step_grads(False), critic_step_grads(True)
     assert all(torch.equal(a, b) for a, b in zip(plain, inplace))
+    # Where it is used: compiled, on the CPU (compiling is lazy, so this compiles nothing).
+    relus = lambda s: [m.inplace for m in s.D.main if isinstance(m, torch.nn.LeakyReLU)]
+    assert all(relus(make('--compile', 'true'))) and not any(relus(make()))
 
 
 def test_gp_explicit_skips_the_double_backward(monkeypatch):
