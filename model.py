@@ -160,9 +160,16 @@ class Discriminator(nn.Module):
         else:
             h = x
             for layer in self.main:
-                small = isinstance(layer, nn.Conv2d) and max(h.shape[-2:]) <= self.matmul_side
-                h = conv2d_as_matmul(h, layer) if small else layer(h)
+                h = self.run_conv(layer, h) if isinstance(layer, nn.Conv2d) else layer(h)
         return h, self.conv1(h)
+
+    def as_matmul(self, size):
+        """Whether a convolution of maps of this (height, width) runs as a matmul."""
+        return bool(self.matmul_side) and max(size) <= self.matmul_side
+
+    def run_conv(self, layer, h):
+        """One of the main convolutions on h, as conv2d_as_matmul where as_matmul says so."""
+        return conv2d_as_matmul(h, layer) if self.as_matmul(h.shape[-2:]) else layer(h)
 
     def set_inplace_activations(self, inplace):
         """LeakyReLU in place (True) or not (False, the original's); the same values either way."""
@@ -189,8 +196,7 @@ class Discriminator(nn.Module):
             h = x
             for conv, slope in zip(convs, slopes):
                 in_sizes.append(tuple(h.shape[-2:]))
-                small = self.matmul_side and max(h.shape[-2:]) <= self.matmul_side
-                z = conv2d_as_matmul(h, conv) if small else conv(h)
+                z = self.run_conv(conv, h)
                 pre_activations.append(z)
                 h = F.leaky_relu(z, slope)
         g = torch.ones(x.size(0), 1, *h.shape[-2:], dtype=x.dtype, device=x.device)
@@ -198,8 +204,7 @@ class Discriminator(nn.Module):
         for conv, slope, z, size in reversed(list(zip(convs, slopes, pre_activations, in_sizes))):
             # autograd's own LeakyReLU backward, whose derivative in g is itself again
             g = torch.ops.aten.leaky_relu_backward(g, z, slope, False)
-            matmul = self.matmul_side and max(size) <= self.matmul_side
-            g = conv_input_gradient(g, conv, size, matmul)
+            g = conv_input_gradient(g, conv, size, self.as_matmul(size))
         return g
 
 
