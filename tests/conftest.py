@@ -29,6 +29,15 @@ def write_image(path, rng, size=(40, 44), bright=0):
     Image.fromarray(arr).save(path)
 
 
+@pytest.fixture(scope='session', autouse=True)
+def session_cache(tmp_path_factory):
+    """Module- and session-scoped fixtures, set up before any test's own folder, write their
+    data caches here, never to the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('XDG_CACHE_HOME', str(tmp_path_factory.mktemp('xdg-cache')))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """Every test's data cache goes to its own folder, never to the user's ~/.cache."""
