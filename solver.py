@@ -746,24 +746,30 @@ def maybe_compile(module, name, device):
 
 
 def keep_adam_impl(optimizer):
-    """Make load_state_dict (a resume) keep this optimizer's foreach/fused choice, and give
-    the loaded moments their parameters' memory layout.
-
-    The layout matters: the saved run may have kept its weights channels-last (or not), and
-    torch's fused CPU Adam, given moments whose strides differ from the parameter's, silently
-    updates with the wrong elements (tests/test_speed.py).
-    """
+    """Make load_state_dict (a resume) keep this optimizer's foreach/fused choice."""
     impl = {k: optimizer.param_groups[0][k] for k in ('foreach', 'fused')}
 
     def restore(opt):  # the saved param_groups carry the saved run's choice
         for group in opt.param_groups:
             group.update(impl)
+    optimizer.register_load_state_dict_post_hook(restore)
+
+
+def match_state_layout(optimizer):
+    """Make load_state_dict (a resume) give the loaded moments their parameters' memory layout.
+
+    The saved run may have kept its weights channels-last (or not), and torch's fused CPU Adam,
+    given moments whose strides differ from the parameter's, silently updates with the wrong
+    elements (tests/test_speed.py).
+    """
+    def relayout(opt):
+        for group in opt.param_groups:
             for p in group['params']:
                 state = opt.state.get(p, {})
                 for k, v in state.items():
                     if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
                         state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
-    optimizer.register_load_state_dict_post_hook(restore)
+    optimizer.register_load_state_dict_post_hook(relayout)
 
 
 def apply_backend_switches(speed, deterministic):
@@ -822,8 +828,9 @@ class Solver:
         except (RuntimeError, ValueError) as e:
             raise ConfigError(f'--adam_impl {s["adam_impl"]} is not available on '
                               f'{self.device.type}: {e}; use --adam_impl default') from None
-        keep_adam_impl(self.g_optimizer)
-        keep_adam_impl(self.d_optimizer)
+        for optimizer in (self.g_optimizer, self.d_optimizer):
+            keep_adam_impl(optimizer)
+            match_state_layout(optimizer)
         self.amp_dtype = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[s['amp']]
         # fp16 needs loss scaling; disabled (bf16, fp32) the scaler passes everything through.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=s['amp'] == 'fp16')
@@ -899,8 +906,8 @@ class Solver:
         alpha = gp_alpha(x_B)  # torch.rand(n, 1, 1, 1); several ranks: a slice of the global draw
         x_int = interpolate(x_B, x_hat_A, alpha)
         # The penalty's pass stays eager and fp32 under every fast path: compiled graphs do not
-        # support its double backward, and (||grad|| - 1)^2 with ||grad|| near 1 cancels most
-        # of a 16-bit gradient's precision.
+        # support autograd's double backward (the default form), and (||grad|| - 1)^2 with
+        # ||grad|| near 1 cancels most of a 16-bit gradient's precision.
         if self.speed['gp_explicit']:  # (added) the same penalty without a double backward
             d_loss_gp = penalty_of_gradient(self.D.input_gradient(x_int))
         else:

@@ -173,6 +173,13 @@ def set_switches(speed):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = TORCH_TF32
 
 
+def variant_inputs(name, solver, x_A, x_B):
+    """The batches in the memory format the variant's networks use (the original's: as given)."""
+    if name in ORIGINAL_LOOPS:
+        return x_A, x_B
+    return solver.to_layout(x_A), solver.to_layout(x_B)
+
+
 def run_cycle(name, solver, x_A, x_B):
     """One cycle of the variant under its own cuDNN / TF32 switches (the inference timed right
     after it runs under them too)."""
@@ -247,8 +254,7 @@ def count_flops(config, name, seed, x_A, x_B):
     solver = make_solver(c, name, seed)
     if name not in ORIGINAL_LOOPS and solver.speed['compile']:
         solver.G_run, solver.D_run = solver.G, solver.D
-    if name not in ORIGINAL_LOOPS:
-        x_A, x_B = solver.to_layout(x_A), solver.to_layout(x_B)
+    x_A, x_B = variant_inputs(name, solver, x_A, x_B)
     counter = FlopCounterMode(display=False)
     # FlopCounterMode's per-module tracking hooks the backward of every module input, which
     # autograd.grad (the gradient penalty) refuses; its dispatch mode alone counts every op
@@ -325,8 +331,7 @@ def main(argv=None):
         except S.ConfigError as e:
             print(f'{name}: skipped ({e})')
             continue
-        a, b = (x_A, x_B) if name in ORIGINAL_LOOPS else (solver.to_layout(x_A),
-                                                            solver.to_layout(x_B))
+        a, b = variant_inputs(name, solver, x_A, x_B)
         sync(device)
         t = time.perf_counter()
         loss = run_cycle(name, solver, a, b)  # from the seed's weights: compare the losses
