@@ -79,33 +79,40 @@ def list_images(folder):
     return found
 
 
-def resolve_split(config):
-    """Return {'healthy', 'mixed', 'test_normal', 'test_anomalous'}: lists of image paths."""
+# The sets each mode reads. Like the original, testing reads no training image: a user with
+# only the test images and a generator checkpoint can run test and testAUC.
+MODE_SETS = {'train': ('healthy', 'mixed'), 'test': ('test_normal', 'test_anomalous'),
+             'testAUC': ('test_normal', 'test_anomalous'),
+             'all': ('healthy', 'mixed', 'test_normal', 'test_anomalous')}
+COVID_LISTS = {'healthy': ('train', ['train_neg']), 'mixed': ('train', ['train_pos',
+                                                                         'train_neg_mixed']),
+               'test_normal': ('test', ['test_neg']), 'test_anomalous': ('test', ['test_pos'])}
+FOLDER_SETS = {'healthy': 'healthy', 'mixed': 'mixed', 'test_normal': os.path.join('test', 'normal'),
+               'test_anomalous': os.path.join('test', 'anomalous')}
+
+
+def resolve_split(config, mode='all'):
+    """{'healthy', 'mixed', 'test_normal', 'test_anomalous', 'holdout_*'}: lists of image paths.
+
+    Only the sets the mode reads (MODE_SETS) are looked for; the others are empty lists.
+    """
+    wanted = MODE_SETS[mode]
+    split = {name: [] for name in FOLDER_SETS}
     if config.dataset == 'Covid':
-        lists = {name: safe_load_list(os.path.join(config.list_dir, name + '.pickle'))
-                 for name in ('train_neg', 'train_pos', 'train_neg_mixed', 'test_neg', 'test_pos')}
-        train_dir = os.path.join(config.image_dir, 'train')
-        test_dir = os.path.join(config.image_dir, 'test')
-        split = {
-            'healthy': [os.path.join(train_dir, f) for f in lists['train_neg']],
-            'mixed': [os.path.join(train_dir, f)
-                      for f in lists['train_pos'] + lists['train_neg_mixed']],
-            'test_normal': [os.path.join(test_dir, f) for f in lists['test_neg']],
-            'test_anomalous': [os.path.join(test_dir, f) for f in lists['test_pos']],
-        }
+        for name in wanted:
+            sub, lists = COVID_LISTS[name]
+            folder = os.path.join(config.image_dir, sub)
+            split[name] = [os.path.join(folder, f) for lst in lists
+                           for f in safe_load_list(os.path.join(config.list_dir, lst + '.pickle'))]
     elif config.dataset == 'Folder':
         if not os.path.isdir(config.image_dir):
             raise DataError(f'--image_dir {config.image_dir} does not exist; it should hold '
                             f'healthy/, mixed/, test/normal/ and test/anomalous/.')
-        split = {
-            'healthy': list_images(os.path.join(config.image_dir, 'healthy')),
-            'mixed': list_images(os.path.join(config.image_dir, 'mixed')),
-            'test_normal': list_images(os.path.join(config.image_dir, 'test', 'normal')),
-            'test_anomalous': list_images(os.path.join(config.image_dir, 'test', 'anomalous')),
-        }
+        for name in wanted:
+            split[name] = list_images(os.path.join(config.image_dir, FOLDER_SETS[name]))
     else:
         raise DataError(f'unknown --dataset {config.dataset}')
-    empty = [name for name, paths in split.items() if not paths]
+    empty = [name for name in wanted if not split[name]]
     if empty:
         raise DataError(f'--dataset {config.dataset} under {config.image_dir}: the '
                         f'{" and ".join(empty)} set is empty; every set needs images')
@@ -284,12 +291,13 @@ class PairDataset(data.Dataset):
     resume (the original drew flips from each worker's global RNG).
     """
 
-    def __init__(self, mixed, healthy, transform, flip=False, seed=0, affine=0.0):
+    def __init__(self, mixed, healthy, transform, flip=False, seed=0, affine=0.0, length=None):
         self.mixed, self.healthy, self.transform = list(mixed), list(healthy), transform
         self.flip, self.seed, self.affine = flip, seed, affine
+        self.length = length or pair_count('train', self.mixed, self.healthy)
 
     def __len__(self):
-        return len(self.mixed) + len(self.healthy)
+        return self.length
 
     def __getitem__(self, i):
         k = i % len(self)
@@ -303,6 +311,12 @@ class PairDataset(data.Dataset):
             params = item_affine(self.seed, i, self.affine)
             x_A, x_B = (apply_affine(x[None], params[[j]])[0] for j, x in enumerate((x_A, x_B)))
         return x_A, x_B
+
+
+def pair_count(mode, mixed, healthy):
+    """Pairs in an epoch: |A| + |B| for training, max(|A|, |B|) for test grids (the original's
+    lengths; item k pairs A[k % |A|] with B[k % |B|] either way)."""
+    return len(mixed) + len(healthy) if mode == 'train' else max(len(mixed), len(healthy))
 
 
 class EpochSampler(data.Sampler):
@@ -730,14 +744,16 @@ class PixelStore:
 class CachedPairDataset:
     """PairDataset's pairs, indexing and flips, drawn from a PixelStore a batch at a time."""
 
-    def __init__(self, mixed, healthy, store, rows, flip=False, seed=0, affine=0.0):
+    def __init__(self, mixed, healthy, store, rows, flip=False, seed=0, affine=0.0,
+                 length=None):
         self.mixed, self.healthy, self.store = list(mixed), list(healthy), store
         self.rows_A = np.array([rows[os.path.abspath(p)] for p in self.mixed], dtype=np.int64)
         self.rows_B = np.array([rows[os.path.abspath(p)] for p in self.healthy], dtype=np.int64)
         self.flip, self.seed, self.affine = flip, seed, affine
+        self.length = length or pair_count('train', self.mixed, self.healthy)
 
     def __len__(self):
-        return len(self.mixed) + len(self.healthy)
+        return self.length
 
     def __getitem__(self, i):
         x_A, x_B = self.batch([i])
@@ -808,6 +824,11 @@ def get_loader(config, mode, split=None, device=None):
     elif mode == 'testAUC':
         sets = {'test_normal': split['test_normal'], 'test_anomalous': split['test_anomalous']}
         check_files_exist(sets['test_normal'] + sets['test_anomalous'], 'test')
+    elif mode == 'test':
+        # The original's test mode pairs the test sets: A (its "mixed" side) the anomalous
+        # images, B the normal ones.
+        sets = {'mixed': split['test_anomalous'], 'healthy': split['test_normal']}
+        check_files_exist(sets['mixed'] + sets['healthy'], 'test')
     else:
         sets = {'mixed': split['mixed'], 'healthy': split['healthy']}
         check_files_exist(sets['mixed'], 'mixed')
@@ -833,7 +854,7 @@ def get_loader(config, mode, split=None, device=None):
         sampler = None
     else:
         train = mode == 'train'
-        n_pairs = len(sets['mixed']) + len(sets['healthy'])
+        n_pairs = pair_count(mode, sets['mixed'], sets['healthy'])
         ranks = {}
         if train and torch.distributed.is_initialized():  # torchrun: this rank's slices (added)
             ranks = {'rank': torch.distributed.get_rank(), 'batch_size': config.batch_size,
@@ -850,7 +871,8 @@ def get_loader(config, mode, split=None, device=None):
             dataset = CachedLabelledDataset(paths, labels, store, cache.rows)
         else:
             dataset = CachedPairDataset(sets['mixed'], sets['healthy'], store, cache.rows,
-                                        flip=train, seed=config.seed, affine=affine)
+                                        flip=train, seed=config.seed, affine=affine,
+                                        length=n_pairs)
         how = f'built in {cache.built:.1f} s' if cache.built else 'reused'
         print(f'Data cache: {cache.path} ({how}; {store.pixels.shape[0]} images, '
               f'{store.pixels.nbytes / 2 ** 20:.1f} MiB, held as a {store.where} on '
@@ -862,7 +884,7 @@ def get_loader(config, mode, split=None, device=None):
         dataset = LabelledDataset(paths, labels, transform)
     else:
         dataset = PairDataset(sets['mixed'], sets['healthy'], transform, flip=train,
-                              seed=config.seed, affine=affine)
+                              seed=config.seed, affine=affine, length=n_pairs)
     # A private generator: each iter(loader) draws a worker base seed from it, which would
     # otherwise shift the global RNG (and the gradient penalty's alphas) on every reshuffle.
     generator = torch.Generator()

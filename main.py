@@ -44,9 +44,21 @@ def positive_int(v):
     return n
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each default, except where a flag has none (None: decided at run time)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
-    """The argparse parser, grouped as the original's flags."""
-    p = argparse.ArgumentParser(description='HealthyGAN: train, test and testAUC.')
+    """The argparse parser: the original's 36 flags first, in its groups and with its defaults,
+    then the flags this project added, grouped by what they change; every added flag's default
+    keeps the original's behaviour."""
+    p = argparse.ArgumentParser(description='HealthyGAN: train, test and testAUC.',
+                                formatter_class=DefaultsFormatter)
 
     g = p.add_argument_group('Model configuration')
     g.add_argument('--image_size', type=positive_int, default=128, help='image resolution')
@@ -85,9 +97,51 @@ def build_parser():
     g.add_argument('--beta2', type=float, default=0.999, help='beta2 for Adam optimizer')
     g.add_argument('--resume_iters', type=iters_or_latest, default=None,
                    help="resume training from this step ('latest' for the newest checkpoint)")
-    g.add_argument('--lr_schedule', type=str, default='original', choices=['original', 'linear'],
-                   help="original: the original's decrements of lr0/num_iters_decay (ends at "
-                        "99.9%% of lr0 by default); linear: a real linear decay to 0 (added)")
+
+    g = p.add_argument_group('Test configuration')
+    g.add_argument('--test_iters', type=iters_or_latest, default=200000,
+                   help="test model from this step ('latest' for the newest checkpoint, 'best_aucp' for "
+                        "the one with the highest AUCp logged in training)")
+
+    g = p.add_argument_group('Miscellaneous')
+    g.add_argument('--num_workers', type=int, default=12, help='data loading processes')
+    g.add_argument('--mode', type=str, default='train',
+                   choices=['train', 'test', 'testAUC', 'score'],
+                   help="train, test (translation grids of the test images) or testAUC (the "
+                        "original's); score: anomaly scores and maps of every image under "
+                        "--score_dir, no labels needed (added)")
+    g.add_argument('--use_tensorboard', type=str2bool, default=True, help='true or false')
+
+    g = p.add_argument_group('Directories')
+    g.add_argument('--image_dir', type=str, default='datasets/covid',
+                   help='images (Covid: train/ and test/ below it)')
+    g.add_argument('--log_dir', type=str, default='covid/logs',
+                   help='training logs (TensorBoard, stats.jsonl)')
+    g.add_argument('--model_save_dir', type=str, default='covid/models',
+                   help='checkpoints <iters>-G.ckpt, <iters>-D.ckpt')
+    g.add_argument('--sample_dir', type=str, default='covid/samples',
+                   help='translation grids written during training')
+    g.add_argument('--result_dir', type=str, default='covid/results',
+                   help='outputs of test and testAUC')
+
+    g = p.add_argument_group('Step size')
+    g.add_argument('--log_step', type=positive_int, default=10,
+                   help='log the losses every N iterations')
+    g.add_argument('--sample_step', type=positive_int, default=1000,
+                   help='write a translation grid every N iterations')
+    g.add_argument('--model_save_step', type=positive_int, default=10000,
+                   help='save checkpoints every N iterations')
+    g.add_argument('--lr_update_step', type=positive_int, default=1000,
+                   help='lower the learning rates every N iterations (see --lr_schedule)')
+
+    # Flags added by this project; at their defaults the program does what the original does.
+    g = p.add_argument_group('Data (added)')
+    g.add_argument('--list_dir', type=str, default='data/covid',
+                   help="folder of the Covid split lists (*.pickle), read safely (added; the "
+                        "original always read data/covid)")
+    g.add_argument('--cache_dir', type=str, default='',
+                   help='folder of the data cache (--data_cache on); default '
+                        '$XDG_CACHE_HOME/healthygan, i.e. ~/.cache/healthygan (added)')
     g.add_argument('--data_cache', type=str, default='on', choices=['on', 'off'],
                    help='on: decode, crop and resize every image once into a uint8 cache (see '
                         '--cache_dir) and draw batches from it, on the GPU when it fits: the same '
@@ -97,34 +151,42 @@ def build_parser():
                    help='unreadable or corrupt images, all found before training starts: refuse '
                         'lists them and stops; skip lists them and trains without them (added; '
                         'the original crashed when it reached the first one)')
-
-    g.add_argument('--holdout_fraction', type=float, default=0.05,
+    g.add_argument('--holdout_fraction', type=float, default=0.0,
                    help='fraction of the healthy and of the mixed images held out of training and '
                         'scored at every checkpoint for the label-free AUCp (healthy = 0, mixed = '
                         '1); 0 trains on everything, as the original (added)')
-
     g.add_argument('--augment', type=str, default='flip', choices=['flip', 'affine'],
                    help="training augmentation. flip: a random horizontal flip, as the original; "
                         "affine: also a small random rotation, zoom, shift, contrast and "
                         "brightness change per image (ranges in data_loader.AFFINE_RANGES) (added)")
     g.add_argument('--aug_strength', type=float, default=1.0,
                    help='--augment affine: multiplies every range (0.5 halves them) (added)')
-
     g.add_argument('--diff_augment', type=str, default='off',
                    help="DiffAugment (Zhao et al. 2020) of every image the critic sees, real or "
                         "translated: a comma-separated list of color, translation, cutout; off: "
                         "none, as the original (added)")
 
+    g = p.add_argument_group('Training (added)')
+    g.add_argument('--seed', type=int, default=None,
+                   help='random seed for weights, data order and flips; drawn at random and '
+                        'recorded in run_config.json when not given (added)')
+    g.add_argument('--device', type=str, default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
+                   help='auto picks cuda, then mps, then cpu (added)')
+    g.add_argument('--deterministic', type=str2bool, default=False,
+                   help='true: deterministic algorithms only (bit-for-bit repeatable CPU runs '
+                        'with --seed), cudnn.benchmark off (added)')
+    g.add_argument('--lr_schedule', type=str, default='original', choices=['original', 'linear'],
+                   help="original: the original's decrements of lr0/num_iters_decay (ends at "
+                        "99.9%% of lr0 by default); linear: a real linear decay to 0 (added)")
     g.add_argument('--g_ema_decay', type=float, default=0.0,
                    help='keep an exponential moving average of G with this decay per generator '
                         'update (e.g. 0.999), saved as <iters>-G_ema.ckpt; 0: none, as the '
                         'original (added)')
+    g.add_argument('--keep_last_states', type=int, default=0,
+                   help='keep only the newest K <iters>-state.pt files (0: all); the '
+                        'original-format G/D checkpoints are always kept (added)')
 
-    g = p.add_argument_group('Test configuration')
-    g.add_argument('--test_iters', type=iters_or_latest, default=200000,
-                   help="test model from this step ('latest' for the newest checkpoint, 'best_aucp' for "
-                        "the one with the highest AUCp logged in training)")
-
+    g = p.add_argument_group('Evaluation (added)')
     g.add_argument('--score_variant', type=str, default='mean',
                    choices=['mean', 'p99', 'top1pct', 'masked', 'lung'],
                    help="image score behind the headline metrics: mean |x - x_hat| / 2 (the "
@@ -158,50 +220,14 @@ def build_parser():
                         'recent checkpoints up to --test_iters (a snapshot ensemble); 1: that '
                         'checkpoint alone, as the original (added)')
 
-    g = p.add_argument_group('Miscellaneous')
-    g.add_argument('--num_workers', type=int, default=12, help='data loading processes')
-    g.add_argument('--mode', type=str, default='train',
-                   choices=['train', 'test', 'testAUC', 'score'],
-                   help="score: anomaly scores and maps of every image under --score_dir, "
-                        "no labels needed (added)")
-    g.add_argument('--use_tensorboard', type=str2bool, default=True, help='true or false')
-    g.add_argument('--seed', type=int, default=None,
-                   help='random seed for weights, data order and flips; drawn at random and '
-                        'recorded in run_config.json when not given (added)')
-    g.add_argument('--device', type=str, default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
-                   help='auto picks cuda, then mps, then cpu (added)')
-    g.add_argument('--deterministic', type=str2bool, default=False,
-                   help='true: deterministic algorithms only (bit-for-bit repeatable CPU runs '
-                        'with --seed), cudnn.benchmark off (added)')
-    g.add_argument('--keep_last_states', type=int, default=0,
-                   help='keep only the newest K <iters>-state.pt files (0: all); the '
-                        'original-format G/D checkpoints are always kept (added)')
-
-    g = p.add_argument_group('Directories')
-    g.add_argument('--image_dir', type=str, default='datasets/covid')
-    g.add_argument('--list_dir', type=str, default='data/covid',
-                   help="folder of the Covid split lists (*.pickle), read safely (added; the "
-                        "original always read data/covid)")
-    g.add_argument('--cache_dir', type=str, default='',
-                   help='folder of the data cache (--data_cache on); default '
-                        '$XDG_CACHE_HOME/healthygan, i.e. ~/.cache/healthygan (added)')
-    g.add_argument('--log_dir', type=str, default='covid/logs')
-    g.add_argument('--model_save_dir', type=str, default='covid/models')
-    g.add_argument('--sample_dir', type=str, default='covid/samples')
-    g.add_argument('--result_dir', type=str, default='covid/results')
-
-    g = p.add_argument_group('Step size')
-    g.add_argument('--log_step', type=positive_int, default=10)
-    g.add_argument('--sample_step', type=positive_int, default=1000)
-    g.add_argument('--model_save_step', type=positive_int, default=10000)
-    g.add_argument('--lr_update_step', type=positive_int, default=1000)
-
-    # Fast paths (solver.resolve_speed): each flag left unset takes the original's behaviour, or
-    # the --fast preset's value; an explicit value always wins. README, "Speed", has the numbers.
     g = p.add_argument_group('Speed (added)')
     g.add_argument('--fast', type=str2bool, default=False,
                    help='true: turn on the fast paths measured to help on this device (CUDA: '
                         'all of them; CPU: see README, Speed); flags given explicitly win (added)')
+
+    # Fast paths (solver.resolve_speed): each flag left unset takes the original's behaviour, or
+    # the --fast preset's value; an explicit value always wins.
+    g = p.add_argument_group("Advanced speed switches (added; each left unset takes --fast's choice)")
     g.add_argument('--amp', type=str, default=None, choices=['off', 'bf16', 'fp16'],
                    help='mixed precision for G and the critic passes: bf16 autocast, or fp16 '
                         'with loss scaling; the gradient penalty stays fp32 (default off) (added)')
@@ -326,7 +352,8 @@ def main(argv=None):
         if is_main():  # one probe file, not one per rank
             check_writable(config)
         # score needs no dataset layout, only the images under --score_dir
-        split = data_loader.resolve_split(config) if config.mode != 'score' else None
+        split = (data_loader.resolve_split(config, config.mode) if config.mode != 'score'
+                 else None)
         solver = Solver(config, split)
         if config.mode == 'train':
             solver.train()

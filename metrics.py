@@ -48,10 +48,12 @@ def original_threshold(gt_label, pred_score):
     """The original's operating point: the ROC threshold minimising |TPR - (1 - FPR)|.
 
     Returns (threshold, sensitivity, specificity). It is chosen on the data it is evaluated on,
-    hence optimistic when that is the test set.
+    hence optimistic when that is the test set. Among tied points the original took the first
+    of pandas' Series.argsort, i.e. numpy's default (unstable) quicksort, not the first
+    minimum; so does this, and so the choice among ties is numpy's, as it was the original's.
     """
     fpr, tpr, thresholds = roc_curve(gt_label, pred_score)
-    k = int(np.argmin(np.abs(tpr - (1 - fpr))))
+    k = int(np.argsort(np.abs(tpr - (1 - fpr)), kind='quicksort')[0])
     return float(thresholds[k]), float(tpr[k]), float(1 - fpr[k])
 
 

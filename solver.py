@@ -310,6 +310,7 @@ def ema_decay(decay, updates):
     return min(decay, (1 + updates) / (10 + updates))
 
 
+LUNG_PRIOR_FILE = 'lung_prior.pt'  # beside the checkpoints: the 'lung' score's region
 AUCP_LOG = 'aucp.jsonl'  # beside the checkpoints: one {"iter", "AUCp", ...} line per checkpoint
 
 
@@ -383,15 +384,21 @@ def architecture_of(state, name):
             f'--{p}_repeat_num': len(blocks)}
 
 
-def load_state_dict_checked(model, path, name):
-    """Load a bare state dict (weights_only) into model, with errors that say what is wrong."""
+def load_checked(path, what='checkpoint'):
+    """A dict saved with torch.save, read safely (weights_only), or one clear error."""
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise CheckpointError(f'cannot read checkpoint {path}: {e}. The file is truncated or '
+        raise CheckpointError(f'cannot read {what} {path}: {e}. The file is truncated or '
                               f'not a PyTorch state dict.') from None
     if not isinstance(state, dict):
         raise CheckpointError(f'{path} holds a {type(state).__name__}, not a state dict')
+    return state
+
+
+def load_state_dict_checked(model, path, name):
+    """Load a bare state dict (weights_only) into model, with errors that say what is wrong."""
+    state = load_checked(path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -1074,6 +1081,8 @@ class Solver:
             with open(os.path.join(c.model_save_dir, name), 'w') as f:
                 json.dump(self.metadata, f, indent=1)
 
+        if main_rank:  # the 'lung' score's region, saved so that testing needs no training image
+            self.save_lung_prior()
         holdout = self.load_holdout() if main_rank else None  # only rank 0 scores it
         print(f'G: {count_parameters(self.G):,} parameters; D: {count_parameters(self.D):,}; '
               f'{len(loader.dataset)} pairs an epoch; device {self.device}')
@@ -1216,7 +1225,7 @@ class Solver:
 
     def load_holdout(self):
         """The held-out healthy and mixed images as two CPU tensors (None when none held out)."""
-        split = self.split or data_loader.resolve_split(self.config)
+        split = self.split or data_loader.resolve_split(self.config, 'train')
         if not split.get('holdout_healthy') or not split.get('holdout_mixed'):
             print('AUCp: no held-out images (--holdout_fraction 0 or sets too small): '
                   'checkpoints are not scored')
@@ -1232,23 +1241,63 @@ class Solver:
         return x[labels == 0], x[labels == 1]
 
     def lung_region(self):
-        """The 'lung' score's region (metrics.lung_prior of the mean healthy training image),
-        computed once; None where no healthy training set can be found (--mode score on a
-        folder without the dataset layout)."""
+        """The 'lung' score's region, or None (then self.lung_note says why it is left out).
+
+        Training computes it (metrics.lung_prior of the mean healthy training image) and saves
+        it beside the checkpoints; testing reads it from there, so that, as in the original,
+        testing needs no training image. Only where --score_variant lung asks for it and no
+        saved prior exists is it computed from the training images, when they are at hand.
+        """
         if not hasattr(self, '_lung_region'):
-            split = self.split
-            if split is None:
-                try:
-                    split = data_loader.resolve_split(self.config)
-                except data_loader.DataError:
-                    split = None
-            self._lung_region = None
-            if split and split.get('healthy'):
-                # read from the training set's cache (training built it; no second decode)
-                mean = data_loader.mean_image(split['healthy'], self.config,
-                                              among=split['mixed'] + split['healthy'])
-                self._lung_region = metrics.lung_prior(mean).to(self.device)
+            self.lung_note = None
+            prior = self.read_lung_prior()
+            if prior is None and self.config.score_variant == 'lung':
+                prior = self.compute_lung_prior(required=True)
+            self._lung_region = None if prior is None else prior.to(self.device)
         return self._lung_region
+
+    def lung_prior_path(self):
+        return os.path.join(self.config.model_save_dir, LUNG_PRIOR_FILE)
+
+    def read_lung_prior(self):
+        """The prior saved with the run at this --image_size, else None and a note."""
+        path = self.lung_prior_path()
+        if not os.path.exists(path):
+            self.lung_note = (f'left out: {path} not found (training saves it; runs trained '
+                              f'elsewhere, e.g. the released checkpoint, have none)')
+            return None
+        saved = load_checked(path, 'lung prior')
+        if saved.get('image_size') != self.config.image_size:
+            self.lung_note = (f'left out: {path} was made at {saved.get("image_size")} px, '
+                              f'testing is at --image_size {self.config.image_size}')
+            return None
+        return saved['prior'].float()[None, None]
+
+    def compute_lung_prior(self, required=False):
+        """metrics.lung_prior of the mean healthy training image ([1, 1, H, W], CPU)."""
+        try:
+            split = self.split if self.split and self.split.get('healthy') else \
+                data_loader.resolve_split(self.config, 'train')
+        except data_loader.DataError as e:
+            if not required:
+                raise
+            raise ConfigError(f'--score_variant lung needs the lung prior: '
+                              f'{self.lung_prior_path()} is missing and the healthy training '
+                              f'images cannot be read ({e}); choose another --score_variant') \
+                from None
+        # read from the training set's cache (training builds it; no second decode)
+        mean = data_loader.mean_image(split['healthy'], self.config,
+                                      among=split['mixed'] + split['healthy'])
+        return metrics.lung_prior(mean)
+
+    def save_lung_prior(self):
+        """Compute the lung prior from this run's healthy training images and save it with
+        the run (rank 0 writes; every rank keeps it for scoring)."""
+        prior = self.compute_lung_prior()
+        if is_main():
+            save_atomic({'prior': prior[0, 0].bool(), 'image_size': self.config.image_size},
+                        self.lung_prior_path())
+        self._lung_region, self.lung_note = prior.to(self.device), None
 
     @torch.no_grad()
     def score_images(self, x, G=None):
@@ -1515,6 +1564,7 @@ class Solver:
         metrics.json and (--report true) pictures and report.html in result_dir."""
         import numpy as np
         c = self.config
+        self.lung_region()  # --score_variant lung without a prior: one line, before work
         iters = self.load_for_test()
         os.makedirs(c.result_dir, exist_ok=True)
         loader = data_loader.get_loader(c, 'testAUC', self.split, self.device)
@@ -1552,6 +1602,8 @@ class Solver:
         result.update(self.ensemble_record())
         if val_info:
             result['validation'] = val_info
+        if self.lung_note:
+            result['notes'] = {'lung': self.lung_note}
         if pixel_keys:
             keys = sorted(pixel_keys)
             empty = np.zeros((c.image_size, c.image_size), bool)
@@ -1673,11 +1725,7 @@ class Solver:
         if not paths:
             raise data_loader.DataError(f'no images in --score_dir {c.score_dir} outside '
                                         f'--result_dir {c.result_dir}')
-        if c.score_variant == 'lung' and self.lung_region() is None:
-            raise ConfigError(f'--score_variant lung needs the healthy training images (the '
-                              f'mean healthy image gives the lung fields): --image_dir '
-                              f'{c.image_dir} has no healthy set; pass the dataset\'s '
-                              f'--dataset/--image_dir or another --score_variant')
+        self.lung_region()  # --score_variant lung without a prior: one line, before work
         iters = self.load_for_test()
         os.makedirs(c.result_dir, exist_ok=True)
         names = report.output_names(paths, root=c.score_dir)
@@ -1704,6 +1752,8 @@ class Solver:
                    'score_variant': c.score_variant, 'score': metrics.SCORE_VARIANTS[c.score_variant],
                    'n_images': len(ok), 'unreadable': {paths[k]: e for k, e in errors.items()}}
         summary.update(self.ensemble_record())
+        if self.lung_note:
+            summary['notes'] = {'lung': self.lung_note}
         if ok:
             s = selected[ok]
             summary['pred_score'] = {'mean': float(s.mean()), 'min': float(s.min()),

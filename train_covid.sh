@@ -27,6 +27,7 @@ NUM_WORKERS=${NUM_WORKERS:-4}
 MODEL_SAVE_STEP=${MODEL_SAVE_STEP:-10000}
 SAMPLE_STEP=${SAMPLE_STEP:-1000}
 SEED=${SEED:-0}
+HOLDOUT_FRACTION=${HOLDOUT_FRACTION:-0}  # as the original: train on every listed image
 DEVICE=${DEVICE:-auto}
 LAUNCH=${LAUNCH:-python}             # train_covid_ddp.sh sets a torchrun command here
 
@@ -41,5 +42,6 @@ $LAUNCH main.py --mode train --dataset Covid \
     --lambda_mask "$LAMBDA_MASK" \
     --num_workers "$NUM_WORKERS" --model_save_step "$MODEL_SAVE_STEP" \
     --sample_step "$SAMPLE_STEP" --seed "$SEED" --device "$DEVICE" \
+    --holdout_fraction "$HOLDOUT_FRACTION" \
     --log_dir "$OUT/logs" --model_save_dir "$OUT/models" \
     --sample_dir "$OUT/samples" --result_dir "$OUT/results" "$@"
