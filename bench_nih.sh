@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-DATA=${DATA:-../shared/data/nih-cxr-mini}   # healthy/ mixed/ test/normal/ test/anomalous/
+DATA=${DATA:-datasets/nih-cxr-mini}   # shipped; any folder with healthy/ mixed/ test/normal/ test/anomalous/
 OUT=${OUT:-nih_run}
 SEED=${SEED:-0}
 HOLDOUT=${HOLDOUT:-0.2}              # of healthy and of mixed, never trained on: AUCp

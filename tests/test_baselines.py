@@ -9,7 +9,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 import data_loader
 import metrics
-from conftest import shared_path
+from conftest import NIH_MINI
 from model import Generator
 from tools import baselines as bl
 
@@ -154,7 +154,7 @@ def test_missing_folder_and_unknown_method(tmp_path, capsys):
 def test_real_data_reproduces_the_independent_measurements(tmp_path):
     # The issue reports AUROC 0.63 / 0.68 / 0.69 measured independently at 64 px on these data;
     # the same preprocessing and score directions must give the same numbers.
-    root = shared_path('data', 'nih-cxr-mini')
+    root = NIH_MINI
     summary = bl.main(['--dataset', 'Folder', '--image_dir', root, '--image_size', '64',
                        '--result_dir', str(tmp_path), '--methods', 'mean_intensity,pca,knn',
                        '--bootstrap', '0'])

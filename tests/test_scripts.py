@@ -92,6 +92,22 @@ def test_bench_nih_script_end_to_end_tiny(tmp_path):
     assert r.returncode == 2 and 'healthy' in r.stderr
 
 
+def test_bench_nih_script_defaults_to_the_shipped_images(tmp_path):
+    # No DATA: a fresh clone runs on datasets/nih-cxr-mini, nothing outside the repository.
+    env = {**TINY, 'OUT': str(tmp_path / 'run'), 'NUM_ITERS': '2', 'MODEL_SAVE_STEP': '2',
+           'ENSEMBLE': '1', 'PCA_COMPONENTS': '4', 'KNN_K': '2', 'AE_ITERS': '0'}
+    full_env = {k: v for k, v in os.environ.items() if k != 'DATA'}
+    r = subprocess.run(['bash', os.path.join(ROOT, 'bench_nih.sh'), '--use_tensorboard', 'false',
+                        '--bootstrap', '0'], env={**full_env, **env}, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    metrics = json.load(open(tmp_path / 'run' / 'results' / 'metrics.json'))
+    assert (metrics['n_normal'], metrics['n_anomalous']) == (50, 50)
+    baselines = json.load(open(tmp_path / 'run' / 'baselines' / 'baselines.json'))
+    assert baselines['image_dir'] == 'datasets/nih-cxr-mini'
+    assert baselines['n_fit'] == 160  # the 200 shipped healthy images less HOLDOUT's 40
+
+
 def test_check_resume_gpu_script_on_the_cpu(tmp_path):
     """tools/check_resume_gpu.sh (run on GPUs) compares a resumed run with the uninterrupted one;
     on the CPU they must agree exactly, and the script must say so."""

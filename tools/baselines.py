@@ -1,6 +1,6 @@
 """Reference anomaly detectors scored on the same test images as HealthyGAN (added).
 
-    python tools/baselines.py --dataset Folder --image_dir ../shared/data/nih-cxr-mini \
+    python tools/baselines.py --dataset Folder --image_dir datasets/nih-cxr-mini \
         --image_size 64 --result_dir baselines64 --methods mean_intensity,pca,knn
 
 Methods (each gives one pred_score per test image; higher = more anomalous):
