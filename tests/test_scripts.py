@@ -72,9 +72,10 @@ def test_demo_script_end_to_end_tiny(tmp_path):
 
 
 def test_bench_nih_script_end_to_end_tiny(tmp_path):
-    # Ten images per training set so that HOLDOUT 0.2 holds out two of each for AUCp.
+    # Ten images per training set so that HOLDOUT 0.2 holds out two of each for AUCp; ten test
+    # images, so that --explain's 5-fold cross-fit leaves each fit more images than coefficients.
     from conftest import write_folder_layout
-    data = write_folder_layout(tmp_path / 'nih', 10, 3)
+    data = write_folder_layout(tmp_path / 'nih', 10, 5)
     env = {**TINY, 'DATA': str(data), 'OUT': str(tmp_path / 'run'), 'NUM_ITERS': '4',
            'MODEL_SAVE_STEP': '2', 'PCA_COMPONENTS': '4', 'KNN_K': '2', 'AE_ITERS': '2',
            'ENSEMBLE': '2'}
@@ -88,6 +89,10 @@ def test_bench_nih_script_end_to_end_tiny(tmp_path):
     baselines = json.load(open(tmp_path / 'run' / 'baselines' / 'baselines.json'))
     assert baselines['n_fit'] == 8  # fitted on the healthy images HealthyGAN trained on
     assert baselines['methods']['autoencoder']['parameters']['iters'] == 2
+    # the global statistics' direction comes from all 20 training-folder images, held out or not
+    assert baselines['methods']['global_contrast']['fit_set'] == \
+        'direction: healthy 10 vs mixed 10'
+    assert baselines['explain']['fit'].startswith('cross-fitted on the test images')
     r = run_script('bench_nih.sh', {**env, 'DATA': str(tmp_path / 'none')})
     assert r.returncode == 2 and 'healthy' in r.stderr
 
