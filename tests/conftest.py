@@ -10,6 +10,9 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
+# The real NIH radiographs shipped with the project (datasets/nih-cxr-mini/README.md): every
+# clone has them, so the tests that read them never skip.
+NIH_MINI = os.path.join(ROOT, 'datasets', 'nih-cxr-mini')
 
 
 def shared_path(*parts):

@@ -13,7 +13,7 @@ from PIL import Image
 
 import data_loader as dl
 import main as cli
-from conftest import shared_path, tiny_args
+from conftest import NIH_MINI, tiny_args
 from test_formats import write_dicom
 
 
@@ -66,7 +66,7 @@ def test_cached_pixels_equal_the_per_step_decode_for_every_format(tmp_path):
 
 
 def test_cached_pixels_equal_the_per_step_decode_on_real_nih_images(tmp_path):
-    root = shared_path('data', 'nih-cxr-mini')
+    root = NIH_MINI
     paths = dl.list_images(os.path.join(root, 'mixed'))[:12]
     cache = dl.open_cache(paths, 64, str(tmp_path / 'cache'))
     assert cache.pixels.shape == (12, 1, 64, 64)

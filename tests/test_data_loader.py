@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import data_loader as dl
-from conftest import shared_path
+from conftest import NIH_MINI, shared_path
 
 
 def test_crop_radiograph_cuts_the_top_8_percent_then_centres_a_square():
@@ -95,7 +95,7 @@ def test_safe_load_list_reads_the_original_covid_lists():
 
 
 def test_folder_layout_of_the_real_nih_mini_set():
-    root = shared_path('data', 'nih-cxr-mini')
+    root = NIH_MINI
 
     class C:
         dataset, image_dir = 'Folder', root

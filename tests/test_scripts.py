@@ -72,9 +72,10 @@ def test_demo_script_end_to_end_tiny(tmp_path):
 
 
 def test_bench_nih_script_end_to_end_tiny(tmp_path):
-    # Ten images per training set so that HOLDOUT 0.2 holds out two of each for AUCp.
+    # Ten images per training set so that HOLDOUT 0.2 holds out two of each for AUCp; ten test
+    # images, so that --explain's 5-fold cross-fit leaves each fit more images than coefficients.
     from conftest import write_folder_layout
-    data = write_folder_layout(tmp_path / 'nih', 10, 3)
+    data = write_folder_layout(tmp_path / 'nih', 10, 5)
     env = {**TINY, 'DATA': str(data), 'OUT': str(tmp_path / 'run'), 'NUM_ITERS': '4',
            'MODEL_SAVE_STEP': '2', 'PCA_COMPONENTS': '4', 'KNN_K': '2', 'AE_ITERS': '2',
            'ENSEMBLE': '2'}
@@ -88,8 +89,28 @@ def test_bench_nih_script_end_to_end_tiny(tmp_path):
     baselines = json.load(open(tmp_path / 'run' / 'baselines' / 'baselines.json'))
     assert baselines['n_fit'] == 8  # fitted on the healthy images HealthyGAN trained on
     assert baselines['methods']['autoencoder']['parameters']['iters'] == 2
+    # the global statistics' direction comes from all 20 training-folder images, held out or not
+    assert baselines['methods']['global_contrast']['fit_set'] == \
+        'direction: healthy 10 vs mixed 10'
+    assert baselines['explain']['fit'].startswith('cross-fitted on the test images')
     r = run_script('bench_nih.sh', {**env, 'DATA': str(tmp_path / 'none')})
     assert r.returncode == 2 and 'healthy' in r.stderr
+
+
+def test_bench_nih_script_defaults_to_the_shipped_images(tmp_path):
+    # No DATA: a fresh clone runs on datasets/nih-cxr-mini, nothing outside the repository.
+    env = {**TINY, 'OUT': str(tmp_path / 'run'), 'NUM_ITERS': '2', 'MODEL_SAVE_STEP': '2',
+           'ENSEMBLE': '1', 'PCA_COMPONENTS': '4', 'KNN_K': '2', 'AE_ITERS': '0'}
+    full_env = {k: v for k, v in os.environ.items() if k != 'DATA'}
+    r = subprocess.run(['bash', os.path.join(ROOT, 'bench_nih.sh'), '--use_tensorboard', 'false',
+                        '--bootstrap', '0'], env={**full_env, **env}, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    metrics = json.load(open(tmp_path / 'run' / 'results' / 'metrics.json'))
+    assert (metrics['n_normal'], metrics['n_anomalous']) == (50, 50)
+    baselines = json.load(open(tmp_path / 'run' / 'baselines' / 'baselines.json'))
+    assert baselines['image_dir'] == 'datasets/nih-cxr-mini'
+    assert baselines['n_fit'] == 160  # the 200 shipped healthy images less HOLDOUT's 40
 
 
 def test_check_resume_gpu_script_on_the_cpu(tmp_path):

@@ -1,10 +1,14 @@
 """Reference anomaly detectors scored on the same test images as HealthyGAN (added).
 
-    python tools/baselines.py --dataset Folder --image_dir ../shared/data/nih-cxr-mini \
+    python tools/baselines.py --dataset Folder --image_dir datasets/nih-cxr-mini \
         --image_size 64 --result_dir baselines64 --methods mean_intensity,pca,knn
 
 Methods (each gives one pred_score per test image; higher = more anomalous):
 - mean_intensity: minus the image's mean pixel value (darker = more anomalous, fixed a priori);
+- global_mean, global_contrast, global_sharpness: one global image statistic each (mean pixel
+  value; its standard deviation; the mean gradient magnitude), with the sign that ranks the
+  unannotated mixed/ images above the healthy/ ones (AUCp on every image of the two training
+  folders: label-free, never the test set);
 - pca: squared reconstruction error per pixel from the first --pca_components principal
   components of the fit set;
 - knn: mean Euclidean distance, in pixel space, to the --knn_k nearest fit-set images;
@@ -16,6 +20,13 @@ resize, [-1, 1]). pca, knn and autoencoder are fitted on the healthy set only un
 --fit_on healthy+mixed. Nothing is tuned on the test set: every setting is a flag whose default
 was fixed beforehand. Writes <result_dir>/baselines.json (image_AUROC with a seeded 95% bootstrap
 CI, AUPRC, fit set, parameters, time per method) and <result_dir>/baselines_scores.csv.
+
+--explain SCORES.csv asks how much of another detector's per-image score (e.g. HealthyGAN's
+testAUC scores.csv) the global statistics explain: the test AUROC of the score's residual after a
+linear regression on the three statistics, and the mean AUROC within tertiles of the test
+images' mean intensity. The regression is fitted on the training-folder images the CSV(s) also
+score (e.g. `main.py --mode score --score_dir <image_dir>` of the same model; pass both files),
+else cross-fitted on the test images in --explain_folds folds; the output says which.
 """
 import argparse
 import csv
@@ -28,6 +39,7 @@ import time
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
+from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +53,11 @@ from data_loader import DataError  # noqa: E402
 from model import Generator, count_parameters  # noqa: E402
 from solver import ConfigError, load_state_dict_checked, resolve_device, save_atomic  # noqa: E402
 
-METHODS = ('mean_intensity', 'pca', 'knn', 'autoencoder')
+# The global image statistics, in the column order of global_statistics().
+STATISTICS = ('mean_intensity', 'contrast', 'sharpness')
+GLOBAL_METHODS = {'global_mean': 'mean_intensity', 'global_contrast': 'contrast',
+                  'global_sharpness': 'sharpness'}
+METHODS = ('mean_intensity', 'pca', 'knn', 'autoencoder', *GLOBAL_METHODS)
 FIT_SETS = {'healthy': ('healthy',), 'healthy+mixed': ('healthy', 'mixed')}
 
 
@@ -111,6 +127,23 @@ def build_parser():
                    help="a testAUC scores.csv (HealthyGAN's pred_score) of the same test images: "
                         'also report AUROC(HealthyGAN) - AUROC(method) for every method, with a '
                         'paired bootstrap interval')
+    g.add_argument('--explain', type=str, nargs='+', default=None, metavar='CSV',
+                   help='per-image scores of a detector (a testAUC scores.csv; optionally also a '
+                        'score-mode scores.csv of the training folders): report how much of the '
+                        'score the global statistics explain (residual and intensity-stratified '
+                        'test AUROC)')
+    g.add_argument('--explain_column', type=str, default='pred_score',
+                   help='the score column of the --explain CSV(s) (e.g. score_mean, or a method '
+                        'of a baselines_scores.csv)')
+    g.add_argument('--explain_fit', type=str, default='auto', choices=['auto', 'train', 'crossfit'],
+                   help='fit the regression on the training-folder images the CSV(s) score '
+                        '(train), cross-fit it on the test images (crossfit), or train when the '
+                        'CSV(s) score at least --explain_min_train of them (auto)')
+    g.add_argument('--explain_min_train', type=cli.positive_int, default=20)
+    g.add_argument('--explain_folds', type=cli.positive_int, default=5,
+                   help='folds of the cross-fit on the test images')
+    g.add_argument('--explain_strata', type=cli.positive_int, default=3,
+                   help='quantile strata of mean intensity (3: tertiles)')
 
     g = p.add_argument_group('Miscellaneous')
     g.add_argument('--seed', type=int, default=0,
@@ -164,6 +197,26 @@ def load_sets(config, split, fit_on):
     return stack_dataset(fit), stack_dataset(test), test.paths, test.labels
 
 
+def training_folders(split):
+    """(paths, pseudo-labels) of every image of the two training folders: healthy 0, mixed 1,
+    held-out images included (the pseudo-labels are AUCp's and need no disease label)."""
+    healthy = split['healthy'] + split.get('holdout_healthy', [])
+    mixed = split['mixed'] + split.get('holdout_mixed', [])
+    return healthy + mixed, np.array([0] * len(healthy) + [1] * len(mixed))
+
+
+def folder_statistics(paths, image_size, batch=64):
+    """global_statistics of image files read as testAUC reads them, a batch at a time (a large
+    training set need not fit in memory at once): [N, 3]."""
+    data_loader.check_files_exist(paths, 'training folders')
+    dataset = data_loader.LabelledDataset(paths, [0] * len(paths),
+                                          data_loader.build_transform(image_size))
+    parts = [global_statistics(torch.stack([dataset[k][0]
+                                            for k in range(i, min(i + batch, len(paths)))]))
+             for i in range(0, len(paths), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, len(STATISTICS)))
+
+
 def flat(x):
     """[N, 3, H, W] tensor -> [N, 3*H*W] float64 numpy array (pixel-space feature vectors)."""
     return x.flatten(1).to(torch.float64).numpy()
@@ -176,6 +229,26 @@ def flat(x):
 def mean_intensity_scores(x):
     """Minus the mean pixel value: darker = more anomalous (direction chosen a priori)."""
     return -x.flatten(1).to(torch.float64).mean(dim=1).numpy()
+
+
+def global_statistics(x):
+    """[N, C, H, W] images in [-1, 1] -> [N, 3] float64: mean intensity, contrast (standard
+    deviation of the pixel values) and sharpness (mean magnitude of the forward-difference
+    gradient), of the channel mean (an X-ray's three channels are equal)."""
+    g = x.to(torch.float64).mean(dim=1)
+    values = g.flatten(1)
+    dx = g[:, :-1, 1:] - g[:, :-1, :-1]
+    dy = g[:, 1:, :-1] - g[:, :-1, :-1]
+    sharpness = (dx ** 2 + dy ** 2).sqrt().flatten(1).mean(dim=1)
+    return torch.stack([values.mean(dim=1), values.std(dim=1, unbiased=False), sharpness],
+                       dim=1).numpy()
+
+
+def choose_direction(pseudo_label, values):
+    """(sign, AUCp of +values): +1 when higher values rank the mixed images (1) above the
+    healthy ones (0), else -1. Only the training folders decide, never a test label."""
+    a = metrics.aucp(pseudo_label, values)
+    return (1 if a >= 0.5 else -1), a
 
 
 def pca_scores(train, test, n_components, seed=0):
@@ -278,6 +351,143 @@ def evaluate(gt_label, pred_score, n_bootstrap, seed):
         raise ConfigError(str(e)) from None
 
 
+# ------------------------------------------------------------------------------------------------ #
+#                     How much of a score do the global statistics explain                         #
+# ------------------------------------------------------------------------------------------------ #
+
+def fit_linear(features, target):
+    """Least-squares coefficients [intercept, one per feature column] of target on features."""
+    design = np.column_stack([np.ones(len(features)), features])
+    coef, *_ = np.linalg.lstsq(design, np.asarray(target, dtype=float), rcond=None)
+    return coef
+
+
+def predict_linear(coef, features):
+    return coef[0] + np.asarray(features) @ coef[1:]
+
+
+def crossfit_residuals(features, target, folds, seed=0):
+    """target minus its prediction from a regression fitted on the other folds (a seeded random
+    partition into `folds` parts): no image's own score enters its prediction."""
+    n = len(target)
+    if folds < 2 or n - -(-n // folds) <= features.shape[1] + 1:
+        raise ConfigError(f'--explain_folds {folds}: {n} test images cannot be cross-fitted in '
+                          f'{folds} folds with {features.shape[1]} statistics; use 2 or more '
+                          f'folds that leave each fit more images than coefficients')
+    order = np.random.default_rng(seed).permutation(n)
+    residual = np.empty(n)
+    target = np.asarray(target, dtype=float)
+    for f in range(folds):
+        held = order[f::folds]
+        fit = np.setdiff1d(order, held)
+        residual[held] = target[held] - predict_linear(fit_linear(features[fit], target[fit]),
+                                                       features[held])
+    return residual
+
+
+def explained_variance(target, residual):
+    """1 - var(residual) / var(target): the share of the score's spread the fit accounts for."""
+    return float(1 - np.var(residual) / np.var(target)) if np.var(target) > 0 else float('nan')
+
+
+def stratified_auroc(gt_label, score, strata_by, n_strata=3):
+    """Test AUROC within quantile strata of `strata_by` (e.g. tertiles of mean intensity):
+    {'mean_AUROC': the unweighted mean over strata holding both classes, 'strata': [...]}.
+
+    A score that ranks images only by the stratifying variable falls towards 0.5 within strata;
+    one whose signal is independent of it keeps its AUROC.
+    """
+    gt_label = np.asarray(gt_label, dtype=int)
+    score, strata_by = np.asarray(score, dtype=float), np.asarray(strata_by, dtype=float)
+    edges = np.quantile(strata_by, np.linspace(0, 1, n_strata + 1))
+    which = np.searchsorted(edges[1:-1], strata_by, side='right')
+    strata = []
+    for k in range(n_strata):
+        inside = which == k
+        y = gt_label[inside]
+        both = 0 < y.sum() < len(y)
+        strata.append({'low': float(edges[k]), 'high': float(edges[k + 1]),
+                       'n_normal': int((y == 0).sum()), 'n_anomalous': int((y == 1).sum()),
+                       'AUROC': float(roc_auc_score(y, score[inside])) if both else None})
+    values = [r['AUROC'] for r in strata if r['AUROC'] is not None]
+    return {'mean_AUROC': float(np.mean(values)) if values else None, 'strata': strata}
+
+
+def explain_score(gt_label, score, stats_test, train=None, folds=5, seed=0, n_strata=3,
+                  n_bootstrap=0):
+    """How much of a detector's test score the global statistics explain.
+
+    train: (statistics [M, 3], the same detector's scores) of training-folder images to fit the
+    regression on; None cross-fits it on the test images in `folds` folds. Returns the score's
+    AUROC, the residual's AUROC (with a bootstrap interval when n_bootstrap > 0), the explained
+    variance, and the AUROC of the score within strata of mean intensity.
+    """
+    gt_label = np.asarray(gt_label, dtype=int)
+    score = np.asarray(score, dtype=float)
+    if train is not None:
+        stats_train, score_train = train
+        coef = fit_linear(stats_train, score_train)
+        residual = score - predict_linear(coef, stats_test)
+        out = {'fit': f'linear regression on {len(score_train)} training-folder images scored '
+                      f'by the same detector',
+               'coefficients': dict(zip(('intercept', *STATISTICS), map(float, coef))),
+               'explained_variance_train': explained_variance(
+                   score_train, score_train - predict_linear(coef, stats_train))}
+    else:
+        residual = crossfit_residuals(stats_test, score, folds, seed)
+        out = {'fit': f'cross-fitted on the test images, {folds} folds (the training images\' '
+                      f'scores were not available)'}
+    out['explained_variance_test'] = explained_variance(score, residual)
+    out['AUROC'] = float(roc_auc_score(gt_label, score))
+    out['residual_AUROC'] = float(roc_auc_score(gt_label, residual))
+    if n_bootstrap:
+        low, high, _ = metrics.bootstrap_auroc(gt_label, residual, n_bootstrap, seed)
+        out['residual_AUROC_ci95'] = [low, high]
+    out['stratified'] = {'by': f'mean intensity, {n_strata} quantile strata of the test images',
+                         **stratified_auroc(gt_label, score, stats_test[:, 0], n_strata)}
+    out['stratified_residual'] = stratified_auroc(gt_label, residual, stats_test[:, 0],
+                                                  n_strata)['mean_AUROC']
+    return out, residual
+
+
+def read_score_tables(files, column):
+    """{absolute path: (score, gt_label or None)} from one or more score CSVs (a path, the score
+    column and, in testAUC's, gt_label); the first file that lists an image gives its score."""
+    table = {}
+    for path in files:
+        try:
+            with open(path, newline='') as f:
+                rows = list(csv.DictReader(f))
+        except OSError as e:
+            raise ConfigError(f'--explain {path}: cannot read it ({e.strerror})') from None
+        if not rows or not {'path', column} <= set(rows[0]):
+            raise ConfigError(f'--explain {path}: expected the columns path and {column} '
+                              f'(--explain_column)')
+        for r in rows:
+            label = int(r['gt_label']) if r.get('gt_label') not in (None, '') else None
+            table.setdefault(os.path.abspath(r['path']), (float(r[column]), label))
+    return table
+
+
+def explain_inputs(args, table, test_paths, labels, train_paths):
+    """(test scores, training-folder indices with scores, their scores) from the --explain
+    table; the test images must all be there, with their labels."""
+    missing = [p for p in test_paths if os.path.abspath(p) not in table]
+    if missing:
+        raise ConfigError(f'--explain: {len(missing)} of the {len(test_paths)} test images are not '
+                          f'scored there (e.g. {missing[0]}); pass the testAUC scores.csv of the '
+                          f'same --image_dir')
+    test = []
+    for p, label in zip(test_paths, labels):
+        value, row_label = table[os.path.abspath(p)]
+        if row_label is not None and row_label != int(label):
+            raise ConfigError(f'--explain: {p} is labelled {row_label} there and {label} here')
+        test.append(value)
+    have = [k for k, p in enumerate(train_paths) if os.path.abspath(p) in table]
+    return (np.asarray(test), np.asarray(have, dtype=int),
+            np.asarray([table[os.path.abspath(train_paths[k])][0] for k in have]))
+
+
 def read_compare_scores(path, paths, labels):
     """The pred_score column of a testAUC scores.csv, in the order of `paths` (the test images
     of this run; matched by their absolute path), checked against their labels."""
@@ -317,12 +527,12 @@ def compare(labels, reference, scores, n_bootstrap, seed):
 
 def print_table(results):
     """One line per method."""
-    print(f'\n{"method":<16}{"AUROC":>7}  {"95% CI":<15}{"AUPRC":>7}  {"fit on":<15}{"time":>8}')
+    print(f'\n{"method":<18}{"AUROC":>7}  {"95% CI":<15}{"AUPRC":>7}  {"fit on":<35}{"time":>8}')
     for name, r in results.items():
         ci = r.get('image_AUROC_ci95')
         ci = f'[{ci[0]:.3f}, {ci[1]:.3f}]' if ci else '-'
-        print(f'{name:<16}{r["image_AUROC"]:>7.4f}  {ci:<15}{r["image_AUPRC"]:>7.4f}  '
-              f'{r["fit_set"]:<15}{r["time_s"]:>7.1f}s')
+        print(f'{name:<18}{r["image_AUROC"]:>7.4f}  {ci:<15}{r["image_AUPRC"]:>7.4f}  '
+              f'{r["fit_set"]:<35}{r["time_s"]:>7.1f}s')
 
 
 def run(args, command=''):
@@ -346,6 +556,15 @@ def run(args, command=''):
           f'{args.image_size} px in {time.time() - t0:.1f} s')
     # Read before the methods run (the autoencoder takes minutes): a wrong file fails at once.
     reference = read_compare_scores(args.compare, paths, labels) if args.compare else None
+    explain_table = (read_score_tables(args.explain, args.explain_column) if args.explain
+                     else None)
+    stats_test = global_statistics(x_test)
+    if explain_table is not None or any(m in GLOBAL_METHODS for m in args.methods):
+        t0 = time.time()
+        train_paths, pseudo = training_folders(split)
+        stats_train = folder_statistics(train_paths, args.image_size)
+        print(f'Global statistics of the {len(train_paths)} training-folder images in '
+              f'{time.time() - t0:.1f} s')
 
     scores, results = {}, {}
     for name in args.methods:
@@ -355,6 +574,17 @@ def run(args, command=''):
             scores[name] = mean_intensity_scores(x_test)
             fit_set = 'none'
             info = {'parameters': {}, 'score': '-mean pixel value (darker = more anomalous)'}
+        elif name in GLOBAL_METHODS:
+            column = STATISTICS.index(GLOBAL_METHODS[name])
+            sign, a = choose_direction(pseudo, stats_train[:, column])
+            scores[name] = sign * stats_test[:, column]
+            fit_set = (f'direction: healthy {int((pseudo == 0).sum())} vs mixed '
+                       f'{int(pseudo.sum())}')
+            info = {'parameters': {'direction': 'higher' if sign > 0 else 'lower',
+                                   'AUCp_higher': a, 'AUCp_lower': 1 - a},
+                    'score': f'{"+" if sign > 0 else "-"}{GLOBAL_METHODS[name]} '
+                             f'({"higher" if sign > 0 else "lower"} = more anomalous: the '
+                             f'direction with AUCp >= 0.5 on the training folders)'}
         elif name == 'pca':
             scores[name] = pca_scores(flat(x_fit), flat(x_test), args.pca_components, args.seed)
             info = {'parameters': {'n_components': args.pca_components},
@@ -412,6 +642,9 @@ def run(args, command=''):
             'methods': compare(labels, reference, scores, args.bootstrap, args.seed),
             'note': 'AUROC(pred_score of scores_csv) - AUROC(method); paired: the same '
                     'bootstrap resamples of the test images for both'}
+    if explain_table is not None:
+        summary['explain'] = run_explain(args, explain_table, paths, labels, stats_test,
+                                         train_paths, stats_train)
     with open(os.path.join(args.result_dir, 'baselines.json'), 'w') as f:
         json.dump(summary, f, indent=1)
     with open(os.path.join(args.result_dir, 'baselines_scores.csv'), 'w', newline='') as f:
@@ -428,8 +661,39 @@ def run(args, command=''):
             ci = r['ci95']
             print(f"  - {name:<15}{r['AUROC_difference']:+.4f}"
                   + (f'  [{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else ''))
+    if explain_table is not None:
+        print_explain(summary['explain'])
     print(f'Saved baselines.json and baselines_scores.csv into {args.result_dir}')
     return summary
+
+
+def run_explain(args, table, paths, labels, stats_test, train_paths, stats_train):
+    """The --explain analysis of the score in args.explain, as a JSON-ready dict."""
+    score, have, train_score = explain_inputs(args, table, paths, labels, train_paths)
+    use_train = (args.explain_fit == 'train'
+                 or (args.explain_fit == 'auto' and len(have) >= args.explain_min_train))
+    if use_train and len(have) <= len(STATISTICS) + 1:
+        raise ConfigError(f'--explain_fit train: the CSV(s) score {len(have)} of the '
+                          f'{len(train_paths)} training-folder images; pass a scores.csv of '
+                          f'them (main.py --mode score --score_dir <image_dir>) or use crossfit')
+    train = (stats_train[have], train_score) if use_train else None
+    result, _ = explain_score(labels, score, stats_test, train, args.explain_folds, args.seed,
+                              args.explain_strata, args.bootstrap)
+    return {'scores_csv': list(args.explain), 'column': args.explain_column,
+            'n_train_scored': int(len(have)), 'n_train_folders': len(train_paths), **result}
+
+
+def print_explain(e):
+    ci = e.get('residual_AUROC_ci95')
+    print(f"\n--explain {' '.join(e['scores_csv'])} ({e['column']}): {e['fit']}")
+    print(f"  test AUROC {e['AUROC']:.4f}; residual after the global statistics "
+          f"{e['residual_AUROC']:.4f}" + (f' [{ci[0]:.3f}, {ci[1]:.3f}]' if ci else '')
+          + f"; explained variance on test {e['explained_variance_test']:.3f}")
+    strata = ', '.join('-' if r['AUROC'] is None else f"{r['AUROC']:.3f}"
+                       for r in e['stratified']['strata'])
+    mean = e['stratified']['mean_AUROC']
+    print(f"  within {e['stratified']['by']}: {strata} (mean "
+          + ('-' if mean is None else f'{mean:.4f}') + ')')
 
 
 def main(argv=None):
