@@ -85,6 +85,15 @@ def build_parser():
     g.add_argument('--beta2', type=float, default=0.999, help='beta2 for Adam optimizer')
     g.add_argument('--resume_iters', type=iters_or_latest, default=None,
                    help="resume training from this step ('latest' for the newest checkpoint)")
+    g.add_argument('--overwrite', type=str2bool, default=False,
+                   help="true: a new run into a --model_save_dir holding another run's "
+                        'checkpoints (or a resume from before its later ones) moves those files '
+                        'into <model_save_dir>/replaced-<time>/ instead of refusing; nothing is '
+                        'deleted (added)')
+    g.add_argument('--allow_changes', type=str, default=None,
+                   help='resume: comma-separated flags (e.g. g_lr,batch_size) whose change '
+                        'from the saved run is wanted; recorded in the run config. Without it a '
+                        'change to a flag that alters the run is refused (added)')
     g.add_argument('--lr_schedule', type=str, default='original', choices=['original', 'linear'],
                    help="original: the original's decrements of lr0/num_iters_decay (ends at "
                         "99.9%% of lr0 by default); linear: a real linear decay to 0 (added)")
@@ -257,6 +266,103 @@ def check_architecture(parser, config):
                      f'(1 = the ranges in data_loader.AFFINE_RANGES)')
 
 
+def check_limits(config):
+    """Values no run can use, as one line naming the flag, before any work."""
+    import math
+    for flag in ('g_lr', 'd_lr'):
+        v = getattr(config, flag)
+        if not math.isfinite(v) or v < 0:
+            return f'--{flag} {v}: expected a finite learning rate >= 0'
+    for flag in ('beta1', 'beta2'):
+        v = getattr(config, flag)
+        if not 0 <= v < 1:
+            return f'--{flag} {v}: expected a value in [0, 1)'
+    if config.num_workers < 0:
+        return f'--num_workers {config.num_workers}: expected 0 (load in the main process) or more'
+    return None
+
+
+def memory_needed(config, n_images):
+    """Rough bytes a training run holds: the uint8 data cache of every image at --image_size
+    (grayscale), plus one batch's activations of G and D (fp32, kept for the backward)."""
+    pixels = config.image_size ** 2
+    cache = n_images * pixels if config.data_cache == 'on' else 0
+    # G's full-resolution layers and D's first layer dominate; x8 for the backward and the
+    # gradient penalty's double backward, x2 for the mixed and healthy batches.
+    activations = config.batch_size * pixels * 4 * (config.g_conv_dim * 4 + config.d_conv_dim) * 16
+    return cache, activations
+
+
+def available_memory():
+    """Bytes of memory available now (MemAvailable), or None where it cannot be read."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(config, split):
+    """Refuse, with the numbers, a run whose data cache and batch cannot fit in memory, before
+    anything is allocated (an allocation that large gets some process killed, maybe another's)."""
+    from solver import ConfigError
+    n = len({p for k in ('healthy', 'mixed', 'holdout_healthy', 'holdout_mixed')
+             for p in split.get(k, [])})
+    cache, activations = memory_needed(config, n)
+    free = available_memory()
+    if free is not None and cache + activations > free:
+        gib = 2 ** 30
+        raise ConfigError(
+            f'--image_size {config.image_size} with --batch_size {config.batch_size}: about '
+            f'{(cache + activations) / gib:.1f} GiB needed (data cache {cache / gib:.1f} GiB for '
+            f'{n} images, one batch {activations / gib:.1f} GiB) but {free / gib:.1f} GiB is '
+            f'available; lower --image_size or --batch_size')
+
+
+def prepare_run_folder(config):
+    """Train mode: lock --model_save_dir, clear temporaries of a killed save, and refuse (or,
+    --overwrite true, move aside) another run's files. Returns the lock, or None."""
+    import runfiles
+    from solver import is_main
+    lock = None
+    if is_main():
+        lock = runfiles.RunLock(config.model_save_dir).acquire()
+    try:
+        if is_main():
+            runfiles.remove_stale_temporaries(config.model_save_dir)
+        runfiles.parse_allowed(config.allow_changes)  # a typo fails now, not at resume time
+        if config.resume_iters is None:
+            runfiles.check_new_run(config.model_save_dir, config.overwrite, move=is_main())
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def resumed_seed(config):
+    """--resume_iters without --seed: the seed of the run being resumed (its data order and
+    flips follow it), or None when no record holds one."""
+    import runfiles
+    from solver import resolve_iters
+    iters = resolve_iters(config.resume_iters, config.model_save_dir, '--resume_iters')
+    path = os.path.join(config.model_save_dir, f'{iters}-state.pt')
+    saved = None
+    if os.path.exists(path):
+        state = runfiles.load_weights_only(path, 'training state')
+        saved = ((state.get('metadata') or {}).get('config') or {}) if isinstance(state, dict) \
+            else {}
+    if not saved:
+        saved = runfiles.saved_run_config(config.model_save_dir, iters)[0] or {}
+    return saved.get('seed')
+
+
 def check_writable(config):
     """Fail before any work if an output folder cannot be created or written."""
     from solver import ConfigError
@@ -308,6 +414,17 @@ def main(argv=None):
     parser = build_parser()
     config = parser.parse_args(argv)
     check_architecture(parser, config)
+    problem = check_limits(config)
+    if problem:
+        print(f'error: {problem}', file=sys.stderr)
+        raise SystemExit(2)
+    if config.seed is None and config.mode == 'train' and config.resume_iters is not None:
+        from solver import ConfigError
+        try:
+            config.seed = resumed_seed(config)
+        except ConfigError as e:
+            print(f'error: {e}', file=sys.stderr)
+            raise SystemExit(2)
     if config.seed is None:
         config.seed = int.from_bytes(os.urandom(4), 'little') >> 1
     start_distributed(config)  # torchrun; nothing happens on one process
@@ -320,13 +437,18 @@ def main(argv=None):
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     seed_everything(config.seed)
+    lock = None
     try:
         if config.mode != 'train' and not is_main():
             return None  # under torchrun, test and testAUC run on rank 0 alone (same result)
         if is_main():  # one probe file, not one per rank
             check_writable(config)
+        if config.mode == 'train':
+            lock = prepare_run_folder(config)
         # score needs no dataset layout, only the images under --score_dir
         split = data_loader.resolve_split(config) if config.mode != 'score' else None
+        if config.mode == 'train':
+            check_memory(config, split)
         solver = Solver(config, split)
         if config.mode == 'train':
             solver.train()
@@ -341,6 +463,8 @@ def main(argv=None):
         print(f'error: {e}', file=sys.stderr)
         raise SystemExit(2)
     finally:
+        if lock is not None:
+            lock.release()
         if torch.distributed.is_initialized():  # torchrun: leave the process group
             torch.distributed.destroy_process_group()
     return None
