@@ -278,7 +278,8 @@ def check_limits(config):
         if not 0 <= v < 1:
             return f'--{flag} {v}: expected a value in [0, 1)'
     if config.num_workers < 0:
-        return f'--num_workers {config.num_workers}: expected 0 (load in the main process) or more'
+        return (f'--num_workers {config.num_workers}: expected 0 (load in the main process) or '
+                f'more')
     return None
 
 
@@ -287,9 +288,10 @@ def memory_needed(config, n_images):
     (grayscale), plus one batch's activations of G and D (fp32, kept for the backward)."""
     pixels = config.image_size ** 2
     cache = n_images * pixels if config.data_cache == 'on' else 0
-    # G's full-resolution layers and D's first layer dominate; x8 for the backward and the
-    # gradient penalty's double backward, x2 for the mixed and healthy batches.
-    activations = config.batch_size * pixels * 4 * (config.g_conv_dim * 4 + config.d_conv_dim) * 16
+    # G's full-resolution maps (about 4 of --g_conv_dim channels) and D's first layer dominate;
+    # x16 for the backward, the gradient penalty's double backward and the two batches.
+    channels = config.g_conv_dim * 4 + config.d_conv_dim
+    activations = config.batch_size * pixels * 4 * channels * 16
     return cache, activations
 
 
