@@ -1505,12 +1505,16 @@ class Solver:
                                         f'normal/ and anomalous/ (as test/ does)')
         normal = data_loader.list_images(os.path.join(where, 'normal'))
         anomalous = data_loader.list_images(os.path.join(where, 'anomalous'))
-        shared = {os.path.abspath(p) for p in normal + anomalous} & \
-            {os.path.abspath(p) for p in test_paths}
+        # the same files by path (links resolved) or by content (a copy of the test set)
+        shared = {os.path.realpath(p) for p in normal + anomalous} & \
+            {os.path.realpath(p) for p in test_paths}
+        shared = sorted(shared) or [a for a, _ in data_loader.same_content(normal + anomalous,
+                                                                         list(test_paths))]
         if shared:
-            raise ConfigError(f'{len(shared)} validation images in {where} are also test images '
-                              f'(e.g. {sorted(shared)[0]}): a threshold chosen on them is not '
-                              f'independent of the test set; use a disjoint --val_dir')
+            raise ConfigError(f'{len(set(shared))} validation images in {where} are also test '
+                              f'images (e.g. {shared[0]}, same path or same content): a '
+                              f'threshold chosen on them is not independent of the test set; '
+                              f'use a disjoint --val_dir')
         return normal + anomalous, [0] * len(normal) + [1] * len(anomalous), where
 
     def validation_thresholds(self, val):

@@ -59,7 +59,7 @@ def run2(tmp_path, folder_dataset, capsys):
     return tmp_path / 'run' / 'models'
 
 
-# --------------------------------------- 1. run folders ------------------------------------------ #
+# ---- 1. run folders -------------------------------------------------------------------------- #
 
 def test_a_new_run_into_a_used_folder_is_refused_and_overwrite_moves_the_old_run_aside(
         tmp_path, folder_dataset, capsys, run2):
@@ -141,7 +141,8 @@ def test_two_runs_into_one_folder_the_second_is_refused_and_a_kill_loses_nothing
     proc.kill()  # SIGKILL: no handler runs, a save may be cut anywhere
     proc.wait()
     assert 'Traceback' not in proc.stderr.read()
-    done = sorted(int(os.path.basename(p).split('-')[0]) for p in glob.glob(str(models / '*-D.ckpt')))
+    done = sorted(int(os.path.basename(p).split('-')[0])
+                  for p in glob.glob(str(models / '*-D.ckpt')))
     code, out, err = run(capsys, train(tmp_path, folder_dataset, '--num_iters', str(done[-1] + 1),
                                        '--resume_iters', 'latest'))
     assert code in (None, 0), err
@@ -149,7 +150,7 @@ def test_two_runs_into_one_folder_the_second_is_refused_and_a_kill_loses_nothing
     assert not glob.glob(str(models / '*.tmp'))
 
 
-# -------------------------------------- 2. checkpoint sets --------------------------------------- #
+# ---- 2. checkpoint sets ---------------------------------------------------------------------- #
 
 def test_a_full_disk_during_a_save_keeps_earlier_sets_and_says_so_in_one_line(
         tmp_path, folder_dataset, capsys, monkeypatch, run2):
@@ -194,7 +195,7 @@ def test_stale_temporaries_are_removed_and_a_complete_state_beside_one_is_found(
     assert not glob.glob(str(run2 / '*.tmp')) and 'temporary' in err
 
 
-# ------------------------------------- 3. resume consistency ------------------------------------- #
+# ---- 3. resume consistency ------------------------------------------------------------------- #
 
 @pytest.mark.parametrize('flag,value', [('--g_lr', '0.001'), ('--batch_size', '3'),
                                         ('--seed', '7'), ('--lambda_rec', '5')])
@@ -250,7 +251,7 @@ def test_num_iters_not_above_the_checkpoint_is_refused(tmp_path, folder_dataset,
     assert code == 2 and '--num_iters 3' in error_line(err) and 'Training finished' not in out
 
 
-# ----------------------------------------- 4. torn logs ------------------------------------------ #
+# ---- 4. torn logs ---------------------------------------------------------------------------- #
 
 def test_a_torn_aucp_log_is_read_with_a_warning_and_repaired_on_resume(tmp_path, folder_dataset,
                                                                        capsys):
@@ -272,10 +273,23 @@ def test_a_torn_aucp_log_is_read_with_a_warning_and_repaired_on_resume(tmp_path,
     assert sorted(r['iter'] for r in map(json.loads, open(models / 'aucp.jsonl'))) == [2, 4, 6]
 
 
-# ------------------------------------------ 5. limits -------------------------------------------- #
+# ---- 5. limits ------------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize('extra,flag', [(['--image_size', '100000'], '--image_size'),
-                                        (['--batch_size', '100'], '--batch_size'),
+def test_an_image_size_beyond_memory_is_refused_with_the_numbers(tmp_path, folder_dataset):
+    # In a child whose address space is capped, so that a regression fails with a MemoryError
+    # there instead of letting the kernel kill some process (perhaps another user's).
+    argv = train(tmp_path, folder_dataset, '--num_iters', '1', '--image_size', '100000')
+    cap = ('import resource, runpy, sys; '
+           'resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30)); '
+           'sys.argv = ["main.py"] + sys.argv[1:]; runpy.run_path("main.py", run_name="__main__")')
+    r = subprocess.run([sys.executable, '-c', cap, *argv], capture_output=True, text=True,
+                       cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=120)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr
+    line = error_line(r.stderr)
+    assert line.startswith('error: --image_size 100000') and 'GiB' in line
+
+
+@pytest.mark.parametrize('extra,flag', [(['--batch_size', '100'], '--batch_size'),
                                         (['--g_lr', '-1'], '--g_lr'),
                                         (['--d_lr', 'nan'], '--d_lr'),
                                         (['--num_workers', '-1'], '--num_workers')])
@@ -285,11 +299,56 @@ def test_limits_are_refused_by_flag_before_any_work(tmp_path, folder_dataset, ca
     line = error_line(err)
     assert code == 2 and line.startswith(f'error: {flag} ') and '--adam_impl' not in line
     assert not glob.glob(str(tmp_path / 'run' / 'models' / '*.ckpt'))
-    if flag == '--image_size':
-        assert 'GiB' in line
 
 
-# ------------------------------------- 7. foreign checkpoints ------------------------------------ #
+# ---- 6. data integrity ----------------------------------------------------------------------- #
+
+def test_a_cache_overwritten_with_other_pixels_is_rebuilt_not_trained_on(tmp_path, folder_dataset,
+                                                                         capsys):
+    import numpy as np
+    run(capsys, train(tmp_path, folder_dataset, '--num_iters', '1'))
+    npy, = glob.glob(str(tmp_path / 'xdg-cache' / 'healthygan' / '*.npy'))
+    pixels = np.load(npy)
+    np.save(npy, 255 - pixels)  # the same size and header, other pixels
+    code, out, err = run(capsys, train(tmp_path / 'again', folder_dataset, '--num_iters', '1'))
+    assert code in (None, 0) and 'does not match its checksum' in err
+    assert np.array_equal(np.load(npy), pixels)  # rebuilt from the images
+
+
+def test_covid_lists_naming_paths_outside_the_image_folder_are_refused(tmp_path, covid_dataset,
+                                                                       capsys):
+    for k, bad in enumerate(('../../etc/passwd', '/etc/passwd')):
+        with open(covid_dataset / 'lists' / 'train_neg.pickle', 'wb') as f:
+            pickle.dump(['neg_0.png', bad], f)
+        code, _, err = run(capsys, tiny_args(
+            tmp_path / f'run{k}', covid_dataset / 'images', *QUIET, '--num_iters', '1',
+            '--list_dir', str(covid_dataset / 'lists'), dataset='Covid'))
+        line = error_line(err)
+        assert code == 2 and 'train_neg.pickle' in line and repr(bad) in line
+
+
+def test_linked_sub_folders_are_searched_once_and_a_link_loop_ends(tmp_path):
+    from data_loader import list_images
+    from conftest import write_image
+    import numpy as np
+    rng = np.random.default_rng(0)
+    write_image(str(tmp_path / 'elsewhere' / 'b.png'), rng)
+    write_image(str(tmp_path / 'healthy' / 'a.png'), rng)
+    os.symlink(tmp_path / 'elsewhere', tmp_path / 'healthy' / 'linked')
+    os.symlink(tmp_path / 'healthy', tmp_path / 'elsewhere' / 'loop')  # back up: a loop
+    found = [os.path.relpath(p, tmp_path / 'healthy')
+             for p in list_images(str(tmp_path / 'healthy'))]
+    assert found == ['a.png', os.path.join('linked', 'b.png')]
+
+
+def test_images_far_smaller_than_image_size_are_warned_about(tmp_path, folder_dataset, capsys):
+    from PIL import Image
+    Image.new('L', (1, 1), 128).save(folder_dataset / 'healthy' / 'tiny.png')
+    code, _, err = run(capsys, train(tmp_path, folder_dataset, '--num_iters', '1'))
+    assert code in (None, 0) and 'scaled up' in err and 'tiny.png: 1 px' in err
+
+
+# ---- 7. foreign checkpoints ------------------------------------------------------------------ #
 
 def test_a_crafted_pickle_as_a_checkpoint_is_refused_in_one_line(tmp_path, folder_dataset,
                                                                  capsys, run2):
