@@ -3,12 +3,16 @@
 Flag names and defaults are the original's; flags added by this project say so in their help.
 """
 import argparse
+import errno
 import os
 import random
 import sys
 
 import numpy as np
 import torch
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def str2bool(v):
@@ -463,6 +467,15 @@ def main(argv=None):
     except (data_loader.DataError, ConfigError) as e:
         # Problems the user must fix: one clear line, no traceback.
         print(f'error: {e}', file=sys.stderr)
+        raise SystemExit(2)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        # A full disk or quota while writing a log, sample or record: one line; the checkpoint
+        # sets written before are whole (runfiles.save_checkpoint_set).
+        where = f' writing {e.filename}' if e.filename else ''
+        print(f'error: {e.strerror}{where}; free space (or choose other output folders), then '
+              f'resume with --resume_iters latest', file=sys.stderr)
         raise SystemExit(2)
     finally:
         if lock is not None:

@@ -171,6 +171,22 @@ def test_a_full_disk_during_a_save_keeps_earlier_sets_and_says_so_in_one_line(
     assert not glob.glob(str(run2 / '*.tmp'))
 
 
+def test_a_full_disk_while_writing_a_sample_is_one_line(tmp_path, folder_dataset, capsys,
+                                                       monkeypatch, run2):
+    import solver
+    before = digests(run2)
+
+    def full_disk(grid, path, **k):  # a real full disk cannot be made here
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(solver, 'save_image', full_disk)
+    code, _, err = run(capsys, train(tmp_path, folder_dataset, '--num_iters', '6',
+                                     '--resume_iters', 'latest', '--sample_step', '1'))
+    line = error_line(err)
+    assert code == 2 and 'No space left' in line and '5-images.jpg' in line
+    assert digests(run2) == before
+
+
 def test_an_incomplete_set_is_never_latest_and_a_missing_critic_is_refused(
         tmp_path, folder_dataset, capsys, run2):
     os.remove(run2 / '4-D.ckpt')  # what a kill between the old separate saves left
