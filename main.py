@@ -6,6 +6,7 @@ import argparse
 import errno
 import os
 import random
+import shutil
 import sys
 
 import numpy as np
@@ -288,15 +289,19 @@ def check_limits(config):
 
 
 def memory_needed(config, n_images):
-    """Rough bytes a training run holds: the uint8 data cache of every image at --image_size
-    (grayscale), plus one batch's activations of G and D (fp32, kept for the backward)."""
+    """Rough bytes a training run needs: (data cache on disk, RAM to decode, one batch's
+    activations). The cache is a uint8 memory map of every image at --image_size (grayscale);
+    each decoding process holds an RGB image at that size twice (PIL's and numpy's copies)."""
     pixels = config.image_size ** 2
     cache = n_images * pixels if config.data_cache == 'on' else 0
+    workers = max(1, min(config.num_workers, os.cpu_count() or 1))
+    decode = workers * 2 * 3 * pixels
     # G's full-resolution maps (about 4 of --g_conv_dim channels) and D's first layer dominate;
-    # x16 for the backward, the gradient penalty's double backward and the two batches.
+    # x4 for the two batches and what the backward keeps. Kept low on purpose: only a run that
+    # surely cannot fit is refused, never one that might.
     channels = config.g_conv_dim * 4 + config.d_conv_dim
-    activations = config.batch_size * pixels * 4 * channels * 16
-    return cache, activations
+    activations = config.batch_size * pixels * 4 * channels * 4
+    return cache, decode, activations
 
 
 def available_memory():
@@ -314,21 +319,51 @@ def available_memory():
         return None
 
 
-def check_memory(config, split):
-    """Refuse, with the numbers, a run whose data cache and batch cannot fit in memory, before
+def free_disk(path):
+    """Free bytes on the file system of path (or of its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def check_memory(config, split, device):
+    """Refuse, with the numbers, a run whose data cache, decoding or batch cannot fit, before
     anything is allocated (an allocation that large gets some process killed, maybe another's)."""
+    import glob
+    import data_loader
     from solver import ConfigError
     n = len({p for k in ('healthy', 'mixed', 'holdout_healthy', 'holdout_mixed')
              for p in split.get(k, [])})
-    cache, activations = memory_needed(config, n)
+    cache, decode, activations = memory_needed(config, n)
+    gib = 2 ** 30
+    fix = 'lower --image_size' + (' or --batch_size' if activations > decode else '')
+    if device.type == 'cuda':
+        free_gpu = torch.cuda.mem_get_info(device)[0]
+        if activations > free_gpu:
+            raise ConfigError(
+                f'--image_size {config.image_size} with --batch_size {config.batch_size}: one '
+                f'batch needs about {activations / gib:.1f} GiB of GPU memory but '
+                f'{free_gpu / gib:.1f} GiB is free; {fix}')
+        activations = 0
+    ram = decode + activations
     free = available_memory()
-    if free is not None and cache + activations > free:
-        gib = 2 ** 30
+    if free is not None and ram > free:
         raise ConfigError(
             f'--image_size {config.image_size} with --batch_size {config.batch_size}: about '
-            f'{(cache + activations) / gib:.1f} GiB needed (data cache {cache / gib:.1f} GiB for '
-            f'{n} images, one batch {activations / gib:.1f} GiB) but {free / gib:.1f} GiB is '
-            f'available; lower --image_size or --batch_size')
+            f'{ram / gib:.1f} GiB of memory needed (decoding {decode / gib:.1f} GiB, one batch '
+            f'{activations / gib:.1f} GiB) but {free / gib:.1f} GiB is available; {fix}')
+    cache_dir = data_loader.default_cache_dir(config)
+    built = glob.glob(os.path.join(cache_dir, f'images-{config.image_size}px-*.npy'))
+    disk = free_disk(cache_dir)
+    if cache and not built and disk is not None and cache > disk:
+        raise ConfigError(
+            f'--image_size {config.image_size}: the data cache of {n} images needs about '
+            f'{cache / gib:.1f} GiB but {disk / gib:.1f} GiB is free in {cache_dir}; lower '
+            f'--image_size, pass --cache_dir on a larger disk, or --data_cache off')
 
 
 def prepare_run_folder(config):
@@ -454,7 +489,8 @@ def main(argv=None):
         # score needs no dataset layout, only the images under --score_dir
         split = data_loader.resolve_split(config) if config.mode != 'score' else None
         if config.mode == 'train':
-            check_memory(config, split)
+            from solver import resolve_device
+            check_memory(config, split, resolve_device(config.device))
         solver = Solver(config, split)
         if config.mode == 'train':
             solver.train()

@@ -308,6 +308,7 @@ def test_an_image_size_beyond_memory_is_refused_with_the_numbers(tmp_path, folde
 @pytest.mark.parametrize('extra,flag', [(['--batch_size', '100'], '--batch_size'),
                                         (['--g_lr', '-1'], '--g_lr'),
                                         (['--d_lr', 'nan'], '--d_lr'),
+                                        (['--beta2', '1'], '--beta2'),
                                         (['--num_workers', '-1'], '--num_workers')])
 def test_limits_are_refused_by_flag_before_any_work(tmp_path, folder_dataset, capsys, extra,
                                                     flag):
