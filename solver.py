@@ -874,9 +874,9 @@ class Solver:
 
     def save_model(self, iters):
         """Write <iters>-G.ckpt and <iters>-D.ckpt as bare state dicts (original format)."""
-        d = self.config.model_save_dir
-        save_atomic(self.G.state_dict(), os.path.join(d, f'{iters}-G.ckpt'))
-        save_atomic(self.D.state_dict(), os.path.join(d, f'{iters}-D.ckpt'))
+        runfiles.save_checkpoint_set({f'{iters}-G.ckpt': self.G.state_dict(),
+                                      f'{iters}-D.ckpt': self.D.state_dict()},
+                                     self.config.model_save_dir, iters)  # as one set
 
     def set_lr(self, g_lr, d_lr):
         for group in self.g_optimizer.param_groups:
