@@ -93,8 +93,8 @@ def build_parser():
     g.add_argument('--overwrite', type=str2bool, default=False,
                    help="true: a new run into a --model_save_dir holding another run's "
                         'checkpoints (or a resume from before its later ones) moves those files '
-                        'into <model_save_dir>/replaced-<time>/ instead of refusing; nothing is '
-                        'deleted (added)')
+                        '(a new run: and the old stats.jsonl) into <model_save_dir>/replaced-'
+                        '<time>/ instead of refusing; nothing is deleted (added)')
     g.add_argument('--allow_changes', type=str, default=None,
                    help='resume: comma-separated flags (e.g. g_lr,batch_size) whose change '
                         'from the saved run is wanted; recorded in the run config. Without it a '
@@ -379,7 +379,11 @@ def prepare_run_folder(config):
             runfiles.remove_stale_temporaries(config.model_save_dir)
         runfiles.parse_allowed(config.allow_changes)  # a typo fails now, not at resume time
         if config.resume_iters is None:
-            runfiles.check_new_run(config.model_save_dir, config.overwrite, move=is_main())
+            dest = runfiles.check_new_run(config.model_save_dir, config.overwrite,
+                                          move=is_main())
+            stats = os.path.join(config.log_dir, 'stats.jsonl')
+            if dest and os.path.exists(stats):  # the old run's losses, not the new one's
+                shutil.move(stats, os.path.join(dest, 'stats.jsonl'))
     except BaseException:
         if lock is not None:
             lock.release()

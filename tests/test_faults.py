@@ -54,7 +54,7 @@ def train(tmp_path, data, *extra):
 def run2(tmp_path, folder_dataset, capsys):
     """A finished 4-iteration run with complete sets at 2 and 4; its models folder."""
     code, _, _ = run(capsys, train(tmp_path, folder_dataset, '--num_iters', '4',
-                                   '--model_save_step', '2'))
+                                   '--model_save_step', '2', '--log_step', '2'))
     assert code is None or code == 0
     return tmp_path / 'run' / 'models'
 
@@ -74,6 +74,7 @@ def test_a_new_run_into_a_used_folder_is_refused_and_overwrite_moves_the_old_run
     assert code in (None, 0)
     aside, = glob.glob(str(run2 / 'replaced-*'))
     assert digests(aside) == before  # moved, never deleted
+    assert os.path.exists(os.path.join(aside, 'stats.jsonl'))  # the old run's losses too
     assert '4-G.ckpt' not in os.listdir(run2)  # 'latest' is now the new run's
     assert json.load(open(run2 / 'run_config.json'))['config']['num_iters'] == 2
 
