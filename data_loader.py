@@ -17,6 +17,7 @@ import os
 import pickle
 import sys
 import time
+import zlib
 
 import numpy as np
 import PIL
@@ -66,11 +67,17 @@ def safe_load_list(path):
 
 
 def list_images(folder):
-    """Sorted image files under a folder (recursively)."""
+    """Sorted image files under a folder (recursively, following linked sub-folders; a link
+    back to a folder already searched is not entered again)."""
     if not os.path.isdir(folder):
         raise DataError(f'image folder not found: {folder}')
-    found = []
-    for root, dirs, files in os.walk(folder):
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link loop, or a second link to the same folder
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs.sort()
         found += [os.path.join(root, f) for f in sorted(files)
                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.')]
@@ -102,8 +109,11 @@ def resolve_split(config, mode='all'):
         for name in wanted:
             sub, lists = COVID_LISTS[name]
             folder = os.path.join(config.image_dir, sub)
-            split[name] = [os.path.join(folder, f) for lst in lists
-                           for f in safe_load_list(os.path.join(config.list_dir, lst + '.pickle'))]
+            for lst in lists:
+                path = os.path.join(config.list_dir, lst + '.pickle')
+                entries = safe_load_list(path)
+                check_list_entries(entries, path, folder)
+                split[name] += [os.path.join(folder, f) for f in entries]
     elif config.dataset == 'Folder':
         if not os.path.isdir(config.image_dir):
             raise DataError(f'--image_dir {config.image_dir} does not exist; it should hold '
@@ -120,6 +130,15 @@ def resolve_split(config, mode='all'):
     for name in ('healthy', 'mixed'):
         split[name], split[f'holdout_{name}'] = hold_out(split[name], fraction)
     return split
+
+
+def check_list_entries(entries, list_path, folder):
+    """Refuse list entries that point outside the image folder (absolute paths, '..')."""
+    for entry in entries:
+        parts = os.path.normpath(entry).replace('\\', '/').split('/')
+        if os.path.isabs(entry) or '..' in parts:
+            raise DataError(f'{list_path}: entry {entry!r} points outside {folder}; the lists '
+                            f'must name files inside the image folder (relative, no "..")')
 
 
 def _stable_key(path):
@@ -390,10 +409,28 @@ def preprocess_uint8(path, image_size):
     These are exactly the pixels build_transform's ToTensor receives (PIL's resize of an 8-bit
     image returns 8 bits), so storing them loses nothing.
     """
-    arr = np.asarray(resize_step(image_size)(crop_radiograph(load_image(path))))
+    return preprocess_uint8_sized(path, image_size)[0]
+
+
+def preprocess_uint8_sized(path, image_size):
+    """preprocess_uint8's array and the side of the square it was scaled from."""
+    square = crop_radiograph(load_image(path))
+    arr = np.asarray(resize_step(image_size)(square))
     if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
-        return np.ascontiguousarray(arr[..., 0])
-    return arr
+        arr = np.ascontiguousarray(arr[..., 0])
+    return arr, square.size[0]
+
+
+SMALL_FACTOR = 4  # an image whose crop is under image_size / 4 on a side is warned about
+
+
+def warn_small(small, image_size):
+    """One warning line for images scaled up from far below --image_size ({path: side})."""
+    if small:
+        path, side = min(small.items())
+        print(f'warning: {len(small)} image(s) are scaled up from less than a quarter of '
+              f'--image_size {image_size} (e.g. {path}: {side} px after the crop); check that '
+              f'they are radiographs, or lower --image_size', file=sys.stderr)
 
 
 class _DecodeDataset(data.Dataset):
@@ -407,20 +444,25 @@ class _DecodeDataset(data.Dataset):
 
     def __getitem__(self, k):
         try:
-            return k, preprocess_uint8(self.paths[k], self.image_size), ''
+            arr, side = preprocess_uint8_sized(self.paths[k], self.image_size)
+            return k, arr, '', side
         except DataError as e:  # load_image turns every decoding failure into a DataError
-            return k, None, str(e)
+            return k, None, str(e), 0
 
 
 def _as_is(item):
     return item
 
 
-def decode_all(paths, image_size, num_workers, store=None, desc='checking images'):
+def decode_all(paths, image_size, num_workers, store=None, desc='checking images', small=None):
     """Decode and preprocess every image once (num_workers processes); {path: reason} if bad.
 
     store(k, array) receives each readable image; without it the pixels are only checked.
+    Images scaled up from far below image_size go into `small` {path: side} (warned about
+    here when no dict is given).
     """
+    warn_here = small is None
+    small = {} if small is None else small
     workers = max(0, min(num_workers, os.cpu_count() or 1, len(paths)))
     # A private generator: iter() draws a seed from it, not from the global RNG, so a run that
     # builds the cache draws the same random numbers afterwards as a run that reuses it.
@@ -428,12 +470,17 @@ def decode_all(paths, image_size, num_workers, store=None, desc='checking images
                              num_workers=workers, collate_fn=_as_is,
                              generator=torch.Generator().manual_seed(0))
     bad = {}
-    for k, arr, reason in tqdm(loader, total=len(paths), desc=desc, file=sys.stdout,
-                               mininterval=1.0, disable=len(paths) < 500):
+    for k, arr, reason, side in tqdm(loader, total=len(paths), desc=desc, file=sys.stdout,
+                                     mininterval=1.0, disable=len(paths) < 500):
         if reason:
             bad[paths[k]] = reason
-        elif store is not None:
+            continue
+        if side * SMALL_FACTOR < image_size:
+            small[paths[k]] = side
+        if store is not None:
             store(k, arr)
+    if warn_here:
+        warn_small(small, image_size)
     return bad
 
 
@@ -519,14 +566,55 @@ class ImageCache:
                              f'{len(meta["paths"])}')
 
     @staticmethod
-    def read(npy, meta_path, key):
-        """The cache at npy if it is complete and has this key, else None."""
+    def read(npy, meta_path, key, quiet=False):
+        """The cache at npy if it is complete, has this key and its pixels match the checksum
+        written with them, else None (then rebuilt)."""
         try:
             with open(meta_path) as f:
                 meta = json.load(f)
-            return ImageCache(npy, meta) if meta.get('key') == key else None
+            if meta.get('key') != key:
+                return None
+            if meta.get('crc32') != file_crc32(npy):  # pixels changed after it was built
+                if 'crc32' in meta and not quiet:
+                    print(f'warning: the data cache {npy} does not match its checksum (changed '
+                          f'since it was built); rebuilding it', file=sys.stderr)
+                return None
+            return ImageCache(npy, meta)
         except (OSError, ValueError, KeyError):  # absent, half-written by a crash, foreign
             return None
+
+
+def file_crc32(path, chunk=1 << 24):
+    """CRC-32 of a file's bytes, read in chunks."""
+    crc = 0
+    with open(path, 'rb') as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                return crc
+            crc = zlib.crc32(block, crc)
+
+
+def same_content(paths_a, paths_b):
+    """Pairs (a, b) of files with identical bytes (sizes compared first, then SHA-256)."""
+    def digest(p):
+        with open(p, 'rb') as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    sizes = {}
+    for p in paths_b:
+        sizes.setdefault(os.path.getsize(p), []).append(p)
+    by_digest, pairs = {}, []
+    for a in paths_a:
+        candidates = sizes.get(os.path.getsize(a), [])
+        if not candidates:
+            continue
+        for b in candidates:
+            if b not in by_digest:
+                by_digest[b] = digest(b)
+        da = digest(a)
+        pairs += [(a, b) for b in candidates if by_digest[b] == da]
+    return pairs
 
 
 def _build_cache(paths, image_size, num_workers, key, set_id, npy, meta_path):
@@ -543,7 +631,8 @@ def _build_cache(paths, image_size, num_workers, key, set_id, npy, meta_path):
             colour[k] = arr
 
     try:
-        bad = decode_all(paths, s, num_workers, store, desc='caching images')
+        small = {}
+        bad = decode_all(paths, s, num_workers, store, desc='caching images', small=small)
         if colour:  # some image has colour: store three channels for all
             rgb = np.lib.format.open_memmap(tmp + '3', mode='w+', dtype=np.uint8,
                                             shape=(n, 3, s, s))
@@ -558,7 +647,8 @@ def _build_cache(paths, image_size, num_workers, key, set_id, npy, meta_path):
         if colour:
             os.replace(tmp + '3', tmp)
         meta = {'key': key, 'set_id': set_id, 'version': CACHE_VERSION, 'image_size': s,
-                'paths': paths, 'bad': bad, 'created': time.strftime('%Y-%m-%d %H:%M:%S')}
+                'paths': paths, 'bad': bad, 'small': small, 'crc32': file_crc32(tmp),
+                'created': time.strftime('%Y-%m-%d %H:%M:%S')}
         with open(meta_tmp, 'w') as f:
             json.dump(meta, f)
         os.replace(meta_tmp, meta_path)
@@ -601,17 +691,20 @@ def open_cache(paths, image_size, cache_dir, num_workers=0):
     cache = ImageCache.read(npy, meta_path, key)
     if cache is not None:
         cache.built = False
+        warn_small(cache.meta.get('small', {}), image_size)
         return cache
     try:
         os.makedirs(cache_dir, exist_ok=True)
         with _exclusive_lock(stem + '.lock'):
-            cache = ImageCache.read(npy, meta_path, key)  # another run may have just built it
+            # another run may have just built it
+            cache = ImageCache.read(npy, meta_path, key, quiet=True)
             if cache is None:
                 start = time.time()
                 print(f'Decoding {len(paths)} images once into the data cache {npy} ...')
                 _build_cache(paths, image_size, num_workers, key, set_id, npy, meta_path)
                 cache = ImageCache.read(npy, meta_path, key)
                 cache.built = time.time() - start
+                warn_small(cache.meta.get('small', {}), image_size)
                 _remove_stale(cache_dir, set_id, key)
             else:
                 cache.built = False

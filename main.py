@@ -3,12 +3,17 @@
 Flag names and defaults are the original's; flags added by this project say so in their help.
 """
 import argparse
+import errno
 import os
 import random
+import shutil
 import sys
 
 import numpy as np
 import torch
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 def str2bool(v):
@@ -167,6 +172,15 @@ def build_parser():
                         "none, as the original (added)")
 
     g = p.add_argument_group('Training (added)')
+    g.add_argument('--overwrite', type=str2bool, default=False,
+                   help="true: a new run into a --model_save_dir holding another run's "
+                        'checkpoints (or a resume from before its later ones) moves those files '
+                        '(a new run: and the old stats.jsonl) into <model_save_dir>/replaced-'
+                        '<time>/ instead of refusing; nothing is deleted (added)')
+    g.add_argument('--allow_changes', type=str, default=None,
+                   help='resume: comma-separated flags (e.g. g_lr,batch_size) whose change '
+                        'from the saved run is wanted; recorded in the run config. Without it a '
+                        'change to a flag that alters the run is refused (added)')
     g.add_argument('--seed', type=int, default=None,
                    help='random seed for weights, data order and flips; drawn at random and '
                         'recorded in run_config.json when not given (added)')
@@ -283,6 +297,143 @@ def check_architecture(parser, config):
                      f'(1 = the ranges in data_loader.AFFINE_RANGES)')
 
 
+def check_limits(config):
+    """Values no run can use, as one line naming the flag, before any work."""
+    import math
+    for flag in ('g_lr', 'd_lr'):
+        v = getattr(config, flag)
+        if not math.isfinite(v) or v < 0:
+            return f'--{flag} {v}: expected a finite learning rate >= 0'
+    for flag in ('beta1', 'beta2'):
+        v = getattr(config, flag)
+        if not 0 <= v < 1:
+            return f'--{flag} {v}: expected a value in [0, 1)'
+    if config.num_workers < 0:
+        return (f'--num_workers {config.num_workers}: expected 0 (load in the main process) or '
+                f'more')
+    return None
+
+
+def memory_needed(config, n_images):
+    """Rough bytes a training run needs: (data cache on disk, RAM to decode, one batch's
+    activations). The cache is a uint8 memory map of every image at --image_size (grayscale);
+    each decoding process holds an RGB image at that size twice (PIL's and numpy's copies)."""
+    pixels = config.image_size ** 2
+    cache = n_images * pixels if config.data_cache == 'on' else 0
+    workers = max(1, min(config.num_workers, os.cpu_count() or 1))
+    decode = workers * 2 * 3 * pixels
+    # G's full-resolution maps (about 4 of --g_conv_dim channels) and D's first layer dominate;
+    # x4 for the two batches and what the backward keeps. Kept low on purpose: only a run that
+    # surely cannot fit is refused, never one that might.
+    channels = config.g_conv_dim * 4 + config.d_conv_dim
+    activations = config.batch_size * pixels * 4 * channels * 4
+    return cache, decode, activations
+
+
+def available_memory():
+    """Bytes of memory available now (MemAvailable), or None where it cannot be read."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def free_disk(path):
+    """Free bytes on the file system of path (or of its nearest existing parent)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def check_memory(config, split, device):
+    """Refuse, with the numbers, a run whose data cache, decoding or batch cannot fit, before
+    anything is allocated (an allocation that large gets some process killed, maybe another's)."""
+    import glob
+    import data_loader
+    from solver import ConfigError
+    n = len({p for k in ('healthy', 'mixed', 'holdout_healthy', 'holdout_mixed')
+             for p in split.get(k, [])})
+    cache, decode, activations = memory_needed(config, n)
+    gib = 2 ** 30
+    fix = 'lower --image_size' + (' or --batch_size' if activations > decode else '')
+    if device.type == 'cuda':
+        free_gpu = torch.cuda.mem_get_info(device)[0]
+        if activations > free_gpu:
+            raise ConfigError(
+                f'--image_size {config.image_size} with --batch_size {config.batch_size}: one '
+                f'batch needs about {activations / gib:.1f} GiB of GPU memory but '
+                f'{free_gpu / gib:.1f} GiB is free; {fix}')
+        activations = 0
+    ram = decode + activations
+    free = available_memory()
+    if free is not None and ram > free:
+        raise ConfigError(
+            f'--image_size {config.image_size} with --batch_size {config.batch_size}: about '
+            f'{ram / gib:.1f} GiB of memory needed (decoding {decode / gib:.1f} GiB, one batch '
+            f'{activations / gib:.1f} GiB) but {free / gib:.1f} GiB is available; {fix}')
+    cache_dir = data_loader.default_cache_dir(config)
+    built = glob.glob(os.path.join(cache_dir, f'images-{config.image_size}px-*.npy'))
+    disk = free_disk(cache_dir)
+    if cache and not built and disk is not None and cache > disk:
+        raise ConfigError(
+            f'--image_size {config.image_size}: the data cache of {n} images needs about '
+            f'{cache / gib:.1f} GiB but {disk / gib:.1f} GiB is free in {cache_dir}; lower '
+            f'--image_size, pass --cache_dir on a larger disk, or --data_cache off')
+
+
+def prepare_run_folder(config):
+    """Train mode: lock --model_save_dir, clear temporaries of a killed save, and refuse (or,
+    --overwrite true, move aside) another run's files. Returns the lock, or None."""
+    import runfiles
+    from solver import is_main
+    lock = None
+    if is_main():
+        lock = runfiles.RunLock(config.model_save_dir).acquire()
+    try:
+        if is_main():
+            runfiles.remove_stale_temporaries(config.model_save_dir)
+        runfiles.parse_allowed(config.allow_changes)  # a typo fails now, not at resume time
+        if config.resume_iters is None:
+            dest = runfiles.check_new_run(config.model_save_dir, config.overwrite,
+                                          move=is_main())
+            stats = os.path.join(config.log_dir, 'stats.jsonl')
+            if dest and os.path.exists(stats):  # the old run's losses, not the new one's
+                shutil.move(stats, os.path.join(dest, 'stats.jsonl'))
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def resumed_seed(config):
+    """--resume_iters without --seed: the seed of the run being resumed (its data order and
+    flips follow it), or None when no record holds one."""
+    import runfiles
+    from solver import resolve_iters
+    iters = resolve_iters(config.resume_iters, config.model_save_dir, '--resume_iters')
+    path = os.path.join(config.model_save_dir, f'{iters}-state.pt')
+    saved = None
+    if os.path.exists(path):
+        state = runfiles.load_weights_only(path, 'training state')
+        saved = ((state.get('metadata') or {}).get('config') or {}) if isinstance(state, dict) \
+            else {}
+    if not saved:
+        saved = runfiles.saved_run_config(config.model_save_dir, iters)[0] or {}
+    return saved.get('seed')
+
+
 def check_writable(config):
     """Fail before any work if an output folder cannot be created or written."""
     from solver import ConfigError
@@ -334,6 +485,17 @@ def main(argv=None):
     parser = build_parser()
     config = parser.parse_args(argv)
     check_architecture(parser, config)
+    problem = check_limits(config)
+    if problem:
+        print(f'error: {problem}', file=sys.stderr)
+        raise SystemExit(2)
+    if config.seed is None and config.mode == 'train' and config.resume_iters is not None:
+        from solver import ConfigError
+        try:
+            config.seed = resumed_seed(config)
+        except ConfigError as e:
+            print(f'error: {e}', file=sys.stderr)
+            raise SystemExit(2)
     if config.seed is None:
         config.seed = int.from_bytes(os.urandom(4), 'little') >> 1
     start_distributed(config)  # torchrun; nothing happens on one process
@@ -346,14 +508,20 @@ def main(argv=None):
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     seed_everything(config.seed)
+    lock = None
     try:
         if config.mode != 'train' and not is_main():
             return None  # under torchrun, test and testAUC run on rank 0 alone (same result)
         if is_main():  # one probe file, not one per rank
             check_writable(config)
+        if config.mode == 'train':
+            lock = prepare_run_folder(config)
         # score needs no dataset layout, only the images under --score_dir
         split = (data_loader.resolve_split(config, config.mode) if config.mode != 'score'
                  else None)
+        if config.mode == 'train':
+            from solver import resolve_device
+            check_memory(config, split, resolve_device(config.device))
         solver = Solver(config, split)
         if config.mode == 'train':
             solver.train()
@@ -367,7 +535,18 @@ def main(argv=None):
         # Problems the user must fix: one clear line, no traceback.
         print(f'error: {e}', file=sys.stderr)
         raise SystemExit(2)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        # A full disk or quota while writing a log, sample or record: one line; the checkpoint
+        # sets written before are whole (runfiles.save_checkpoint_set).
+        where = f' writing {e.filename}' if e.filename else ''
+        print(f'error: {e.strerror}{where}; free space (or choose other output folders), then '
+              f'resume with --resume_iters latest', file=sys.stderr)
+        raise SystemExit(2)
     finally:
+        if lock is not None:
+            lock.release()
         if torch.distributed.is_initialized():  # torchrun: leave the process group
             torch.distributed.destroy_process_group()
     return None

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 import data_loader
 import metrics
+import runfiles
 from model import Discriminator, Generator, count_parameters
 
 
@@ -316,14 +317,10 @@ AUCP_LOG = 'aucp.jsonl'  # beside the checkpoints: one {"iter", "AUCp", ...} lin
 
 def read_aucp_log(model_save_dir):
     """The AUCp records of a run ({iter: record}), later lines winning (a resumed run rewrites)."""
-    path = os.path.join(model_save_dir, AUCP_LOG)
     records = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    records[int(rec['iter'])] = rec
+    for rec in runfiles.read_jsonl(os.path.join(model_save_dir, AUCP_LOG)):  # torn: skipped
+        if isinstance(rec, dict) and 'iter' in rec:
+            records[int(rec['iter'])] = rec
     return records
 
 
@@ -360,14 +357,29 @@ def resolve_iters(value, model_save_dir, flag, ema=False, variant='mean'):
             raise ConfigError('--resume_iters best_aucp: resume from a number or latest')
         return best_aucp_iters(model_save_dir, flag, ema, variant)
     if value == 'latest':
-        if not found:
-            raise CheckpointError(f'{flag} latest: no <N>-G.ckpt checkpoints in {model_save_dir}')
-        return found[-1]
+        # the newest complete set (G with its D); a G left alone by a cut-short save is skipped
+        complete = runfiles.complete_iters(model_save_dir)
+        newer = [i for i in runfiles.incomplete_iters(model_save_dir)
+                 if not complete or i > complete[-1]]
+        if newer:
+            runfiles.warn(f'{flag} latest: skipping the incomplete checkpoint set(s) '
+                          f'{", ".join(map(str, newer))} in {model_save_dir} (no -D.ckpt)')
+        if not complete:
+            raise CheckpointError(f'{flag} latest: no complete checkpoint set (<N>-G.ckpt with '
+                                  f'<N>-D.ckpt) in {model_save_dir}')
+        return complete[-1]
     if int(value) not in found:
         listing = ', '.join(map(str, found)) if found else 'none'
         raise CheckpointError(f'{flag} {value}: {os.path.join(model_save_dir, f"{value}-G.ckpt")} '
                               f'does not exist. Checkpoints in {model_save_dir}: {listing}')
     return int(value)
+
+
+def last_good(last_saved, model_save_dir):
+    """The NaN guard's pointer to the last good checkpoint, or that none was saved."""
+    if last_saved == 0:
+        return f'no checkpoint was saved before it in {model_save_dir}'
+    return f'the last good checkpoint is iteration {last_saved} in {model_save_dir}'
 
 
 def architecture_of(state, name):
@@ -386,11 +398,7 @@ def architecture_of(state, name):
 
 def load_checked(path, what='checkpoint'):
     """A dict saved with torch.save, read safely (weights_only), or one clear error."""
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f'cannot read {what} {path}: {e}. The file is truncated or '
-                              f'not a PyTorch state dict.') from None
+    state = runfiles.load_weights_only(path, what)
     if not isinstance(state, dict):
         raise CheckpointError(f'{path} holds a {type(state).__name__}, not a state dict')
     return state
@@ -873,9 +881,9 @@ class Solver:
 
     def save_model(self, iters):
         """Write <iters>-G.ckpt and <iters>-D.ckpt as bare state dicts (original format)."""
-        d = self.config.model_save_dir
-        save_atomic(self.G.state_dict(), os.path.join(d, f'{iters}-G.ckpt'))
-        save_atomic(self.D.state_dict(), os.path.join(d, f'{iters}-D.ckpt'))
+        runfiles.save_checkpoint_set({f'{iters}-G.ckpt': self.G.state_dict(),
+                                      f'{iters}-D.ckpt': self.D.state_dict()},
+                                     self.config.model_save_dir, iters)  # as one set
 
     def set_lr(self, g_lr, d_lr):
         for group in self.g_optimizer.param_groups:
@@ -981,14 +989,13 @@ class Solver:
                  'Mask/OO_small': small_B, 'Mask/OO_zo': zo_B}
         return {tag: t.detach() for tag, t in terms.items()}
 
-    def save_training_state(self, iters, sampler, pairs_done):
+    def training_state(self, iters, sampler, pairs_done):
         """<iters>-state.pt: both optimizers, RNG states and the data position, for exact resume.
 
         Written beside the original-format <iters>-G/D.ckpt (which it does not replace); the
         original saved no optimizer state, so its resumed runs were not the run they continued.
         """
-        c = self.config
-        state = {
+        return {
             'iteration': iters,
             'g_optimizer': self.g_optimizer.state_dict(),
             'd_optimizer': self.d_optimizer.state_dict(),
@@ -1001,7 +1008,10 @@ class Solver:
             'world_size': world_size(),
             'metadata': self.metadata,
         }
-        save_atomic(state, os.path.join(c.model_save_dir, f'{iters}-state.pt'))
+
+    def prune_states(self):
+        """--keep_last_states K: delete all but the newest K state files."""
+        c = self.config
         if c.keep_last_states > 0:  # bound the disk use of long runs
             for old in available_iters(c.model_save_dir, '-state.pt')[:-c.keep_last_states]:
                 os.remove(os.path.join(c.model_save_dir, f'{old}-state.pt'))
@@ -1012,9 +1022,25 @@ class Solver:
         if not os.path.exists(path):
             print(f'warning: {path} not found: resuming from the weights only (optimizer '
                   f'state and data order start afresh, as in the original)')
+            self.check_resume_config(runfiles.saved_run_config(self.config.model_save_dir,
+                                                               iters), path)
             return None
+        state = runfiles.load_weights_only(path, 'training state')
+        if not isinstance(state, dict) or 'g_optimizer' not in state:
+            raise CheckpointError(f'{path} is not a training state this program wrote')
+        if state.get('iteration') != iters:
+            raise CheckpointError(f'{path} holds the state of iteration {state.get("iteration")}, '
+                                  f'not {iters}: it belongs to another run; remove it or '
+                                  f'resume from its own checkpoints')
+        meta = state.get('metadata') or {}
+        self.check_resume_config((meta.get('config'), meta.get('world_size', 1)), path)
+        for opt, model, name in ((state['g_optimizer'], self.G, 'G'),
+                                 (state['d_optimizer'], self.D, 'D')):
+            unfit = runfiles.check_optimizer_fits(opt, model, name)
+            if unfit:
+                raise CheckpointError(f'{path} does not fit the networks built from the flags '
+                                      f'({unfit}): it was written by another architecture')
         try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
             self.g_optimizer.load_state_dict(state['g_optimizer'])
             self.d_optimizer.load_state_dict(state['d_optimizer'])
             if state.get('scaler'):
@@ -1026,15 +1052,31 @@ class Solver:
             torch.cuda.set_rng_state_all(state['rng_cuda'])
         return state
 
+    def check_resume_config(self, saved, path):
+        """Refuse a resume whose flags change the run (runfiles.RUN_FLAGS) unless
+        --allow_changes names them; the accepted changes go into the run's metadata."""
+        saved_config, saved_world = saved
+        if not saved_config:
+            return
+        c = self.config
+        allowed = runfiles.parse_allowed(getattr(c, 'allow_changes', None))
+        try:
+            self.accepted_changes = runfiles.check_resume_config(
+                saved_config, saved_world, vars(c), world_size(), allowed)
+        except ConfigError as e:
+            raise ConfigError(f'{e} [saved in {path}]') from None
+
     def save_checkpoint(self, iters, sampler, pairs_done):
-        """G/D in the original format, then the training state (rank 0 only; every rank calls)."""
+        """G/D in the original format and the training state, written as one set (rank 0
+        only; every rank calls): runfiles.save_checkpoint_set."""
         average_buffers(self.G)  # several ranks: the global batch's running statistics
         if is_main():
-            self.save_model(iters)
+            files = {f'{iters}-G.ckpt': self.G.state_dict(), f'{iters}-D.ckpt': self.D.state_dict()}
             if self.G_ema is not None:
-                save_atomic(self.G_ema.state_dict(),
-                            os.path.join(self.config.model_save_dir, f'{iters}-G_ema.ckpt'))
-            self.save_training_state(iters, sampler, pairs_done)
+                files[f'{iters}-G_ema.ckpt'] = self.G_ema.state_dict()
+            files[f'{iters}-state.pt'] = self.training_state(iters, sampler, pairs_done)
+            runfiles.save_checkpoint_set(files, self.config.model_save_dir, iters)
+            self.prune_states()
         barrier()
 
     def train(self):
@@ -1044,6 +1086,10 @@ class Solver:
             os.makedirs(d, exist_ok=True)
         loader = data_loader.get_loader(c, 'train', self.split, self.device)
         sampler = loader.sampler
+        n_pairs = len(loader.dataset)
+        if n_pairs < c.batch_size:  # the batch would silently be cut to the data
+            raise ConfigError(f'--batch_size {c.batch_size} is larger than the {n_pairs} training '
+                              f'pairs; lower --batch_size to {n_pairs} or less')
         # Fixed samples for the grids: the first batch of the first epoch.
         fixed = [loader.dataset[k] for k in sampler.order(0)[:c.batch_size]]
         x_fixed_A = torch.stack([a for a, _ in fixed]).to(self.device)
@@ -1052,8 +1098,12 @@ class Solver:
         # Position in the epoch's order, in pairs of the global batch (all ranks together), so
         # that a run can resume with another number of ranks.
         start_iters, pairs_done = 0, 0
+        self.accepted_changes = {}
         if c.resume_iters is not None:
             start_iters = resolve_iters(c.resume_iters, c.model_save_dir, '--resume_iters')
+            # read-only on every rank (all stop together); only rank 0 moves files aside
+            runfiles.check_resume_point(c.model_save_dir, start_iters, c.num_iters,
+                                        getattr(c, 'overwrite', False), move=is_main())
             self.restore_model(start_iters)
             self.restore_ema(start_iters)
             state = self.load_training_state(start_iters)
@@ -1073,9 +1123,14 @@ class Solver:
             self.logger = Logger(c.log_dir)
         from logger import JsonlLogger
         stats = JsonlLogger(os.path.join(c.log_dir, 'stats.jsonl'))
+        if main_rank:  # a torn last line (a kill, a full disk) is cut before appending
+            runfiles.repair_jsonl(stats.path)
+            runfiles.repair_jsonl(os.path.join(c.model_save_dir, AUCP_LOG))
         # A resumed run keeps the first run's record and adds its own beside it.
         self.metadata = run_metadata(c)
         self.metadata['world_size'] = world_size()  # processes; --batch_size is per process
+        if self.accepted_changes:  # --allow_changes: {flag: [saved, now]}
+            self.metadata['accepted_changes'] = self.accepted_changes
         name = 'run_config.json' if start_iters == 0 else f'run_config-resume{start_iters}.json'
         if main_rank:
             with open(os.path.join(c.model_save_dir, name), 'w') as f:
@@ -1144,9 +1199,9 @@ class Solver:
                     if bad:
                         raise NonFiniteLossError(
                             f'non-finite {", ".join(bad)} at iteration {i + 1} (first seen within '
-                            f'the last {c.log_step} iterations). Nothing was saved after it; the '
-                            f'last good checkpoint is iteration {last_saved} in '
-                            f'{c.model_save_dir}. Try lower learning rates (--g_lr, --d_lr).')
+                            f'the last {c.log_step} iterations). Nothing was saved after it; '
+                            f'{last_good(last_saved, c.model_save_dir)}. Try lower learning '
+                            f'rates (--g_lr, --d_lr).')
                 loss.update(step_loss)
                 if (i + 1) % c.log_step == 0 or (i + 1) % c.sample_step == 0:
                     loss = all_reduce_mean(loss)  # several ranks: log the mean over ranks
@@ -1499,12 +1554,16 @@ class Solver:
                                         f'normal/ and anomalous/ (as test/ does)')
         normal = data_loader.list_images(os.path.join(where, 'normal'))
         anomalous = data_loader.list_images(os.path.join(where, 'anomalous'))
-        shared = {os.path.abspath(p) for p in normal + anomalous} & \
-            {os.path.abspath(p) for p in test_paths}
+        # the same files by path (links resolved) or by content (a copy of the test set)
+        shared = {os.path.realpath(p) for p in normal + anomalous} & \
+            {os.path.realpath(p) for p in test_paths}
+        shared = sorted(shared) or [a for a, _ in data_loader.same_content(normal + anomalous,
+                                                                         list(test_paths))]
         if shared:
-            raise ConfigError(f'{len(shared)} validation images in {where} are also test images '
-                              f'(e.g. {sorted(shared)[0]}): a threshold chosen on them is not '
-                              f'independent of the test set; use a disjoint --val_dir')
+            raise ConfigError(f'{len(set(shared))} validation images in {where} are also test '
+                              f'images (e.g. {shared[0]}, same path or same content): a '
+                              f'threshold chosen on them is not independent of the test set; '
+                              f'use a disjoint --val_dir')
         return normal + anomalous, [0] * len(normal) + [1] * len(anomalous), where
 
     def validation_thresholds(self, val):

@@ -132,14 +132,24 @@ def test_score_variant_flag_sets_the_headline_and_num_maps_limits_the_panels(tra
 
 
 def test_threshold_from_a_validation_set(trained, capsys):
-    # A validation folder holding copies of the test images: its threshold is the one the
-    # original's rule picks on the test set, but its source says where it came from.
+    # A copy of the test images is the test set by content: refused, as the test folder is.
+    copy = trained / 'val_copy'
+    shutil.copytree(trained / 'syn' / 'test', copy, dirs_exist_ok=True)
+    with pytest.raises(SystemExit) as e:
+        cli.main(args(trained, trained / 'syn', 'copy', '--val_dir', str(copy),
+                      '--report', 'false'))
+    assert e.value.code == 2 and 'same content' in capsys.readouterr().err
+    # Mirrored test images: other pixels, so a validation set; its source says where the
+    # threshold came from.
     val = trained / 'val'
-    shutil.copytree(trained / 'syn' / 'test', val, dirs_exist_ok=True)
+    for d, _, files in os.walk(trained / 'syn' / 'test'):
+        for f in files:
+            dest = val / os.path.relpath(os.path.join(d, f), trained / 'syn' / 'test')
+            os.makedirs(dest.parent, exist_ok=True)
+            with Image.open(os.path.join(d, f)) as im:
+                im.transpose(Image.FLIP_LEFT_RIGHT).save(dest)
     result = cli.main(args(trained, trained / 'syn', 'val_results', '--val_dir', str(val),
                            '--report', 'false', '--bootstrap', '0'))
-    test_optimal = json.load(open(trained / 'results' / 'metrics.json'))
-    assert result['threshold'] == pytest.approx(test_optimal['threshold'])
     assert result['threshold_source'].startswith(f'validation set {val}')
     assert result['validation']['n_normal'] == 8
     assert not os.path.exists(trained / 'val_results' / 'report.html')
