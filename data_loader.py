@@ -27,13 +27,11 @@ from torch.utils import data
 from torchvision import transforms as T
 from tqdm import tqdm
 
+from healthygan.errors import DataError  # noqa: F401  (data_loader.DataError)
+
 DICOM_EXTENSIONS = ('.dcm', '.dicom')
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff') + DICOM_EXTENSIONS
 TOP_CROP_FRACTION = 0.08  # the original cuts away the top 8% of rows (labels, collimator edge)
-
-
-class DataError(ValueError):
-    """A dataset problem the user must fix: the message names the file or folder and the fix."""
 
 
 # ------------------------------------------------------------------------------------------------ #

@@ -395,7 +395,7 @@ def check_memory(config, split, device):
 def prepare_run_folder(config):
     """Train mode: lock --model_save_dir, clear temporaries of a killed save, and refuse (or,
     --overwrite true, move aside) another run's files. Returns the lock, or None."""
-    import runfiles
+    from healthygan import runfiles
     from solver import is_main
     lock = None
     if is_main():
@@ -420,7 +420,7 @@ def prepare_run_folder(config):
 def resumed_seed(config):
     """--resume_iters without --seed: the seed of the run being resumed (its data order and
     flips follow it), or None when no record holds one."""
-    import runfiles
+    from healthygan import runfiles
     from solver import resolve_iters
     iters = resolve_iters(config.resume_iters, config.model_save_dir, '--resume_iters')
     path = os.path.join(config.model_save_dir, f'{iters}-state.pt')

@@ -19,20 +19,9 @@ from tqdm import tqdm
 
 import data_loader
 import metrics
-import runfiles
+from healthygan import runfiles
+from healthygan.errors import CheckpointError, ConfigError, NonFiniteLossError  # noqa: F401
 from model import Discriminator, Generator, count_parameters
-
-
-class ConfigError(RuntimeError):
-    """A flag asks for something this machine or run cannot do: the message says what to do."""
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint is missing or does not fit the model: the message says what to do."""
-
-
-class NonFiniteLossError(ConfigError):
-    """A loss became NaN or infinite: training stops before anything non-finite is saved."""
 
 
 def nonfinite_terms(loss):

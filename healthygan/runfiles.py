@@ -18,6 +18,8 @@ import warnings
 
 import torch
 
+from healthygan import errors
+
 LOCK = '.healthygan.lock'
 TMP_SUFFIX = '.tmp'  # save_checkpoint_set and solver.save_atomic write <file>.tmp, then rename
 # The files that make a folder hold a run: checkpoints, training states, run records.
@@ -29,9 +31,7 @@ SET_MEMBER = re.compile(r'^(\d+)-(G|D|G_ema|state)\.(ckpt|pt)$')
 
 
 def _error(kind, message):
-    """solver.ConfigError / CheckpointError (imported here: solver imports this module)."""
-    import solver
-    return getattr(solver, kind)(message)
+    return getattr(errors, kind)(message)
 
 
 def warn(message):
