@@ -6,12 +6,16 @@ import argparse
 import errno
 import os
 import random
-import shutil
 import sys
 
 import numpy as np
 import torch
 
+from healthygan import limits, runfiles
+from healthygan.checkpoints import resumed_seed
+from healthygan.distributed import broadcast_object, init_distributed, is_main
+from healthygan.errors import ConfigError, DataError
+from healthygan.fast import resolve_device
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
@@ -160,16 +164,6 @@ def build_parser():
                    help='fraction of the healthy and of the mixed images held out of training and '
                         'scored at every checkpoint for the label-free AUCp (healthy = 0, mixed = '
                         '1); 0 trains on everything, as the original (added)')
-    g.add_argument('--augment', type=str, default='flip', choices=['flip', 'affine'],
-                   help="training augmentation. flip: a random horizontal flip, as the original; "
-                        "affine: also a small random rotation, zoom, shift, contrast and "
-                        "brightness change per image (ranges in data_loader.AFFINE_RANGES) (added)")
-    g.add_argument('--aug_strength', type=float, default=1.0,
-                   help='--augment affine: multiplies every range (0.5 halves them) (added)')
-    g.add_argument('--diff_augment', type=str, default='off',
-                   help="DiffAugment (Zhao et al. 2020) of every image the critic sees, real or "
-                        "translated: a comma-separated list of color, translation, cutout; off: "
-                        "none, as the original (added)")
 
     g = p.add_argument_group('Training (added)')
     g.add_argument('--overwrite', type=str2bool, default=False,
@@ -192,10 +186,6 @@ def build_parser():
     g.add_argument('--lr_schedule', type=str, default='original', choices=['original', 'linear'],
                    help="original: the original's decrements of lr0/num_iters_decay (ends at "
                         "99.9%% of lr0 by default); linear: a real linear decay to 0 (added)")
-    g.add_argument('--g_ema_decay', type=float, default=0.0,
-                   help='keep an exponential moving average of G with this decay per generator '
-                        'update (e.g. 0.999), saved as <iters>-G_ema.ckpt; 0: none, as the '
-                        'original (added)')
     g.add_argument('--keep_last_states', type=int, default=0,
                    help='keep only the newest K <iters>-state.pt files (0: all); the '
                         'original-format G/D checkpoints are always kept (added)')
@@ -227,8 +217,6 @@ def build_parser():
     g.add_argument('--score_dir', type=str, default=None,
                    help='--mode score: folder of images to score, searched recursively '
                         '(added)')
-    g.add_argument('--test_ema', type=str2bool, default=False,
-                   help='test the averaged generator <iters>-G_ema.ckpt (true/false) (added)')
     g.add_argument('--ensemble', type=positive_int, default=1,
                    help='testAUC / score: average the anomaly maps and scores of the N most '
                         'recent checkpoints up to --test_iters (a snapshot ensemble); 1: that '
@@ -281,177 +269,6 @@ def build_parser():
     return p
 
 
-def check_architecture(parser, config):
-    """Refuse sizes the networks cannot handle, before any work is done."""
-    if config.image_size % 4 != 0:
-        parser.error(f'--image_size {config.image_size}: the generator downsamples twice, so it '
-                     f'must be a multiple of 4')
-    if config.image_size // 2 ** config.d_repeat_num < 1:
-        parser.error(f'--image_size {config.image_size} is too small for --d_repeat_num '
-                     f'{config.d_repeat_num}: the critic halves the image {config.d_repeat_num} '
-                     f'times; use --d_repeat_num <= {int(np.log2(config.image_size))}')
-    if config.g_repeat_num < 0:
-        parser.error('--g_repeat_num must be >= 0')
-    if not 0 < config.aug_strength <= 4:
-        parser.error(f'--aug_strength {config.aug_strength}: expected a value in (0, 4] '
-                     f'(1 = the ranges in data_loader.AFFINE_RANGES)')
-
-
-def check_limits(config):
-    """Values no run can use, as one line naming the flag, before any work."""
-    import math
-    for flag in ('g_lr', 'd_lr'):
-        v = getattr(config, flag)
-        if not math.isfinite(v) or v < 0:
-            return f'--{flag} {v}: expected a finite learning rate >= 0'
-    for flag in ('beta1', 'beta2'):
-        v = getattr(config, flag)
-        if not 0 <= v < 1:
-            return f'--{flag} {v}: expected a value in [0, 1)'
-    if config.num_workers < 0:
-        return (f'--num_workers {config.num_workers}: expected 0 (load in the main process) or '
-                f'more')
-    return None
-
-
-def memory_needed(config, n_images):
-    """Rough bytes a training run needs: (data cache on disk, RAM to decode, one batch's
-    activations). The cache is a uint8 memory map of every image at --image_size (grayscale);
-    each decoding process holds an RGB image at that size twice (PIL's and numpy's copies)."""
-    pixels = config.image_size ** 2
-    cache = n_images * pixels if config.data_cache == 'on' else 0
-    workers = max(1, min(config.num_workers, os.cpu_count() or 1))
-    decode = workers * 2 * 3 * pixels
-    # G's full-resolution maps (about 4 of --g_conv_dim channels) and D's first layer dominate;
-    # x4 for the two batches and what the backward keeps. Kept low on purpose: only a run that
-    # surely cannot fit is refused, never one that might.
-    channels = config.g_conv_dim * 4 + config.d_conv_dim
-    activations = config.batch_size * pixels * 4 * channels * 4
-    return cache, decode, activations
-
-
-def available_memory():
-    """Bytes of memory available now (MemAvailable), or None where it cannot be read."""
-    try:
-        with open('/proc/meminfo') as f:
-            for line in f:
-                if line.startswith('MemAvailable:'):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    try:
-        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def free_disk(path):
-    """Free bytes on the file system of path (or of its nearest existing parent)."""
-    path = os.path.abspath(path)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return None
-
-
-def check_memory(config, split, device):
-    """Refuse, with the numbers, a run whose data cache, decoding or batch cannot fit, before
-    anything is allocated (an allocation that large gets some process killed, maybe another's)."""
-    import glob
-    import data_loader
-    from solver import ConfigError
-    n = len({p for k in ('healthy', 'mixed', 'holdout_healthy', 'holdout_mixed')
-             for p in split.get(k, [])})
-    cache, decode, activations = memory_needed(config, n)
-    gib = 2 ** 30
-    fix = 'lower --image_size' + (' or --batch_size' if activations > decode else '')
-    if device.type == 'cuda':
-        free_gpu = torch.cuda.mem_get_info(device)[0]
-        if activations > free_gpu:
-            raise ConfigError(
-                f'--image_size {config.image_size} with --batch_size {config.batch_size}: one '
-                f'batch needs about {activations / gib:.1f} GiB of GPU memory but '
-                f'{free_gpu / gib:.1f} GiB is free; {fix}')
-        activations = 0
-    ram = decode + activations
-    free = available_memory()
-    if free is not None and ram > free:
-        raise ConfigError(
-            f'--image_size {config.image_size} with --batch_size {config.batch_size}: about '
-            f'{ram / gib:.1f} GiB of memory needed (decoding {decode / gib:.1f} GiB, one batch '
-            f'{activations / gib:.1f} GiB) but {free / gib:.1f} GiB is available; {fix}')
-    cache_dir = data_loader.default_cache_dir(config)
-    built = glob.glob(os.path.join(cache_dir, f'images-{config.image_size}px-*.npy'))
-    disk = free_disk(cache_dir)
-    if cache and not built and disk is not None and cache > disk:
-        raise ConfigError(
-            f'--image_size {config.image_size}: the data cache of {n} images needs about '
-            f'{cache / gib:.1f} GiB but {disk / gib:.1f} GiB is free in {cache_dir}; lower '
-            f'--image_size, pass --cache_dir on a larger disk, or --data_cache off')
-
-
-def prepare_run_folder(config):
-    """Train mode: lock --model_save_dir, clear temporaries of a killed save, and refuse (or,
-    --overwrite true, move aside) another run's files. Returns the lock, or None."""
-    from healthygan import runfiles
-    from solver import is_main
-    lock = None
-    if is_main():
-        lock = runfiles.RunLock(config.model_save_dir).acquire()
-    try:
-        if is_main():
-            runfiles.remove_stale_temporaries(config.model_save_dir)
-        runfiles.parse_allowed(config.allow_changes)  # a typo fails now, not at resume time
-        if config.resume_iters is None:
-            dest = runfiles.check_new_run(config.model_save_dir, config.overwrite,
-                                          move=is_main())
-            stats = os.path.join(config.log_dir, 'stats.jsonl')
-            if dest and os.path.exists(stats):  # the old run's losses, not the new one's
-                shutil.move(stats, os.path.join(dest, 'stats.jsonl'))
-    except BaseException:
-        if lock is not None:
-            lock.release()
-        raise
-    return lock
-
-
-def resumed_seed(config):
-    """--resume_iters without --seed: the seed of the run being resumed (its data order and
-    flips follow it), or None when no record holds one."""
-    from healthygan import runfiles
-    from solver import resolve_iters
-    iters = resolve_iters(config.resume_iters, config.model_save_dir, '--resume_iters')
-    path = os.path.join(config.model_save_dir, f'{iters}-state.pt')
-    saved = None
-    if os.path.exists(path):
-        state = runfiles.load_weights_only(path, 'training state')
-        saved = ((state.get('metadata') or {}).get('config') or {}) if isinstance(state, dict) \
-            else {}
-    if not saved:
-        saved = runfiles.saved_run_config(config.model_save_dir, iters)[0] or {}
-    return saved.get('seed')
-
-
-def check_writable(config):
-    """Fail before any work if an output folder cannot be created or written."""
-    from solver import ConfigError
-    flags = {'train': ('model_save_dir', 'sample_dir', 'log_dir'), 'test': ('result_dir',),
-             'testAUC': ('result_dir',), 'score': ('result_dir',)}[config.mode]
-    for flag in flags:
-        path = getattr(config, flag)
-        try:
-            os.makedirs(path, exist_ok=True)
-            probe = os.path.join(path, '.write_test')
-            with open(probe, 'w'):
-                pass
-            os.remove(probe)
-        except OSError as e:
-            raise ConfigError(f'--{flag} {path} is not writable ({e.strerror}); choose another '
-                              f'folder') from None
-
-
 def seed_everything(seed):
     """Seed Python, numpy and torch (CPU and all GPUs)."""
     random.seed(seed)
@@ -469,40 +286,65 @@ def start_distributed(config):
 
     Ranks other than 0 print nothing (their stdout goes to os.devnull); errors still reach stderr.
     """
-    from solver import ConfigError, broadcast_object, init_distributed, is_main
     try:
         init_distributed(config)
     except ConfigError as e:
-        print(f'error: {e}', file=sys.stderr)
-        raise SystemExit(2)
+        fail(e)
     config.seed = broadcast_object(config.seed)  # a seed drawn at random differs per rank
     if not is_main():
         sys.stdout = open(os.devnull, 'w')
 
 
-def main(argv=None):
-    """Parse flags and run the chosen mode; returns testAUC's metrics dict, else None."""
+# Flags that were removed because this project's measurements showed they did not help
+# (docs/results.md); a command line that still names one gets this line.
+REMOVED_FLAGS = {
+    '--augment': 'training flips images as the original; the added augmentation did not help',
+    '--aug_strength': 'training flips images as the original; the added augmentation did not '
+                      'help',
+    '--diff_augment': 'DiffAugment did not help; train without it',
+    '--g_ema_decay': 'the weight average did not help; --ensemble N (the last N checkpoints) '
+                     'replaces it',
+    '--test_ema': 'the weight average did not help; --ensemble N (the last N checkpoints) '
+                  'replaces it',
+}
+
+
+def fail(message):
+    """A problem the user must fix: one line on stderr, exit status 2, no traceback."""
+    print(f'error: {message}', file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse(argv):
+    """The config from the command line, checked before any work."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    for arg in args:
+        name = arg.split('=', 1)[0]
+        if name in REMOVED_FLAGS:
+            fail(f'{name} was removed: {REMOVED_FLAGS[name]} (docs/results.md)')
     parser = build_parser()
-    config = parser.parse_args(argv)
-    check_architecture(parser, config)
-    problem = check_limits(config)
+    config = parser.parse_args(args)
+    problem = limits.check_architecture(config) or limits.check_limits(config)
     if problem:
-        print(f'error: {problem}', file=sys.stderr)
-        raise SystemExit(2)
+        fail(problem)
     if config.seed is None and config.mode == 'train' and config.resume_iters is not None:
-        from solver import ConfigError
         try:
             config.seed = resumed_seed(config)
         except ConfigError as e:
-            print(f'error: {e}', file=sys.stderr)
-            raise SystemExit(2)
+            fail(e)
     if config.seed is None:
         config.seed = int.from_bytes(os.urandom(4), 'little') >> 1
+    return parser, config
+
+
+def main(argv=None):
+    """Parse flags and run the chosen mode; returns testAUC's metrics dict, else None."""
+    parser, config = parse(argv)
     start_distributed(config)  # torchrun; nothing happens on one process
     print('Options (differing from the defaults):', non_default_options(parser, config))
 
     import data_loader
-    from solver import ConfigError, Solver, is_main
+    from solver import Solver
     torch.backends.cudnn.benchmark = not config.deterministic
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -513,15 +355,14 @@ def main(argv=None):
         if config.mode != 'train' and not is_main():
             return None  # under torchrun, test and testAUC run on rank 0 alone (same result)
         if is_main():  # one probe file, not one per rank
-            check_writable(config)
+            limits.check_writable(config)
         if config.mode == 'train':
-            lock = prepare_run_folder(config)
+            lock = runfiles.prepare_run_folder(config)
         # score needs no dataset layout, only the images under --score_dir
         split = (data_loader.resolve_split(config, config.mode) if config.mode != 'score'
                  else None)
         if config.mode == 'train':
-            from solver import resolve_device
-            check_memory(config, split, resolve_device(config.device))
+            limits.check_memory(config, split, resolve_device(config.device))
         solver = Solver(config, split)
         if config.mode == 'train':
             solver.train()
@@ -531,19 +372,16 @@ def main(argv=None):
             return solver.score_folder()
         else:
             return solver.test_auc()
-    except (data_loader.DataError, ConfigError) as e:
-        # Problems the user must fix: one clear line, no traceback.
-        print(f'error: {e}', file=sys.stderr)
-        raise SystemExit(2)
+    except (DataError, ConfigError) as e:
+        fail(e)
     except OSError as e:
         if e.errno not in DISK_FULL:
             raise
         # A full disk or quota while writing a log, sample or record: one line; the checkpoint
         # sets written before are whole (runfiles.save_checkpoint_set).
         where = f' writing {e.filename}' if e.filename else ''
-        print(f'error: {e.strerror}{where}; free space (or choose other output folders), then '
-              f'resume with --resume_iters latest', file=sys.stderr)
-        raise SystemExit(2)
+        fail(f'{e.strerror}{where}; free space (or choose other output folders), then resume '
+             f'with --resume_iters latest')
     finally:
         if lock is not None:
             lock.release()

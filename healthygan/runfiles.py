@@ -19,6 +19,7 @@ import warnings
 import torch
 
 from healthygan import errors
+from healthygan.distributed import is_main
 
 LOCK = '.healthygan.lock'
 TMP_SUFFIX = '.tmp'  # save_checkpoint_set and solver.save_atomic write <file>.tmp, then rename
@@ -423,3 +424,34 @@ def saved_run_config(model_save_dir, iters):
                 warn(f'{path} is not readable JSON; the resume is not compared with it')
                 return None, 1
     return None, 1
+
+
+def available_iters(model_save_dir, suffix='-G.ckpt'):
+    """Sorted iteration numbers N for which <N><suffix> exists (e.g. '-G.ckpt', '-state.pt')."""
+    if not os.path.isdir(model_save_dir):
+        return []
+    stems = (n[:-len(suffix)] for n in os.listdir(model_save_dir) if n.endswith(suffix))
+    return sorted(int(stem) for stem in stems if stem.isdigit())
+
+
+def prepare_run_folder(config):
+    """Train mode: lock --model_save_dir, clear temporaries of a killed save, and refuse (or,
+    --overwrite true, move aside) another run's files. Returns the lock, or None."""
+    lock = None
+    if is_main():
+        lock = RunLock(config.model_save_dir).acquire()
+    try:
+        if is_main():
+            remove_stale_temporaries(config.model_save_dir)
+        parse_allowed(config.allow_changes)  # a typo fails now, not at resume time
+        if config.resume_iters is None:
+            dest = check_new_run(config.model_save_dir, config.overwrite,
+                                          move=is_main())
+            stats = os.path.join(config.log_dir, 'stats.jsonl')
+            if dest and os.path.exists(stats):  # the old run's losses, not the new one's
+                shutil.move(stats, os.path.join(dest, 'stats.jsonl'))
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock

@@ -9,7 +9,8 @@ import data_loader
 import main as cli
 import metrics
 from conftest import tiny_args
-from solver import CheckpointError, best_aucp_iters, read_aucp_log
+from healthygan.errors import CheckpointError
+from healthygan.selection import best_aucp_iters, read_aucp_log
 
 
 def test_hold_out_depends_on_names_only():
@@ -76,45 +77,3 @@ def test_best_aucp_without_records_is_a_clear_error(tmp_path, folder_dataset, ca
         cli.main(['--mode', 'testAUC', *args, '--test_iters', 'best_aucp'])
     assert e.value.code == 2
     assert 'holdout_fraction' in capsys.readouterr().err
-
-
-def test_update_ema_is_the_moving_average():
-    import torch
-    from solver import update_ema
-    model, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
-    before = ema.weight.detach().clone()
-    update_ema(ema, model, 0.9)
-    assert torch.allclose(ema.weight, 0.9 * before + 0.1 * model.weight.detach())
-
-
-def test_ema_decay_warms_up_then_holds():
-    from solver import ema_decay
-    assert ema_decay(0.999, 1) == pytest.approx(2 / 11)
-    assert ema_decay(0.999, 100) == pytest.approx(101 / 110)
-    assert ema_decay(0.999, 10 ** 6) == 0.999
-    # The share of the initial weights left after 2,000 updates: negligible with the warm-up.
-    share = 1.0
-    for t in range(1, 2001):
-        share *= ema_decay(0.999, t)
-    assert share < 1e-6 < 0.999 ** 2000
-
-
-def test_averaged_generator_is_saved_resumed_and_tested(tmp_path, folder_dataset):
-    import torch
-    args = tiny_args(tmp_path, folder_dataset, '--holdout_fraction', '0.34')
-    train = ['--mode', 'train', *args, '--g_ema_decay', '0.5', '--model_save_step', '4',
-             '--sample_step', '100', '--use_tensorboard', 'false', '--n_critic', '1']
-    cli.main([*train, '--num_iters', '4'])
-    models = tmp_path / 'run' / 'models'
-    g = torch.load(models / '4-G.ckpt', weights_only=True)
-    ema = torch.load(models / '4-G_ema.ckpt', weights_only=True)
-    assert g.keys() == ema.keys()
-    assert any(not torch.equal(g[k], ema[k]) for k in g)
-    cli.main([*train, '--num_iters', '8', '--resume_iters', 'latest'])
-    records = read_aucp_log(str(models))
-    assert sorted(records) == [4, 8] and all('AUCp_ema' in r for r in records.values())
-    result = cli.main(['--mode', 'testAUC', *args, '--test_iters', 'best_aucp',
-                       '--test_ema', 'true'])
-    assert result['iteration'] in (4, 8)
-    with pytest.raises(SystemExit):
-        cli.main(['--mode', 'train', *args, '--g_ema_decay', '1.5', '--num_iters', '1'])

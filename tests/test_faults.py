@@ -174,13 +174,13 @@ def test_a_full_disk_during_a_save_keeps_earlier_sets_and_says_so_in_one_line(
 
 def test_a_full_disk_while_writing_a_sample_is_one_line(tmp_path, folder_dataset, capsys,
                                                        monkeypatch, run2):
-    import solver
+    from healthygan import training
     before = digests(run2)
 
     def full_disk(grid, path, **k):  # a real full disk cannot be made here
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(solver, 'save_image', full_disk)
+    monkeypatch.setattr(training, 'save_image', full_disk)
     code, _, err = run(capsys, train(tmp_path, folder_dataset, '--num_iters', '6',
                                      '--resume_iters', 'latest', '--sample_step', '1'))
     line = error_line(err)

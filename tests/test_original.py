@@ -109,7 +109,8 @@ def plain_original_loop(ref):
 
 def project_default_training(ref):
     """This project's training step, every added flag at its default, from the same start."""
-    from solver import Solver, learning_rate
+    from healthygan.losses import learning_rate
+    from solver import Solver
     c = ref['config']
     argv = ['--device', 'cpu', '--seed', '0', '--num_workers', '0']
     for k in ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num',

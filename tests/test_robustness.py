@@ -16,14 +16,11 @@ def load(path):
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize('extra', [[], ['--holdout_fraction', '0.34', '--g_ema_decay', '0.5'],
-                                   ['--augment', 'affine', '--diff_augment',
-                                    'color,translation,cutout']],
-                         ids=['plain', 'aucp+ema', 'augment'])
+@pytest.mark.parametrize('extra', [[], ['--holdout_fraction', '0.34']], ids=['plain', 'aucp'])
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, folder_dataset, extra):
     # 12 pairs an epoch at batch 2: 8 iterations cross an epoch boundary (reshuffle) at 6.
-    # With held-out images scored at every checkpoint (AUCp) and an averaged G, the same holds:
-    # scoring must not move G's running statistics.
+    # With held-out images scored at every checkpoint (AUCp) the same holds: scoring must not
+    # move G's running statistics.
     common = ['--deterministic', 'true', '--use_tensorboard', 'false', '--model_save_step', '3',
               *extra]
     cli.main(tiny_args(tmp_path / 'full', folder_dataset, '--num_iters', '8', *common))
@@ -31,7 +28,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, folde
     assert os.path.exists(tmp_path / 'part' / 'run' / 'models' / '3-state.pt')
     cli.main(tiny_args(tmp_path / 'part', folder_dataset, '--num_iters', '8',
                        '--resume_iters', '3', *common))
-    for net in ('G', 'D') + (('G_ema',) if '--g_ema_decay' in extra else ()):
+    for net in ('G', 'D'):
         a = load(tmp_path / 'full' / 'run' / 'models' / f'8-{net}.ckpt')
         b = load(tmp_path / 'part' / 'run' / 'models' / f'8-{net}.ckpt')
         assert all(torch.equal(a[k], b[k]) for k in a), net  # bit for bit

@@ -39,7 +39,7 @@ def test_test_time_uses_per_image_statistics_not_the_stored_running_ones(tmp_pat
     # ... while eval() (running statistics) would change them: the test above is not vacuous.
     solver2.G.eval()
     with torch.no_grad():
-        from solver import generate
+        from healthygan.losses import generate
         from metrics import anomaly_score
         x_hat_eval, _, _ = generate(solver2.G, x)
     assert not torch.allclose(anomaly_score(x, x_hat_eval), reference, atol=1e-3)

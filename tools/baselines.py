@@ -51,7 +51,9 @@ import main as cli  # noqa: E402
 import metrics  # noqa: E402
 from data_loader import DataError  # noqa: E402
 from model import Generator, count_parameters  # noqa: E402
-from solver import ConfigError, load_state_dict_checked, resolve_device, save_atomic  # noqa: E402
+from healthygan.checkpoints import load_state_dict_checked, save_atomic  # noqa: E402
+from healthygan.errors import ConfigError  # noqa: E402
+from healthygan.fast import resolve_device  # noqa: E402
 
 # The global image statistics, in the column order of global_statistics().
 STATISTICS = ('mean_intensity', 'contrast', 'sharpness')

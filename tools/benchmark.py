@@ -39,7 +39,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import main as cli  # noqa: E402
-import solver as S  # noqa: E402
+from healthygan import errors, fast, limits, losses  # noqa: E402
+from solver import Solver  # noqa: E402
 
 # Each variant: the fast-path flags it sets on top of the command line's (None: the original
 # loop). 'fast' is the --fast preset for the device.
@@ -62,7 +63,7 @@ VARIANTS = {
     'fast': {'fast': True},
 }
 # The variants that run the original's loop rather than Solver's step.
-ORIGINAL_LOOPS = {'original': S.ORIGINAL_SPEED, 'original_fp32': {**S.ORIGINAL_SPEED, 'tf32': False}}
+ORIGINAL_LOOPS = {'original': fast.ORIGINAL_SPEED, 'original_fp32': {**fast.ORIGINAL_SPEED, 'tf32': False}}
 DEFAULT_VARIANTS = 'original,default,reuse_fake,merge_critic,channels_last,critic_matmul,' \
                    'gp_explicit,adam_foreach,adam_fused,amp_bf16,compile,fast'
 
@@ -89,12 +90,12 @@ def original_cycle(solver, x_A, x_B):
     loss = {}
     for i in range(c.n_critic):
         # 2. Critic: G runs with autograd on, though only its detached output is used.
-        d_loss_real = S.d_loss_real_fn(D(x_B)[1])
-        x_fake, _, _ = S.generate(G, x_A)
-        d_loss_fake = S.d_loss_fake_fn(D(x_fake.detach())[1])
+        d_loss_real = losses.d_loss_real_fn(D(x_B)[1])
+        x_fake, _, _ = losses.generate(G, x_A)
+        d_loss_fake = losses.d_loss_fake_fn(D(x_fake.detach())[1])
         alpha = torch.rand(x_B.size(0), 1, 1, 1, device=x_B.device)
-        x_int = S.interpolate(x_B, x_fake, alpha)
-        d_loss_gp = S.gradient_penalty(D(x_int)[1], x_int)
+        x_int = losses.interpolate(x_B, x_fake, alpha)
+        d_loss_gp = losses.gradient_penalty(D(x_int)[1], x_int)
         d_loss = d_loss_real + d_loss_fake + c.lambda_gp * d_loss_gp
         solver.g_optimizer.zero_grad()
         solver.d_optimizer.zero_grad()
@@ -105,15 +106,15 @@ def original_cycle(solver, x_A, x_B):
         if (i + 1) % c.n_critic == 0:
             # 3. Generator: fresh passes of G on both batches.
             image_logits, mask_logit_A = G(x_A)
-            x_raw_A, mask_A = torch.tanh(image_logits), S.mask_from_logit(mask_logit_A)
-            g_loss_fake = S.g_adv_loss(D(S.blend(x_A, x_raw_A, mask_A))[1])
-            g_loss_rec = S.reconstruction_loss(x_A, x_raw_A, mask_A)
+            x_raw_A, mask_A = torch.tanh(image_logits), losses.mask_from_logit(mask_logit_A)
+            g_loss_fake = losses.g_adv_loss(D(losses.blend(x_A, x_raw_A, mask_A))[1])
+            g_loss_rec = losses.reconstruction_loss(x_A, x_raw_A, mask_A)
             image_logits, mask_logit_B = G(x_B)
-            x_raw_B, mask_B = torch.tanh(image_logits), S.mask_from_logit(mask_logit_B)
-            g_loss_fake_id = S.g_adv_loss(D(S.blend(x_B, x_raw_B, mask_B))[1])
-            g_loss_id = S.identity_loss(x_B, x_raw_B)
-            mask_loss_A, small_A, zo_A = S.mask_loss(mask_A, c.lambda_msmall, c.lambda_mzerone)
-            mask_loss_B, small_B, zo_B = S.mask_loss(mask_B, c.lambda_msmall, c.lambda_mzerone)
+            x_raw_B, mask_B = torch.tanh(image_logits), losses.mask_from_logit(mask_logit_B)
+            g_loss_fake_id = losses.g_adv_loss(D(losses.blend(x_B, x_raw_B, mask_B))[1])
+            g_loss_id = losses.identity_loss(x_B, x_raw_B)
+            mask_loss_A, small_A, zo_A = losses.mask_loss(mask_A, c.lambda_msmall, c.lambda_mzerone)
+            mask_loss_B, small_B, zo_B = losses.mask_loss(mask_B, c.lambda_msmall, c.lambda_mzerone)
             g_loss_mask = 0.5 * mask_loss_A + 0.5 * mask_loss_B
             g_loss = (g_loss_fake + g_loss_fake_id + c.lambda_id * g_loss_id
                       + c.lambda_rec * g_loss_rec + c.lambda_mask * g_loss_mask)
@@ -148,13 +149,13 @@ def make_solver(config, name, seed):
     ignored), then the variant's own flags on top; the same seed, so the same weights."""
     c = copy.deepcopy(config)
     c.fast = False
-    for flag in S.SPEED_FLAGS:
+    for flag in fast.SPEED_FLAGS:
         setattr(c, flag, None)
     for part in name.split('+'):  # 'a+b': the fast paths of both
         for flag, value in (VARIANTS[part] or {}).items():
             setattr(c, flag, value)
     torch.manual_seed(seed)
-    return S.Solver(c)
+    return Solver(c)
 
 
 def variant_speed(name, solver):
@@ -168,7 +169,7 @@ TORCH_TF32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_
 
 def set_switches(speed):
     """The process-wide cuDNN / TF32 switches of one variant (tf32 None: torch's defaults)."""
-    S.apply_backend_switches(speed, False)
+    fast.apply_backend_switches(speed, False)
     if speed['tf32'] is None:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = TORCH_TF32
 
@@ -300,7 +301,9 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     config = parser.parse_args(argv)
-    cli.check_architecture(parser, config)
+    problem = limits.check_architecture(config)
+    if problem:
+        parser.error(problem)
     names = [v.strip() for v in config.variants.split(',') if v.strip()]
     unknown = [v for v in names for part in v.split('+') if part not in VARIANTS
                or (part in ORIGINAL_LOOPS and v != part)]
@@ -308,7 +311,7 @@ def main(argv=None):
         parser.error(f'--variants: unknown {unknown}; choose from {", ".join(VARIANTS)}')
     seed = 0 if config.seed is None else config.seed
     config.seed = seed
-    device = S.resolve_device(config.device)
+    device = fast.resolve_device(config.device)
     threads = torch.get_num_threads()
     n, size = config.batch_size, config.image_size
     gen = torch.Generator().manual_seed(seed)
@@ -328,7 +331,7 @@ def main(argv=None):
     for name in names:
         try:
             solver = make_solver(config, name, seed)
-        except S.ConfigError as e:
+        except errors.ConfigError as e:
             print(f'{name}: skipped ({e})')
             continue
         a, b = variant_inputs(name, solver, x_A, x_B)
@@ -405,7 +408,7 @@ def main(argv=None):
             'max_abs_loss_diff_vs_' + reference: diff,
             'infer_img_per_s': n / statistics.median(infer[name]),
             'first_cycle_s': first_cycle_s[name],
-            'speed_flags': {k: speed[k] for k in S.SPEED_FLAGS},
+            'speed_flags': {k: speed[k] for k in fast.SPEED_FLAGS},
         })
 
     width = max(14, *(len(name) for name in solvers))

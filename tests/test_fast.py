@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import main as cli
-import solver as S
+from healthygan import fast, losses  # noqa: E402
+from solver import Solver  # noqa: E402
 from conftest import tiny_args
 from tools import benchmark
 
@@ -22,7 +23,7 @@ FP32_TOL, AMP_TOL = 1e-4, 5e-2
 def make(*flags, seed=0):
     config = cli.build_parser().parse_args(TINY + list(flags))
     torch.manual_seed(seed)
-    return S.Solver(config)
+    return Solver(config)
 
 
 def batches(n=2, seed=1):
@@ -100,7 +101,7 @@ def test_conv2d_as_matmul_is_the_convolution_and_its_double_backward(shape, out_
                                                                      channels_last):
     # Values, input and weight gradients, and the gradient penalty's second-order gradient
     # with respect to the weights: what the critic step needs of each of D's layers.
-    from model import conv2d_as_matmul
+    from healthygan.fast_critic import conv2d_as_matmul
     torch.manual_seed(0)
     k, stride = (4, 2) if out_channels > 1 else (3, 1)
     conv = torch.nn.Conv2d(shape[1], out_channels, k, stride, 1, bias=bias).double()
@@ -131,7 +132,7 @@ def test_input_gradient_is_autograds_and_so_is_the_penalty_gradient(image_size, 
     # --gp_explicit: D.input_gradient against autograd's gradient of D's summed patch logits,
     # and the gradient penalty's weight gradients (one first-order backward) against autograd's
     # double backward, in float64 so that only the order of the sums differs.
-    from model import Discriminator
+    from healthygan.fast_critic import FastCritic as Discriminator
     torch.manual_seed(0)
     D = Discriminator(image_size, 4, 0, repeat_num).double()
     D.matmul_side = matmul_side
@@ -145,11 +146,11 @@ def test_input_gradient_is_autograds_and_so_is_the_penalty_gradient(image_size, 
         xi = x.clone().requires_grad_(True)
         if explicit:
             grad = D.input_gradient(xi)
-            penalty = S.penalty_of_gradient(grad)
+            penalty = losses.penalty_of_gradient(grad)
         else:
             out = D(xi)[1]
             grad, = torch.autograd.grad(out.sum(), xi, create_graph=True)
-            penalty = S.gradient_penalty(out, xi)
+            penalty = losses.gradient_penalty(out, xi)
         penalty.backward()
         # The biases get no gradient from the penalty: explicitly none, from autograd zeros.
         return grad.detach(), penalty.detach(), [
@@ -168,16 +169,16 @@ def test_input_gradient_is_autograds_and_so_is_the_penalty_gradient(image_size, 
 def test_inplace_critic_activations_change_no_gradient(explicit):
     # --compile turns the critic's LeakyReLU in place; the critic step's gradients, through
     # the real/fake passes and either form of the gradient penalty, stay the same bit for bit.
-    from model import Discriminator
+    from healthygan.fast_critic import FastCritic as Discriminator
     x_real, x_fake = torch.randn(2, 4, 3, 16, 16).unbind()
 
     def critic_step_grads(inplace):
         torch.manual_seed(0)
         D = Discriminator(16, 4, 0, 3)
         D.set_inplace_activations(inplace)
-        x_int = S.interpolate(x_real, x_fake, torch.full((4, 1, 1, 1), 0.3))
-        gp = S.penalty_of_gradient(D.input_gradient(x_int)) if explicit else \
-            S.gradient_penalty(D(x_int)[1], x_int)
+        x_int = losses.interpolate(x_real, x_fake, torch.full((4, 1, 1, 1), 0.3))
+        gp = losses.penalty_of_gradient(D.input_gradient(x_int)) if explicit else \
+            losses.gradient_penalty(D(x_int)[1], x_int)
         loss = -D(x_real)[1].mean() + D(x_fake)[1].mean() + 10 * gp
         loss.backward()
         return [loss.detach()] + [p.grad for p in D.parameters()]
@@ -198,16 +199,16 @@ def test_gp_explicit_skips_the_double_backward(monkeypatch):
                         lambda *a, **k: seen.append(k.get('create_graph')) or real_grad(*a, **k))
     losses = solver.d_step(*batches(1)[0])
     assert seen == [] and float(losses['D/loss_gp']) > 0
-    assert S.fast_preset(torch.device('cpu'))['gp_explicit']  # measured faster on the CPU
+    assert fast.fast_preset(torch.device('cpu'))['gp_explicit']  # measured faster on the CPU
     assert not make().speed['gp_explicit']  # off by default: the original's double backward
 
 
 def test_critic_matmul_runs_only_the_small_maps_as_matmuls(monkeypatch):
-    import model
+    from healthygan import fast_critic
     solver = make('--critic_matmul', 'true')  # 16 px, d_repeat_num 3: inputs 16, 8, 4 px
     sides = []
-    real = model.conv2d_as_matmul
-    monkeypatch.setattr(model, 'conv2d_as_matmul',
+    real = fast_critic.conv2d_as_matmul
+    monkeypatch.setattr(fast_critic, 'conv2d_as_matmul',
                         lambda x, conv: sides.append(x.shape[-1]) or real(x, conv))
     x = torch.randn(2, 3, 16, 16)
     plain = make()
@@ -232,8 +233,8 @@ def test_generator_step_takes_no_gradient_for_the_critic():
 def test_merged_critic_pass_gives_each_batch_its_own_outputs():
     D = make().D
     a, b = torch.randn(3, 3, 16, 16), torch.randn(5, 3, 16, 16)
-    merged = S.critic(D, [a, b], merge=True)
-    separate = S.critic(D, [a, b], merge=False)
+    merged = fast.critic(D, [a, b], merge=True)
+    separate = fast.critic(D, [a, b], merge=False)
     for m, s in zip(merged, separate):
         assert m.shape == s.shape and torch.allclose(m, s, atol=1e-6)
 
@@ -242,7 +243,7 @@ def test_translate_under_fast_paths():
     x = batches(1)[0][0]
     plain = make()
     with torch.no_grad():
-        expected = S.generate(plain.G, x)
+        expected = losses.generate(plain.G, x)
     got = plain.translate(x)  # inference_mode: the same values as the original's no_grad
     assert all(torch.equal(g, e) for g, e in zip(got, expected))
     for flags, tol in ((['--channels_last', 'true'], 1e-5), (['--amp', 'bf16'], 5e-2)):
@@ -282,7 +283,7 @@ def test_compile_without_a_cpp_compiler_runs_eagerly(monkeypatch, capsys):
     monkeypatch.setenv('PATH', '')
     monkeypatch.setenv('CXX', 'no-such-compiler')
     module = torch.nn.Linear(2, 2)
-    assert S.maybe_compile(module, 'G', torch.device('cpu')) is module
+    assert fast.maybe_compile(module, 'G', torch.device('cpu')) is module
     assert 'no C++ compiler' in capsys.readouterr().err
 
 
@@ -291,7 +292,7 @@ def test_compile_failure_falls_back_to_eager(capsys):
         def forward(self, x):  # a graph break inside fullgraph compilation: a real failure
             torch._dynamo.graph_break()
             return x * 2
-    wrapped = S.CompiledOrEager(Unsupported(), 'G')
+    wrapped = fast.CompiledOrEager(Unsupported(), 'G')
     wrapped.compiled = torch.compile(wrapped.module, fullgraph=True, backend='eager')
     x = torch.ones(2)
     assert torch.equal(wrapped(x), x * 2) and wrapped.compiled is None

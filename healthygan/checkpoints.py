@@ -1,0 +1,249 @@
+"""Checkpoint files: the original's bare G/D state dicts, the training state beside them, and
+which iteration a flag names."""
+import datetime
+import os
+import platform
+import subprocess
+import sys
+
+import torch
+
+from healthygan import runfiles
+from healthygan.runfiles import available_iters
+from healthygan.distributed import average_buffers, barrier, is_main, world_size
+from healthygan.errors import CheckpointError, ConfigError
+from healthygan.selection import best_aucp_iters
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a truncated file."""
+    tmp = path + '.tmp'
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def resolve_iters(value, model_save_dir, flag, variant='mean'):
+    """An iteration number, 'latest' (the highest checkpoint in model_save_dir) or 'best_aucp'."""
+    found = available_iters(model_save_dir)
+    if value == 'best_aucp':
+        if flag == '--resume_iters':
+            raise ConfigError('--resume_iters best_aucp: resume from a number or latest')
+        return best_aucp_iters(model_save_dir, flag, variant)
+    if value == 'latest':
+        # the newest complete set (G with its D); a G left alone by a cut-short save is skipped
+        complete = runfiles.complete_iters(model_save_dir)
+        newer = [i for i in runfiles.incomplete_iters(model_save_dir)
+                 if not complete or i > complete[-1]]
+        if newer:
+            runfiles.warn(f'{flag} latest: skipping the incomplete checkpoint set(s) '
+                          f'{", ".join(map(str, newer))} in {model_save_dir} (no -D.ckpt)')
+        if not complete:
+            raise CheckpointError(f'{flag} latest: no complete checkpoint set (<N>-G.ckpt with '
+                                  f'<N>-D.ckpt) in {model_save_dir}')
+        return complete[-1]
+    if int(value) not in found:
+        listing = ', '.join(map(str, found)) if found else 'none'
+        raise CheckpointError(f'{flag} {value}: {os.path.join(model_save_dir, f"{value}-G.ckpt")} '
+                              f'does not exist. Checkpoints in {model_save_dir}: {listing}')
+    return int(value)
+
+
+def last_good(last_saved, model_save_dir):
+    """The NaN guard's pointer to the last good checkpoint, or that none was saved."""
+    if last_saved == 0:
+        return f'no checkpoint was saved before it in {model_save_dir}'
+    return f'the last good checkpoint is iteration {last_saved} in {model_save_dir}'
+
+
+def architecture_of(state, name):
+    """The architecture flags a G or D state dict was built with: {'--g_conv_dim': 64, ...}."""
+    p = 'g' if name == 'Generator' else 'd'
+    if 'main.0.weight' not in state:
+        return {}
+    if p == 'g':
+        blocks = {k.split('.')[1] for k in state if k.endswith('.main.0.weight')}
+    else:
+        blocks = {k.split('.')[1] for k in state
+                  if k.startswith('main.') and k.endswith('.weight')}
+    return {f'--{p}_conv_dim': int(state['main.0.weight'].shape[0]),
+            f'--{p}_repeat_num': len(blocks)}
+
+
+def load_checked(path, what='checkpoint'):
+    """A dict saved with torch.save, read safely (weights_only), or one clear error."""
+    state = runfiles.load_weights_only(path, what)
+    if not isinstance(state, dict):
+        raise CheckpointError(f'{path} holds a {type(state).__name__}, not a state dict')
+    return state
+
+
+def load_state_dict_checked(model, path, name):
+    """Load a bare state dict (weights_only) into model, with errors that say what is wrong."""
+    state = load_checked(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        shapes = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+                  for k in own if k in state and state[k].shape != own[k].shape]
+        detail = '; '.join(filter(None, [
+            f'missing keys {missing[:3]}' if missing else '',
+            f'unexpected keys {extra[:3]}' if extra else '',
+            f'shape mismatch {shapes[:2]}' if shapes else '']))
+        theirs, ours = architecture_of(state, name), architecture_of(own, name)
+        differ = [f'{flag} {theirs[flag]} (this run: {ours[flag]})' for flag in ours
+                  if flag in theirs and theirs[flag] != ours[flag]]
+        hint = ('The checkpoint was built with ' + ', '.join(differ) + '.') if differ else \
+            'Use the architecture flags the checkpoint was trained with.'
+        raise CheckpointError(f'{path} does not fit the {name} built from the flags: {hint} '
+                              f'({detail or e})') from None
+
+
+def run_metadata(config):
+    """Config, git commit and library versions, saved beside a run's checkpoints."""
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)),
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    import numpy
+    import torchvision
+    return {
+        'config': vars(config),
+        'git_commit': commit,
+        'versions': {'python': platform.python_version(), 'torch': str(torch.__version__),
+                     'torchvision': str(torchvision.__version__), 'numpy': str(numpy.__version__)},
+        'command': ' '.join(sys.argv),
+        'started': datetime.datetime.now().isoformat(timespec='seconds'),
+    }
+
+
+class Checkpointing:
+    """The Solver's checkpoint files: G and D in the original's format, and the training state
+    (optimizers, RNG, data position) that makes a resume exact."""
+
+    def restore_model(self, iters, load_D=True):
+        """Load <iters>-G.ckpt (and -D.ckpt when asked and present) from model_save_dir."""
+        d = self.config.model_save_dir
+        print(f'Loading the trained models from step {iters}...')
+        load_state_dict_checked(self.G, os.path.join(d, f'{iters}-G.ckpt'), 'Generator')
+        D_path = os.path.join(d, f'{iters}-D.ckpt')
+        if load_D and os.path.exists(D_path):
+            load_state_dict_checked(self.D, D_path, 'Discriminator')
+
+    def save_model(self, iters):
+        """Write <iters>-G.ckpt and <iters>-D.ckpt as bare state dicts (original format)."""
+        runfiles.save_checkpoint_set({f'{iters}-G.ckpt': self.G.state_dict(),
+                                      f'{iters}-D.ckpt': self.D.state_dict()},
+                                     self.config.model_save_dir, iters)  # as one set
+
+    def training_state(self, iters, sampler, pairs_done):
+        """<iters>-state.pt: both optimizers, RNG states and the data position, for exact resume.
+
+        Written beside the original-format <iters>-G/D.ckpt (which it does not replace); the
+        original saved no optimizer state, so its resumed runs were not the run they continued.
+        """
+        return {
+            'iteration': iters,
+            'g_optimizer': self.g_optimizer.state_dict(),
+            'd_optimizer': self.d_optimizer.state_dict(),
+            'scaler': self.scaler.state_dict(),  # --amp fp16's loss scale ({} otherwise)
+            'rng_torch': torch.get_rng_state(),
+            'rng_cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # Position in the epoch's order in pairs of the global batch (every rank's batch
+            # together): another number of ranks resumes at the same pair.
+            'data_epoch': sampler.epoch, 'data_pairs_done': pairs_done,
+            'world_size': world_size(),
+            'metadata': self.metadata,
+        }
+
+    def prune_states(self):
+        """--keep_last_states K: delete all but the newest K state files."""
+        c = self.config
+        if c.keep_last_states > 0:  # bound the disk use of long runs
+            for old in available_iters(c.model_save_dir, '-state.pt')[:-c.keep_last_states]:
+                os.remove(os.path.join(c.model_save_dir, f'{old}-state.pt'))
+
+    def load_training_state(self, iters):
+        """Restore optimizers, RNG and data position from <iters>-state.pt, if it exists."""
+        path = os.path.join(self.config.model_save_dir, f'{iters}-state.pt')
+        if not os.path.exists(path):
+            print(f'warning: {path} not found: resuming from the weights only (optimizer '
+                  f'state and data order start afresh, as in the original)')
+            self.check_resume_config(runfiles.saved_run_config(self.config.model_save_dir,
+                                                               iters), path)
+            return None
+        state = runfiles.load_weights_only(path, 'training state')
+        if not isinstance(state, dict) or 'g_optimizer' not in state:
+            raise CheckpointError(f'{path} is not a training state this program wrote')
+        if state.get('iteration') != iters:
+            raise CheckpointError(f'{path} holds the state of iteration {state.get("iteration")}, '
+                                  f'not {iters}: it belongs to another run; remove it or '
+                                  f'resume from its own checkpoints')
+        meta = state.get('metadata') or {}
+        self.check_resume_config((meta.get('config'), meta.get('world_size', 1)), path)
+        for opt, model, name in ((state['g_optimizer'], self.G, 'G'),
+                                 (state['d_optimizer'], self.D, 'D')):
+            unfit = runfiles.check_optimizer_fits(opt, model, name)
+            if unfit:
+                raise CheckpointError(f'{path} does not fit the networks built from the flags '
+                                      f'({unfit}): it was written by another architecture')
+        try:
+            self.g_optimizer.load_state_dict(state['g_optimizer'])
+            self.d_optimizer.load_state_dict(state['d_optimizer'])
+            if state.get('scaler'):
+                self.scaler.load_state_dict(state['scaler'])
+        except Exception as e:
+            raise CheckpointError(f'cannot use training state {path}: {e}') from None
+        torch.set_rng_state(state['rng_torch'])
+        if state['rng_cuda'] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state['rng_cuda'])
+        return state
+
+    def check_resume_config(self, saved, path):
+        """Refuse a resume whose flags change the run (runfiles.RUN_FLAGS) unless
+        --allow_changes names them; the accepted changes go into the run's metadata."""
+        saved_config, saved_world = saved
+        if not saved_config:
+            return
+        c = self.config
+        allowed = runfiles.parse_allowed(getattr(c, 'allow_changes', None))
+        try:
+            self.accepted_changes = runfiles.check_resume_config(
+                saved_config, saved_world, vars(c), world_size(), allowed)
+        except ConfigError as e:
+            raise ConfigError(f'{e} [saved in {path}]') from None
+
+    def save_checkpoint(self, iters, sampler, pairs_done):
+        """G/D in the original format and the training state, written as one set (rank 0
+        only; every rank calls): runfiles.save_checkpoint_set."""
+        average_buffers(self.G)  # several ranks: the global batch's running statistics
+        if is_main():
+            files = {f'{iters}-G.ckpt': self.G.state_dict(), f'{iters}-D.ckpt': self.D.state_dict()}
+            files[f'{iters}-state.pt'] = self.training_state(iters, sampler, pairs_done)
+            runfiles.save_checkpoint_set(files, self.config.model_save_dir, iters)
+            self.prune_states()
+        barrier()
+
+
+def resumed_seed(config):
+    """--resume_iters without --seed: the seed of the run being resumed (its data order and
+    flips follow it), or None when no record holds one."""
+    iters = resolve_iters(config.resume_iters, config.model_save_dir, '--resume_iters')
+    path = os.path.join(config.model_save_dir, f'{iters}-state.pt')
+    saved = None
+    if os.path.exists(path):
+        state = runfiles.load_weights_only(path, 'training state')
+        saved = ((state.get('metadata') or {}).get('config') or {}) if isinstance(state, dict) \
+            else {}
+    if not saved:
+        saved = runfiles.saved_run_config(config.model_save_dir, iters)[0] or {}
+    return saved.get('seed')

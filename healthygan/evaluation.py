@@ -1,0 +1,514 @@
+"""Testing (the original's test and testAUC modes) and scoring unlabelled folders (added): one
+scoring path, the lung prior, thresholds, metrics and the files they write."""
+import csv
+import datetime
+import json
+import os
+import sys
+
+import torch
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+import data_loader
+import metrics
+from healthygan.checkpoints import load_checked, resolve_iters, save_atomic
+from healthygan.distributed import is_main
+from healthygan.errors import ConfigError
+from healthygan.fast import generate_amp
+from healthygan.selection import ensemble_members
+from healthygan.training import denorm, translation_grid
+
+LUNG_PRIOR_FILE = 'lung_prior.pt'  # beside the checkpoints: the 'lung' score's region
+
+
+class Evaluation:
+    """The Solver's test modes: translation grids, anomaly scores, AUROC and reports."""
+
+    def lung_region(self):
+        """The 'lung' score's region, or None (then self.lung_note says why it is left out).
+
+        Training computes it (metrics.lung_prior of the mean healthy training image) and saves
+        it beside the checkpoints; testing reads it from there, so that, as in the original,
+        testing needs no training image. Only where --score_variant lung asks for it and no
+        saved prior exists is it computed from the training images, when they are at hand.
+        """
+        if not hasattr(self, '_lung_region'):
+            self.lung_note = None
+            prior = self.read_lung_prior()
+            if prior is None and self.config.score_variant == 'lung':
+                prior = self.compute_lung_prior(required=True)
+            self._lung_region = None if prior is None else prior.to(self.device)
+        return self._lung_region
+
+    def lung_prior_path(self):
+        return os.path.join(self.config.model_save_dir, LUNG_PRIOR_FILE)
+
+    def read_lung_prior(self):
+        """The prior saved with the run at this --image_size, else None and a note."""
+        path = self.lung_prior_path()
+        if not os.path.exists(path):
+            self.lung_note = (f'left out: {path} not found (training saves it; runs trained '
+                              f'elsewhere, e.g. the released checkpoint, have none)')
+            return None
+        saved = load_checked(path, 'lung prior')
+        if saved.get('image_size') != self.config.image_size:
+            self.lung_note = (f'left out: {path} was made at {saved.get("image_size")} px, '
+                              f'testing is at --image_size {self.config.image_size}')
+            return None
+        return saved['prior'].float()[None, None]
+
+    def compute_lung_prior(self, required=False):
+        """metrics.lung_prior of the mean healthy training image ([1, 1, H, W], CPU)."""
+        try:
+            split = self.split if self.split and self.split.get('healthy') else \
+                data_loader.resolve_split(self.config, 'train')
+        except data_loader.DataError as e:
+            if not required:
+                raise
+            raise ConfigError(f'--score_variant lung needs the lung prior: '
+                              f'{self.lung_prior_path()} is missing and the healthy training '
+                              f'images cannot be read ({e}); choose another --score_variant') \
+                from None
+        # read from the training set's cache (training builds it; no second decode)
+        mean = data_loader.mean_image(split['healthy'], self.config,
+                                      among=split['mixed'] + split['healthy'])
+        return metrics.lung_prior(mean)
+
+    def save_lung_prior(self):
+        """Compute the lung prior from this run's healthy training images and save it with
+        the run (rank 0 writes; every rank keeps it for scoring)."""
+        prior = self.compute_lung_prior()
+        if is_main():
+            save_atomic({'prior': prior[0, 0].bool(), 'image_size': self.config.image_size},
+                        self.lung_prior_path())
+        self._lung_region, self.lung_note = prior.to(self.device), None
+
+    def translate(self, x):
+        """x_hat, x_raw, mask for a test batch.
+
+        Faithful to the original, G stays in training mode: InstanceNorm normalises every image
+        with its own statistics and the running statistics stored in the checkpoint are never
+        used (calling eval() would change the released model's scores). Runs under
+        inference_mode (the original: no_grad; same values) with the --amp / --channels_last /
+        --compile fast paths the flags ask for.
+        """
+        self.G.train()
+        with torch.inference_mode():
+            x_hat, x_raw, mask, _ = generate_amp(self.G_run, self.to_layout(x), self.amp_dtype)
+        return x_hat, x_raw, mask
+
+    def load_for_test(self):
+        """Resolve --test_iters and load G (D is not needed to test); with --ensemble N keep the
+        N checkpoints' weights up to it."""
+        c = self.config
+        iters = resolve_iters(c.test_iters, c.model_save_dir, '--test_iters', c.score_variant)
+        members = ensemble_members(c.model_save_dir, iters, c.ensemble)
+        self.ensemble_states = []
+        for member in members:  # the tested checkpoint last, so that it stays loaded
+            self.restore_model(member, load_D=False)
+            if len(members) > 1:
+                self.ensemble_states.append({k: v.clone() for k, v in self.G.state_dict().items()})
+        self.ensemble_iters = members
+        if len(members) > 1:
+            print(f'Snapshot ensemble of {len(members)} checkpoints: {members}')
+        return iters
+
+    def translate_scored(self, x, region=None):
+        """(x_hat, mask, anomaly map [N,1,H,W], {variant: score [N]}) for a test batch.
+
+        With a snapshot ensemble (--ensemble N > 1) the map and every score are the means over
+        the N checkpoints' translations; x_hat and mask are the tested (last) checkpoint's.
+        """
+        states = self.ensemble_states or [None]
+        amap, variants = 0, {}
+        for state in states:
+            if state is not None:
+                self.G.load_state_dict(state)
+            x_hat, _, mask = self.translate(x)
+            amap = amap + metrics.anomaly_map(x, x_hat)
+            for v, s in metrics.score_variants(x, x_hat, mask, region).items():
+                variants[v] = variants.get(v, 0) + s
+        n = len(states)
+        return x_hat, mask, amap / n, {v: s / n for v, s in variants.items()}
+
+    def test(self):
+        """Write translation grids (input, raw, blended, mask for a mixed and a healthy image)."""
+        c = self.config
+        iters = self.load_for_test()
+        os.makedirs(c.result_dir, exist_ok=True)
+        loader = data_loader.get_loader(c, 'test', self.split, self.device)
+        for k, (x_A, x_B) in enumerate(tqdm(loader, desc='test', file=sys.stdout)):
+            self.G.train()
+            with torch.no_grad():
+                grid = translation_grid(self.G, x_A.to(self.device), x_B.to(self.device))
+            path = os.path.join(c.result_dir, f'{iters}-{k + 1}-images.jpg')
+            save_image(denorm(grid.cpu()), path, nrow=1, padding=0)
+        print(f'Saved translated images into {c.result_dir}...')
+
+    @torch.no_grad()
+    def score_pass(self, loader, names=None, map_dir=None, keep_maps=(), desc='scoring'):
+        """One translation pass over a loader of (images, labels, indices[, errors]) batches.
+
+        Returns ({variant: float array [n]}, {index: anomaly map} for the indices in keep_maps,
+        {index: error} for unreadable images). With map_dir, each image's anomaly map is
+        written to map_dir/<names[index]> as a 16-bit PNG.
+        """
+        import numpy as np
+        import report
+        n = len(loader.dataset)
+        region = self.lung_region()
+        scores = {v: np.full(n, np.nan) for v in metrics.SCORE_VARIANTS
+                  if v != 'lung' or region is not None}
+        kept, errors = {}, {}
+        for batch in tqdm(loader, desc=desc, file=sys.stdout):
+            x, index = batch[0].to(self.device), batch[2].tolist()
+            bad = batch[3] if len(batch) > 3 else [''] * len(index)
+            _, _, amap, variants = self.translate_scored(x, region)
+            variants = {v: metrics.to_numpy(s) for v, s in variants.items()}
+            amap = metrics.to_numpy(amap)[:, 0].astype(np.float32)
+            for j, k in enumerate(index):
+                if bad[j]:
+                    errors[k] = bad[j]
+                    continue
+                for v, s in variants.items():
+                    scores[v][k] = s[j]
+                if map_dir is not None:
+                    report.save_map(amap[j], os.path.join(map_dir, names[k]))
+                if k in keep_maps:
+                    kept[k] = amap[j]
+        return scores, kept, errors
+
+    def validation_set(self, test_paths=()):
+        """(paths, labels, description) of the validation images, or None.
+
+        --val_dir DIR, else (Folder layout) <image_dir>/val when it exists: normal/ and
+        anomalous/ below it, as in test/.
+        """
+        c = self.config
+        where = c.val_dir
+        if not where and c.dataset == 'Folder' and os.path.isdir(os.path.join(c.image_dir, 'val')):
+            where = os.path.join(c.image_dir, 'val')
+        if not where:
+            return None
+        if not os.path.isdir(where):
+            raise data_loader.DataError(f'--val_dir {where} does not exist; it should hold '
+                                        f'normal/ and anomalous/ (as test/ does)')
+        normal = data_loader.list_images(os.path.join(where, 'normal'))
+        anomalous = data_loader.list_images(os.path.join(where, 'anomalous'))
+        # the same files by path (links resolved) or by content (a copy of the test set)
+        shared = {os.path.realpath(p) for p in normal + anomalous} & \
+            {os.path.realpath(p) for p in test_paths}
+        shared = sorted(shared) or [a for a, _ in data_loader.same_content(normal + anomalous,
+                                                                         list(test_paths))]
+        if shared:
+            raise ConfigError(f'{len(set(shared))} validation images in {where} are also test '
+                              f'images (e.g. {shared[0]}, same path or same content): a '
+                              f'threshold chosen on them is not independent of the test set; '
+                              f'use a disjoint --val_dir')
+        return normal + anomalous, [0] * len(normal) + [1] * len(anomalous), where
+
+    def validation_thresholds(self, val):
+        """The original's threshold rule applied to the validation scores of every variant."""
+        paths, labels, where = val
+        loader = data_loader.folder_loader(self.config, paths, labels)
+        scores, _, errors = self.score_pass(loader, desc='validation')
+        if errors:
+            raise data_loader.DataError(
+                f'{len(errors)} validation images cannot be read, e.g. '
+                f'{next(iter(errors.values()))}; remove them from {where}')
+        n_normal, n_anomalous = labels.count(0), labels.count(1)
+        source = (f"validation set {where} ({n_normal} normal, {n_anomalous} anomalous; the "
+                  f"original's rule, |TPR - (1 - FPR)| minimal, applied to it)")
+        thresholds = {v: metrics.original_threshold(labels, s)[0] for v, s in scores.items()}
+        info = {'dir': where, 'n_normal': n_normal, 'n_anomalous': n_anomalous,
+                'image_AUROC': {v: metrics.image_metrics(labels, s)['image_AUROC']
+                                for v, s in scores.items()}}
+        return thresholds, source, info
+
+    def draw_panels(self, dataset, indices, names, panel_dir, vmax, gt_masks=None, captions=None):
+        """Per-image panels (input, translation, mask, map; true lesion where known) as PNGs.
+
+        A second, short translation pass over these images only: the scores come from the
+        first pass, and the colour scale vmax needs every map first.
+        """
+        import report
+        gt_masks, captions = gt_masks or {}, captions or {}
+        indices = list(indices)
+        for a in tqdm(range(0, len(indices), self.config.batch_size), desc='pictures',
+                      file=sys.stdout, disable=len(indices) < 50):
+            chunk = indices[a:a + self.config.batch_size]
+            x = torch.stack([dataset[k][0] for k in chunk]).to(self.device)
+            x_hat, mask, amap, _ = self.translate_scored(x)
+            x, x_hat = metrics.to_numpy(x), metrics.to_numpy(x_hat)
+            mask, amap = metrics.to_numpy(mask)[:, 0], metrics.to_numpy(amap)[:, 0]
+            for j, k in enumerate(chunk):
+                path = os.path.join(panel_dir, names[k])
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                report.panel(x[j], x_hat[j], mask[j], amap[j], vmax, gt_masks.get(k),
+                             captions.get(k, '')).save(path)
+
+    def ensemble_record(self):
+        """{'ensemble': the members' files} for metrics.json / summary.json; {} for one checkpoint."""
+        if len(self.ensemble_iters) > 1:
+            return {'ensemble': [self.checkpoint_path(i) for i in self.ensemble_iters]}
+        return {}
+
+    def checkpoint_path(self, iters):
+        """The generator file that was tested."""
+        return os.path.join(self.config.model_save_dir, f'{iters}-G.ckpt')
+
+    def test_auc(self):
+        """Score every test image with every score variant; AUROC (bootstrap CI), AUPRC and the
+        operating point's metrics, pixel metrics where lesion masks exist; scores.csv, the maps,
+        metrics.json and (--report true) pictures and report.html in result_dir."""
+        import numpy as np
+        c = self.config
+        self.lung_region()  # --score_variant lung without a prior: one line, before work
+        iters = self.load_for_test()
+        os.makedirs(c.result_dir, exist_ok=True)
+        loader = data_loader.get_loader(c, 'testAUC', self.split, self.device)
+        dataset = loader.dataset
+        paths, labels = list(dataset.paths), np.asarray(dataset.labels, dtype=int)
+        import report
+        names = report.output_names(paths)
+        # Ground-truth lesion masks (synthetic.py's layout): a normal image's truth is empty.
+        gt_masks = {}
+        for k, p in enumerate(paths):
+            found = data_loader.find_mask(p, c.image_dir)
+            if found:
+                gt_masks[k] = data_loader.load_mask(found, p, c.image_size)
+        pixel_keys = set()
+        if any(labels[k] == 1 for k in gt_masks):
+            pixel_keys = set(gt_masks) | {k for k in range(len(paths)) if labels[k] == 0}
+
+        val = self.validation_set(paths)
+        scores, maps, _ = self.score_pass(loader, names, os.path.join(c.result_dir, 'maps'),
+                                          pixel_keys, desc='testAUC')
+        thresholds, source, val_info = (self.validation_thresholds(val) if val
+                                        else ({}, None, None))
+        variants = {}
+        for v, s in scores.items():
+            r = metrics.image_metrics(labels, s, thresholds.get(v), source, c.bootstrap,
+                                      c.bootstrap_seed)
+            variants[v] = {'description': metrics.SCORE_VARIANTS[v], **r}
+        result = dict(variants[c.score_variant])
+        del result['description']
+        result.update({'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
+                       'score': metrics.SCORE_VARIANTS[c.score_variant],
+                       'score_variant': c.score_variant, 'image_size': c.image_size,
+                       'bootstrap': {'n': c.bootstrap, 'seed': c.bootstrap_seed,
+                                     'method': 'percentile, stratified by class'}})
+        result.update(self.ensemble_record())
+        if val_info:
+            result['validation'] = val_info
+        if self.lung_note:
+            result['notes'] = {'lung': self.lung_note}
+        if pixel_keys:
+            keys = sorted(pixel_keys)
+            empty = np.zeros((c.image_size, c.image_size), bool)
+            result.update(metrics.pixel_metrics([gt_masks.get(k, empty) for k in keys],
+                                                [maps[k] for k in keys]))
+            result['pixel_map'] = 'anomaly_map |x - x_hat| / 2; normal images count as lesion-free'
+        result['variants'] = {v: {key: r[key] for key in (
+            'description', 'image_AUROC', 'image_AUROC_ci95', 'image_AUPRC', 'threshold',
+            'sensitivity', 'specificity', 'accuracy', 'F1') if key in r}
+            for v, r in variants.items()}
+
+        selected = scores[c.score_variant]
+        pred = (selected >= result['threshold']).astype(int)
+        with open(os.path.join(c.result_dir, 'scores.csv'), 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['path', 'gt_label', 'pred_score', 'anomaly_map', 'pred_label']
+                       + [f'score_{v}' for v in scores])
+            for k, path in enumerate(paths):
+                w.writerow([path, int(labels[k]), f'{selected[k]:.8f}',
+                            os.path.join('maps', names[k]), pred[k]]
+                           + [f'{scores[v][k]:.8f}' for v in scores])
+        if c.report:
+            result['report'] = 'report.html'
+        with open(os.path.join(c.result_dir, 'metrics.json'), 'w') as f:
+            json.dump(result, f, indent=1)
+        if c.report:
+            self.write_test_report(result, scores, labels, names, dataset, gt_masks, iters)
+
+        ci = result.get('image_AUROC_ci95')
+        print(f"AUC: {result['image_AUROC']:.4f}  sensitivity: {result['sensitivity']:.4f}  "
+              f"specificity: {result['specificity']:.4f}  (threshold {result['threshold']:.6f}, "
+              f"{result['threshold_source']}; {result['n_normal']} normal, "
+              f"{result['n_anomalous']} anomalous)")
+        print(f'score {c.score_variant}' + (f'; AUROC 95% CI {ci[0]:.4f} - {ci[1]:.4f}' if ci
+                                            else '')
+              + f"; AUPRC {result['image_AUPRC']:.4f}; accuracy {result['accuracy']:.4f}; "
+                f"F1 {result['F1']:.4f}")
+        print('variants: ' + ', '.join(f"{v} {r['image_AUROC']:.4f}"
+                                       for v, r in result['variants'].items()))
+        if 'pixel_AUROC' in result:
+            print(f"pixel AUROC {result['pixel_AUROC']:.4f}; Dice {result['pixel_Dice']:.4f} "
+                  f"({result['pixel_threshold_source']})")
+        print('Saved metrics.json, scores.csv and maps/' + (', pictures and report.html'
+                                                            if c.report else '')
+              + f' into {c.result_dir}')
+        return result
+
+    testAUC = test_auc  # the original's name for the mode
+
+    def picture_indices(self, n, order_groups):
+        """The first --num_maps images (-1: all) plus the report's examples."""
+        first = range(n) if self.config.num_maps < 0 else range(min(self.config.num_maps, n))
+        return sorted(set(first) | {k for _, ks in order_groups for k in ks})
+
+    def write_test_report(self, result, scores, labels, names, dataset, gt_masks, iters):
+        """Panels, ROC curve, histograms and report.html of a testAUC run."""
+        import numpy as np
+        import report
+        c = self.config
+        selected = scores[c.score_variant]
+        plots = os.path.join(c.result_dir, 'plots')
+        os.makedirs(plots, exist_ok=True)
+        report.plot_roc(labels, scores, c.score_variant, result['threshold'],
+                        os.path.join(plots, 'roc.png'),
+                        {v: r['image_AUROC'] for v, r in result['variants'].items()})
+        report.plot_histogram(selected, os.path.join(plots, 'score_histogram.png'), labels,
+                              result['threshold'], f'anomaly score ({c.score_variant})')
+        groups = []
+        for label, name in ((1, 'anomalous'), (0, 'normal')):
+            ks = np.flatnonzero(labels == label)
+            order = ks[np.argsort(-selected[ks], kind='stable')]
+            groups.append((f'{name}: most anomalous', order[:report.N_EXAMPLES].tolist()))
+            groups.append((f'{name}: least anomalous', order[::-1][:report.N_EXAMPLES].tolist()))
+        captions = {k: f'{os.path.basename(dataset.paths[k])}  label '
+                       f'{"anomalous" if labels[k] else "normal"}  score {selected[k]:.5f}'
+                    for k in range(len(labels))}
+        vmax = max(float(np.nanmax(scores['p99'])), 1e-6)
+        self.draw_panels(dataset, self.picture_indices(len(labels), groups), names,
+                         os.path.join(c.result_dir, 'panels'), vmax, gt_masks, captions)
+        examples = [(title, [(f'panels/{names[k]}', f'#{rank + 1}: {captions[k]}')
+                             for rank, k in enumerate(ks)]) for title, ks in groups]
+        body = (report.metrics_html(result)
+                + '\n<h2>Plots</h2><div class="plots"><img src="plots/roc.png" alt="ROC">'
+                  '<img src="plots/score_histogram.png" alt="histogram"></div>'
+                + f'\n<h2>Examples</h2><p class="note">Columns: input, translation, G\'s mask, '
+                  f'the anomaly map |x - x_hat| / 2 over the input (colours from 0 to {vmax:.4g}, '
+                  f'the largest 99th percentile of any map in this run), and the true lesion '
+                  f'where a mask exists. Ranked by the {c.score_variant} score.</p>\n'
+                + report.examples_html(examples)
+                + '\n<p class="note">Files: <a href="metrics.json">metrics.json</a>, '
+                  '<a href="scores.csv">scores.csv</a> (one row per image, with its map in '
+                  'maps/ and, for the first --num_maps images, its panel in panels/).</p>')
+        info = {'checkpoint': result['checkpoint'], 'iteration': iters,
+                'image size': c.image_size, 'test images': len(labels),
+                'score variant': f"{c.score_variant}: {result['score']}",
+                'threshold source': result['threshold_source'],
+                'written': datetime.datetime.now().isoformat(timespec='seconds')}
+        report.write_html(os.path.join(c.result_dir, 'report.html'), 'HealthyGAN test report',
+                          info, body)
+
+    def score_folder(self):
+        """Score every image below --score_dir (recursively, any supported format), unlabelled.
+
+        Writes scores.csv (one row per image: path, pred_score, map file, every variant; a
+        predicted label when --val_dir gives a threshold), maps/, summary.json and, with
+        --report true, panels and report.html into result_dir.
+        """
+        import numpy as np
+        import report
+        c = self.config
+        if not c.score_dir:
+            raise ConfigError('--mode score needs --score_dir DIR, the folder of images to score')
+        if not os.path.isdir(c.score_dir):
+            raise data_loader.DataError(f'--score_dir {c.score_dir} does not exist')
+        # A result_dir inside score_dir must not have its own maps and panels scored.
+        results = os.path.abspath(c.result_dir) + os.sep
+        paths = [p for p in data_loader.list_images(c.score_dir)
+                 if not os.path.abspath(p).startswith(results)]
+        if not paths:
+            raise data_loader.DataError(f'no images in --score_dir {c.score_dir} outside '
+                                        f'--result_dir {c.result_dir}')
+        self.lung_region()  # --score_variant lung without a prior: one line, before work
+        iters = self.load_for_test()
+        os.makedirs(c.result_dir, exist_ok=True)
+        names = report.output_names(paths, root=c.score_dir)
+        val = self.validation_set()
+        loader = data_loader.folder_loader(c, paths)
+        scores, _, errors = self.score_pass(loader, names, os.path.join(c.result_dir, 'maps'),
+                                            desc='score')
+        thresholds, source, val_info = (self.validation_thresholds(val) if val
+                                        else ({}, None, None))
+        ok = [k for k in range(len(paths)) if k not in errors]
+        selected = scores[c.score_variant]
+        threshold = thresholds.get(c.score_variant)
+        header = ['path', 'pred_score', 'anomaly_map'] + (['pred_label'] if val else []) \
+            + [f'score_{v}' for v in scores]
+        with open(os.path.join(c.result_dir, 'scores.csv'), 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for k in ok:
+                w.writerow([paths[k], f'{selected[k]:.8f}', os.path.join('maps', names[k])]
+                           + ([int(selected[k] >= threshold)] if val else [])
+                           + [f'{scores[v][k]:.8f}' for v in scores])
+        summary = {'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
+                   'score_dir': c.score_dir, 'image_size': c.image_size,
+                   'score_variant': c.score_variant, 'score': metrics.SCORE_VARIANTS[c.score_variant],
+                   'n_images': len(ok), 'unreadable': {paths[k]: e for k, e in errors.items()}}
+        summary.update(self.ensemble_record())
+        if self.lung_note:
+            summary['notes'] = {'lung': self.lung_note}
+        if ok:
+            s = selected[ok]
+            summary['pred_score'] = {'mean': float(s.mean()), 'min': float(s.min()),
+                                     'median': float(np.median(s)), 'max': float(s.max())}
+        if val:
+            summary.update({'threshold': threshold, 'threshold_source': source,
+                            'validation': val_info,
+                            'n_pred_anomalous': int((selected[ok] >= threshold).sum())})
+        with open(os.path.join(c.result_dir, 'summary.json'), 'w') as f:
+            json.dump(summary, f, indent=1)
+        if errors:
+            print(f'warning: {len(errors)} images could not be read and were left out (listed '
+                  f'in summary.json), e.g. {next(iter(errors.values()))}')
+        if c.report and ok:
+            self.write_score_report(summary, scores, ok, paths, names, loader.dataset, iters)
+        print(f'Scored {len(ok)} images in {c.score_dir} ({c.score_variant}: median '
+              f'{summary["pred_score"]["median"]:.6f})' if ok else 'No image could be scored')
+        print('Saved scores.csv, maps/ and summary.json' + (' and report.html' if c.report
+                                                              else '') + f' into {c.result_dir}')
+        return summary
+
+    def write_score_report(self, summary, scores, ok, paths, names, dataset, iters):
+        """Panels, score histogram and report.html of a folder scored without labels."""
+        import numpy as np
+        import report
+        c = self.config
+        selected = scores[c.score_variant]
+        os.makedirs(os.path.join(c.result_dir, 'plots'), exist_ok=True)
+        report.plot_histogram(selected[ok], os.path.join(c.result_dir, 'plots',
+                                                         'score_histogram.png'),
+                              threshold=summary.get('threshold'),
+                              xlabel=f'anomaly score ({c.score_variant})')
+        order = np.asarray(ok)[np.argsort(-selected[ok], kind='stable')]
+        groups = [('most anomalous', order[:report.N_EXAMPLES].tolist()),
+                  ('least anomalous', order[::-1][:report.N_EXAMPLES].tolist())]
+        captions = {k: f'{names[k]}  score {selected[k]:.5f}' for k in ok}
+        vmax = max(float(np.nanmax(scores['p99'])), 1e-6)
+        shown = [k for k in self.picture_indices(len(paths), groups) if k in captions]
+        self.draw_panels(dataset, shown, names, os.path.join(c.result_dir, 'panels'), vmax,
+                         captions=captions)
+        examples = [(title, [(f'panels/{names[k]}', f'#{rank + 1}: {captions[k]}')
+                             for rank, k in enumerate(ks)]) for title, ks in groups]
+        threshold = (f"{summary['threshold']:.6g} ({summary['threshold_source']}); "
+                     f"{summary['n_pred_anomalous']} of {len(ok)} images above it"
+                     if 'threshold' in summary else 'none (no --val_dir): scores only')
+        body = ('<h2>Scores</h2><p>No labels: scores and maps only. Threshold: '
+                f'{threshold}.</p><div class="plots"><img src="plots/score_histogram.png" '
+                'alt="histogram"></div>\n<h2>Examples</h2>'
+                f'<p class="note">Colours of the map from 0 to {vmax:.4g}.</p>\n'
+                + report.examples_html(examples)
+                + '\n<p class="note">Files: <a href="summary.json">summary.json</a>, '
+                  '<a href="scores.csv">scores.csv</a>.</p>')
+        info = {'checkpoint': summary['checkpoint'], 'iteration': iters,
+                'folder': c.score_dir, 'images scored': len(ok),
+                'unreadable': len(summary['unreadable']),
+                'score variant': f"{c.score_variant}: {summary['score']}"}
+        report.write_html(os.path.join(c.result_dir, 'report.html'),
+                          'HealthyGAN: scores of a folder', info, body)

@@ -1,0 +1,364 @@
+"""The training loop and its two steps (ORIGINAL.md, "One training iteration")."""
+import contextlib
+import datetime
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import types
+
+import torch
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+import data_loader
+from healthygan import runfiles
+from healthygan.checkpoints import last_good, resolve_iters, run_metadata
+from healthygan.distributed import (all_reduce_mean, any_rank, average_gradients, broadcast_params,
+                                    dist, gp_alpha, is_main, sync_rng_state, world_size)
+from healthygan.errors import ConfigError, NonFiniteLossError
+from healthygan.fast import critic, frozen, generate_amp, repeat_running_stats_update, running_stats
+from healthygan.losses import (d_loss_fake_fn, d_loss_real_fn, g_adv_loss, generate,
+                               gradient_penalty, identity_loss, interpolate, learning_rate,
+                               mask_loss, nonfinite_terms, penalty_of_gradient,
+                               reconstruction_loss)
+from healthygan.selection import AUCP_LOG
+from model import count_parameters
+
+
+class StopFlag:
+    """Records SIGINT/SIGTERM instead of dying mid-step, so the loop can save and exit."""
+
+    def __init__(self):
+        self.signal = None
+
+    def _handler(self, signum, frame):
+        if self.signal is not None:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f'\n{signal.Signals(signum).name} received: saving at the end of this iteration '
+              f'(send it again to stop at once)...', file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def catching(self, *signums):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        previous = {s: signal.signal(s, self._handler) for s in signums}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def denorm(x):
+    """[-1, 1] -> [0, 1]."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def translation_grid(G, x_A, x_B):
+    """Columns: x_A, raw, x_hat, mask, x_B, raw, x_hat, mask (in [-1, 1]), one row per sample."""
+    columns = []
+    for x in (x_A, x_B):
+        x_hat, x_raw, mask = generate(G, x)
+        # The original drew the mask with a sigmoid here (a display bug); this shows the mask
+        # the model actually uses, (tanh + 1) / 2, mapped to [-1, 1] for display.
+        columns += [x, x_raw, x_hat, mask.expand_as(x) * 2 - 1]
+    return torch.cat(columns, dim=3)
+
+
+class Training:
+    """The Solver's training: the critic step, the generator step and the loop around them."""
+
+    def d_step(self, x_A, x_B, keep_fake=False):
+        """One critic update (WGAN-GP); returns the loss terms as tensors.
+
+        keep_fake (added): a G step on the same batch follows; with --reuse_fake the translation
+        of x_A is then kept, with its graph, for g_step instead of being recomputed there.
+        """
+        c, amp = self.config, self.amp_dtype
+        x_A_given, x_A, x_B = x_A, self.to_layout(x_A), self.to_layout(x_B)
+        keep = keep_fake and self.speed['reuse_fake']
+        stats = running_stats(self.G) if keep else None
+        keep = keep and stats is not None
+        # The original ran G here with autograd on and used only the detached output: without
+        # --reuse_fake no graph is needed; with it, the G step reuses this pass.
+        with torch.set_grad_enabled(keep):
+            fake = generate_amp(self.G_run, x_A, amp)
+        self.kept_fake = (x_A_given, fake, stats) if keep else None
+        x_hat_A = fake[0].detach()
+        out_real, out_fake = critic(self.D_run, [x_B, x_hat_A], amp, self.speed['merge_critic'])
+        d_loss_real = d_loss_real_fn(out_real)
+        d_loss_fake = d_loss_fake_fn(out_fake)
+        alpha = gp_alpha(x_B)  # torch.rand(n, 1, 1, 1); several ranks: a slice of the global draw
+        x_int = interpolate(x_B, x_hat_A, alpha)
+        # The penalty's pass stays eager and fp32 under every fast path: compiled graphs do not
+        # support autograd's double backward (the default form), and (||grad|| - 1)^2 with
+        # ||grad|| near 1 cancels most of a 16-bit gradient's precision.
+        if self.speed['gp_explicit']:  # (added) the same penalty without a double backward
+            d_loss_gp = penalty_of_gradient(self.D.input_gradient(x_int))
+        else:
+            d_loss_gp = gradient_penalty(self.D(x_int)[1], x_int)
+        d_loss = d_loss_real + d_loss_fake + c.lambda_gp * d_loss_gp
+
+        self.g_optimizer.zero_grad(set_to_none=True)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(d_loss).backward()  # the scaler is a no-op unless --amp fp16
+        average_gradients(self.D)  # several ranks (torchrun): mean over ranks; else no-op
+        self.scaler.step(self.d_optimizer)
+        self.scaler.update()
+        return {'D/loss_real': d_loss_real.detach(), 'D/loss_fake': d_loss_fake.detach(),
+                'D/loss_gp': d_loss_gp.detach()}
+
+    def g_step(self, x_A, x_B):
+        """One generator update with fresh forward passes; returns the loss terms as tensors."""
+        c, amp = self.config, self.amp_dtype
+        kept, self.kept_fake = self.kept_fake, None
+        x_A_given, x_A, x_B = x_A, self.to_layout(x_A), self.to_layout(x_B)
+        if kept is not None and kept[0] is x_A_given:
+            # --reuse_fake (added): the critic step changed only D, so its pass of G on x_A is
+            # the pass the original ran again here; only the second update of the (unused)
+            # InstanceNorm running statistics is left to do.
+            x_hat_A, x_raw_A, mask_A, mask_logit_A = kept[1]
+            repeat_running_stats_update(kept[2])
+        else:
+            x_hat_A, x_raw_A, mask_A, mask_logit_A = generate_amp(self.G_run, x_A, amp)
+        x_hat_B, x_raw_B, mask_B, mask_logit_B = generate_amp(self.G_run, x_B, amp)
+        # Unlike the original, D's parameters take no gradient here: the G step's backward
+        # computed D's weight gradients only for the next critic step to zero them (the G
+        # updates are the same bit for bit: tests/test_speed.py).
+        with frozen(self.D):
+            out_A, out_B = critic(self.D_run, [x_hat_A, x_hat_B], amp, self.speed['merge_critic'])
+        # Mixed path (original -> target): fool D, and leave everything outside the mask alone.
+        g_loss_fake = g_adv_loss(out_A)
+        g_loss_rec = reconstruction_loss(x_A, x_raw_A, mask_A)
+        # Healthy path (original -> original): fool D, and reproduce the image exactly.
+        g_loss_fake_id = g_adv_loss(out_B)
+        g_loss_id = identity_loss(x_B, x_raw_B)
+        # Mask terms, the two paths averaged.
+        mask_loss_A, small_A, zo_A = mask_loss(mask_A, c.lambda_msmall, c.lambda_mzerone)
+        mask_loss_B, small_B, zo_B = mask_loss(mask_B, c.lambda_msmall, c.lambda_mzerone)
+        g_loss_mask = 0.5 * mask_loss_A + 0.5 * mask_loss_B
+        g_loss = (g_loss_fake + g_loss_fake_id + c.lambda_id * g_loss_id
+                  + c.lambda_rec * g_loss_rec + c.lambda_mask * g_loss_mask)
+
+        self.g_optimizer.zero_grad(set_to_none=True)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(g_loss).backward()  # the scaler is a no-op unless --amp fp16
+        average_gradients(self.G)  # several ranks (torchrun): mean over ranks; else no-op
+        self.scaler.step(self.g_optimizer)
+        self.scaler.update()
+        terms = {'G/loss_fake': g_loss_fake, 'G/loss_rec': g_loss_rec,
+                 'G/loss_fake_id': g_loss_fake_id, 'G/loss_id': g_loss_id,
+                 'G/loss_mask': g_loss_mask,
+                 'Mask/OT_min': mask_logit_A.min(), 'Mask/OT_max': mask_logit_A.max(),
+                 'Mask/OT_small': small_A, 'Mask/OT_zo': zo_A,
+                 'Mask/OO_min': mask_logit_B.min(), 'Mask/OO_max': mask_logit_B.max(),
+                 'Mask/OO_small': small_B, 'Mask/OO_zo': zo_B}
+        return {tag: t.detach() for tag, t in terms.items()}
+
+    def train(self):
+        """Train HealthyGAN on (mixed, healthy) pairs: the original's loop, resumable."""
+        c = self.config
+        run = self.prepare_run()
+        print('Start training...')
+        run.start_time = time.time()
+        stop = StopFlag()
+        run.bar = tqdm(range(run.start_iters, c.num_iters), initial=run.start_iters,
+                       total=c.num_iters, dynamic_ncols=True, mininterval=1.0, file=sys.stdout)
+        with stop.catching(signal.SIGINT, signal.SIGTERM):
+            for i in run.bar:
+                # 1. Preprocess input data
+                x_A, x_B = self.next_batch(run)  # mixed (unannotated), healthy
+
+                # The original restarts at lr0 on resume; computing the rate from i keeps a
+                # resumed run on the schedule it would have followed.
+                run.lr = [learning_rate(i, lr0, c.num_iters, c.num_iters_decay, c.lr_update_step,
+                                        c.lr_schedule) for lr0 in (c.g_lr, c.d_lr)]
+                self.set_lr(*run.lr)
+
+                # 2. Train the discriminator
+                step_loss = self.d_step(x_A, x_B, keep_fake=(i + 1) % c.n_critic == 0)
+
+                # 3. Train the generator
+                if (i + 1) % c.n_critic == 0:
+                    step_loss.update(self.g_step(x_A, x_B))
+
+                # 4. Miscellaneous
+                self.log_and_save(run, i, step_loss)
+                if self.stopping(stop, i):
+                    self.save_interrupted(run, i, step_loss, stop)
+        run.bar.close()
+
+        # Unlike the original, always keep the final weights, even when num_iters is not a
+        # multiple of model_save_step.
+        if c.num_iters > run.last_saved:
+            self.save_checkpoint(c.num_iters, run.sampler, run.pairs_done)
+            print(f'Saved final model checkpoints ({c.num_iters}) into {c.model_save_dir}...')
+            if run.main_rank:  # only rank 0 writes
+                self.log_aucp(c.num_iters, run.holdout)
+        if self.logger:
+            self.logger.close()
+        print(f'Training finished in {time.time() - run.start_time:.1f} s.')
+
+    def prepare_run(self):
+        """Data, the resume point, logs and the run record: the loop's state, as a namespace."""
+        c = self.config
+        for d in (c.model_save_dir, c.sample_dir, c.log_dir):
+            os.makedirs(d, exist_ok=True)
+        run = types.SimpleNamespace(main_rank=is_main(), loss={}, pairs_done=0, start_iters=0)
+        run.loader = data_loader.get_loader(c, 'train', self.split, self.device)
+        run.sampler = run.loader.sampler
+        n_pairs = len(run.loader.dataset)
+        if n_pairs < c.batch_size:  # the batch would silently be cut to the data
+            raise ConfigError(f'--batch_size {c.batch_size} is larger than the {n_pairs} training '
+                              f'pairs; lower --batch_size to {n_pairs} or less')
+        # Fixed samples for the grids: the first batch of the first epoch.
+        fixed = [run.loader.dataset[k] for k in run.sampler.order(0)[:c.batch_size]]
+        run.fixed = [torch.stack([pair[j] for pair in fixed]).to(self.device) for j in (0, 1)]
+
+        # Position in the epoch's order, in pairs of the global batch (all ranks together), so
+        # that a run can resume with another number of ranks.
+        self.accepted_changes = {}
+        if c.resume_iters is not None:
+            run.start_iters = resolve_iters(c.resume_iters, c.model_save_dir, '--resume_iters')
+            # read-only on every rank (all stop together); only rank 0 moves files aside
+            runfiles.check_resume_point(c.model_save_dir, run.start_iters, c.num_iters,
+                                        c.overwrite, move=run.main_rank)
+            self.restore_model(run.start_iters)
+            state = self.load_training_state(run.start_iters)
+            if state is not None:
+                run.sampler.epoch, run.pairs_done = state['data_epoch'], state['data_pairs_done']
+        run.last_saved = run.start_iters
+        run.sampler.start = run.pairs_done
+        run.data_iter = iter(run.loader)
+        # Several ranks: same weights and same RNG state (the GP's alphas) everywhere.
+        broadcast_params(self.G, self.D)
+        sync_rng_state(self.device)
+        self.open_logs(run)
+        if run.main_rank:  # the 'lung' score's region, saved so that testing needs no training image
+            self.save_lung_prior()
+        run.holdout = self.load_holdout() if run.main_rank else None  # only rank 0 scores it
+        print(f'G: {count_parameters(self.G):,} parameters; D: {count_parameters(self.D):,}; '
+              f'{n_pairs} pairs an epoch; device {self.device}')
+        if dist.is_initialized():
+            print(f'{world_size()} processes ({dist.get_backend()}), --batch_size {c.batch_size} '
+                  f'each: global batch {world_size() * c.batch_size}')
+        return run
+
+    def open_logs(self, run):
+        """TensorBoard, stats.jsonl and the run record (run_config[-resume<N>].json)."""
+        c = self.config
+        if c.use_tensorboard and run.main_rank:
+            from logger import Logger
+            self.logger = Logger(c.log_dir)
+        from logger import JsonlLogger
+        run.stats = JsonlLogger(os.path.join(c.log_dir, 'stats.jsonl'))
+        if run.main_rank:  # a torn last line (a kill, a full disk) is cut before appending
+            runfiles.repair_jsonl(run.stats.path)
+            runfiles.repair_jsonl(os.path.join(c.model_save_dir, AUCP_LOG))
+        # A resumed run keeps the first run's record and adds its own beside it.
+        self.metadata = run_metadata(c)
+        self.metadata['world_size'] = world_size()  # processes; --batch_size is per process
+        if self.accepted_changes:  # --allow_changes: {flag: [saved, now]}
+            self.metadata['accepted_changes'] = self.accepted_changes
+        name = ('run_config.json' if run.start_iters == 0
+                else f'run_config-resume{run.start_iters}.json')
+        if run.main_rank:
+            with open(os.path.join(c.model_save_dir, name), 'w') as f:
+                json.dump(self.metadata, f, indent=1)
+
+    def next_batch(self, run):
+        """The next (x_A, x_B) on the device; a new epoch reshuffles."""
+        try:
+            x_A, x_B = next(run.data_iter)
+        except StopIteration:  # the epoch is over: reshuffle
+            run.sampler.epoch, run.sampler.start, run.pairs_done = run.sampler.epoch + 1, 0, 0
+            run.data_iter = iter(run.loader)
+            x_A, x_B = next(run.data_iter)
+        run.pairs_done += x_A.size(0) * world_size()  # every rank's batch has this size
+        return x_A.to(self.device, non_blocking=True), x_B.to(self.device, non_blocking=True)
+
+    def log_and_save(self, run, i, step_loss):
+        """After iteration i: the NaN guard, the logs, the sample grid and the checkpoint."""
+        c, step = self.config, i + 1
+        # Non-finite losses are checked (one device sync) only where something is about to be
+        # logged or written, so no NaN reaches a file and the loop does not wait.
+        if step % c.log_step == 0 or step % c.sample_step == 0 or step % c.model_save_step == 0:
+            step_loss = all_reduce_mean(step_loss)  # ranks: all see (and stop on) a NaN
+            bad = nonfinite_terms(step_loss) + self.nonfinite_weights()
+            if bad:
+                raise NonFiniteLossError(
+                    f'non-finite {", ".join(bad)} at iteration {step} (first seen within the '
+                    f'last {c.log_step} iterations). Nothing was saved after it; '
+                    f'{last_good(run.last_saved, c.model_save_dir)}. Try lower learning rates '
+                    f'(--g_lr, --d_lr).')
+        run.loss.update(step_loss)
+        if step % c.log_step == 0 or step % c.sample_step == 0:
+            run.loss = all_reduce_mean(run.loss)  # several ranks: log the mean over ranks
+        if step % c.log_step == 0:
+            self.log_losses(run, step)
+        if step % c.sample_step == 0 and run.main_rank:
+            with torch.no_grad():
+                grid = translation_grid(self.G, *run.fixed)
+            path = os.path.join(c.sample_dir, f'{step}-images.jpg')
+            save_image(denorm(grid.cpu()), path, nrow=1, padding=0)
+            elapsed = str(datetime.timedelta(seconds=int(time.time() - run.start_time)))
+            log = f'Elapsed [{elapsed}], Iteration [{step}/{c.num_iters}]'
+            log += ''.join(f', {tag}: {float(v):.4f}' for tag, v in run.loss.items())
+            tqdm.write(log + f'\nSaved real and fake images into {path}...', file=sys.stdout)
+        if step % c.model_save_step == 0:
+            self.save_checkpoint(step, run.sampler, run.pairs_done)
+            run.last_saved = step
+            tqdm.write(f'Saved model checkpoints into {c.model_save_dir}...', file=sys.stdout)
+            if run.main_rank:  # only rank 0 writes
+                self.log_aucp(step, run.holdout)
+
+    def log_losses(self, run, step):
+        """Loss values, fetched from the device only here so that the loop does not wait."""
+        values = {tag: float(v) for tag, v in run.loss.items()}
+        run.bar.set_postfix({k.replace('/loss', ''): f'{values[k]:.3f}' for k in
+                             ('D/loss_real', 'D/loss_fake', 'D/loss_gp', 'G/loss_fake',
+                              'G/loss_id', 'G/loss_rec', 'G/loss_mask') if k in values},
+                            refresh=False)
+        if run.main_rank:
+            g_lr, d_lr = run.lr
+            run.stats.write({'iter': step, 'time': round(time.time() - run.start_time, 3),
+                             'g_lr': g_lr, 'd_lr': d_lr, **values})
+        if self.logger:
+            for tag, value in values.items():
+                self.logger.scalar_summary(tag, value, step)
+
+    def stopping(self, stop, i):
+        """Whether a signal asks to stop after iteration i (on every rank alike)."""
+        stopping = stop.signal is not None
+        if dist.is_initialized():  # all ranks stop at the same iteration, agreed at log steps
+            # only (one tiny all_reduce), so a signal takes up to log_step steps.
+            stopping = (i + 1) % self.config.log_step == 0 and any_rank(stopping, self.device)
+        return stopping
+
+    def save_interrupted(self, run, i, step_loss, stop):
+        """Interrupted: keep the work done so far, then exit."""
+        c = self.config
+        run.bar.close()
+        if nonfinite_terms(step_loss) + self.nonfinite_weights():
+            raise NonFiniteLossError(f'interrupted at iteration {i + 1} with non-finite losses; '
+                                     f'nothing saved')
+        if run.last_saved != i + 1:
+            self.save_checkpoint(i + 1, run.sampler, run.pairs_done)
+        stop.signal = stop.signal or signal.SIGTERM  # a rank told by another one
+        print(f'\nInterrupted by {signal.Signals(stop.signal).name} at iteration {i + 1}; saved '
+              f'{i + 1}-G.ckpt, {i + 1}-D.ckpt and {i + 1}-state.pt in {c.model_save_dir}. '
+              f'Resume with the same flags plus --resume_iters {i + 1} (or latest).')
+        raise SystemExit(128 + stop.signal)
+
+    def nonfinite_weights(self):
+        """['G weights'] / ['D weights'] where a parameter is NaN or infinite."""
+        bad = []
+        for name, net in (('G', self.G), ('D', self.D)):
+            if not torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all():
+                bad.append(f'{name} weights')
+        return bad
