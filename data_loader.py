@@ -308,9 +308,9 @@ class PairDataset(data.Dataset):
     resume (the original drew flips from each worker's global RNG).
     """
 
-    def __init__(self, mixed, healthy, transform, flip=False, seed=0, affine=0.0, length=None):
+    def __init__(self, mixed, healthy, transform, flip=False, seed=0, length=None):
         self.mixed, self.healthy, self.transform = list(mixed), list(healthy), transform
-        self.flip, self.seed, self.affine = flip, seed, affine
+        self.flip, self.seed = flip, seed
         self.length = length or pair_count('train', self.mixed, self.healthy)
 
     def __len__(self):
@@ -324,9 +324,6 @@ class PairDataset(data.Dataset):
             flip_A, flip_B = item_flips(self.seed, i)
             x_A = x_A.flip(-1) if flip_A else x_A
             x_B = x_B.flip(-1) if flip_B else x_B
-        if self.affine:  # --augment affine (added)
-            params = item_affine(self.seed, i, self.affine)
-            x_A, x_B = (apply_affine(x[None], params[[j]])[0] for j, x in enumerate((x_A, x_B)))
         return x_A, x_B
 
 
@@ -762,45 +759,6 @@ def item_flips(seed, i):
     return bool(flip_A), bool(flip_B)
 
 
-# --augment affine (added): the original augments with the horizontal flip alone. With a few
-# hundred training images G and D memorise them (on nih-cxr-mini the training images' anomaly
-# scores fall far below held-out ones'), so small random geometric and contrast changes, of the
-# size that differs between radiographs anyway, are drawn per item. Ranges at strength 1:
-AFFINE_RANGES = {'rotate': 8.0,      # degrees, uniform in [-r, r]
-                 'scale': 0.08,      # zoom factor uniform in [1 - s, 1 + s]
-                 'translate': 0.06,  # shift, fraction of the side, uniform in [-t, t] per axis
-                 'contrast': 0.15,   # x -> (1 + c) x + b, c uniform in [-c, c]
-                 'brightness': 0.08}  # b uniform in [-b, b] (images in [-1, 1])
-
-
-def item_affine(seed, i, strength=1.0):
-    """Per-image augmentation parameters of item i, shape (2, 6) for (x_A, x_B): rotation
-    (radians), zoom, shift x, shift y, contrast, brightness; drawn from (seed, i, 1) so the flips
-    (drawn from (seed, i)) stay those of --augment flip."""
-    u = np.random.default_rng([seed, i, 1]).uniform(-1, 1, size=(2, 6)) * strength
-    r = AFFINE_RANGES
-    return np.stack([u[:, 0] * np.deg2rad(r['rotate']), 1 + u[:, 1] * r['scale'],
-                     u[:, 2] * r['translate'] * 2, u[:, 3] * r['translate'] * 2,
-                     1 + u[:, 4] * r['contrast'], u[:, 5] * r['brightness']], axis=1)
-
-
-def apply_affine(x, params):
-    """Rotate, zoom and shift each image of a float batch (N, C, S, S) in [-1, 1] about its
-    centre (bilinear, edges repeated), then change its contrast and brightness; clamped to
-    [-1, 1]. params: (N, 6) from item_affine. A pure function of its inputs."""
-    p = torch.as_tensor(np.asarray(params), dtype=torch.float32, device=x.device)
-    angle, zoom, tx, ty, contrast, brightness = p.unbind(1)
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    # affine_grid maps output coordinates in [-1, 1] to input coordinates: a zoom z > 1 samples
-    # a region 1/z as wide (the image grows), a shift t moves the content by t (in [-1, 1] units)
-    theta = torch.stack([torch.stack([cos, -sin, -tx], 1), torch.stack([sin, cos, -ty], 1)], 1)
-    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-    out = torch.nn.functional.grid_sample(x, grid, mode='bilinear', padding_mode='border',
-                                          align_corners=False)
-    out = out * contrast.view(-1, 1, 1, 1) + brightness.view(-1, 1, 1, 1)
-    return out.clamp_(-1, 1)
-
-
 class PixelStore:
     """A cache's pixels, on the training device when they fit; images(rows) -> [-1, 1] floats."""
 
@@ -835,12 +793,11 @@ class PixelStore:
 class CachedPairDataset:
     """PairDataset's pairs, indexing and flips, drawn from a PixelStore a batch at a time."""
 
-    def __init__(self, mixed, healthy, store, rows, flip=False, seed=0, affine=0.0,
-                 length=None):
+    def __init__(self, mixed, healthy, store, rows, flip=False, seed=0, length=None):
         self.mixed, self.healthy, self.store = list(mixed), list(healthy), store
         self.rows_A = np.array([rows[os.path.abspath(p)] for p in self.mixed], dtype=np.int64)
         self.rows_B = np.array([rows[os.path.abspath(p)] for p in self.healthy], dtype=np.int64)
-        self.flip, self.seed, self.affine = flip, seed, affine
+        self.flip, self.seed = flip, seed
         self.length = length or pair_count('train', self.mixed, self.healthy)
 
     def __len__(self):
@@ -857,9 +814,6 @@ class CachedPairDataset:
                           for i in indices], dtype=bool).reshape(-1, 2)
         x_A = self.store.images(self.rows_A[k % len(self.mixed)], flips[:, 0])
         x_B = self.store.images(self.rows_B[k % len(self.healthy)], flips[:, 1])
-        if self.affine:  # --augment affine (added): on the device, the batch at once
-            params = np.stack([item_affine(self.seed, int(i), self.affine) for i in indices])
-            x_A, x_B = apply_affine(x_A, params[:, 0]), apply_affine(x_B, params[:, 1])
         return x_A, x_B
 
 
@@ -936,9 +890,6 @@ def get_loader(config, mode, split=None, device=None):
     sets = drop_unreadable(sets, bad, getattr(config, 'bad_images', 'refuse'))
 
     labelled = mode in ('testAUC', 'holdout')
-    # --augment affine (added): training batches only, never the images that are scored
-    affine = (getattr(config, 'aug_strength', 1.0)
-              if mode == 'train' and getattr(config, 'augment', 'flip') == 'affine' else 0.0)
     if labelled:
         paths = sets['test_normal'] + sets['test_anomalous']
         labels = [0] * len(sets['test_normal']) + [1] * len(sets['test_anomalous'])
@@ -962,8 +913,7 @@ def get_loader(config, mode, split=None, device=None):
             dataset = CachedLabelledDataset(paths, labels, store, cache.rows)
         else:
             dataset = CachedPairDataset(sets['mixed'], sets['healthy'], store, cache.rows,
-                                        flip=train, seed=config.seed, affine=affine,
-                                        length=n_pairs)
+                                        flip=train, seed=config.seed, length=n_pairs)
         how = f'built in {cache.built:.1f} s' if cache.built else 'reused'
         print(f'Data cache: {cache.path} ({how}; {store.pixels.shape[0]} images, '
               f'{store.pixels.nbytes / 2 ** 20:.1f} MiB, held as a {store.where} on '
@@ -975,7 +925,7 @@ def get_loader(config, mode, split=None, device=None):
         dataset = LabelledDataset(paths, labels, transform)
     else:
         dataset = PairDataset(sets['mixed'], sets['healthy'], transform, flip=train,
-                              seed=config.seed, affine=affine, length=n_pairs)
+                              seed=config.seed, length=n_pairs)
     # A private generator: each iter(loader) draws a worker base seed from it, which would
     # otherwise shift the global RNG (and the gradient penalty's alphas) on every reshuffle.
     generator = torch.Generator()

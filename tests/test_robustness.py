@@ -17,9 +17,8 @@ def load(path):
 
 
 @pytest.mark.parametrize('extra', [[], ['--holdout_fraction', '0.34', '--g_ema_decay', '0.5'],
-                                   ['--augment', 'affine', '--diff_augment',
-                                    'color,translation,cutout']],
-                         ids=['plain', 'aucp+ema', 'augment'])
+                                   ['--diff_augment', 'color,translation,cutout']],
+                         ids=['plain', 'aucp+ema', 'diff_augment'])
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, folder_dataset, extra):
     # 12 pairs an epoch at batch 2: 8 iterations cross an epoch boundary (reshuffle) at 6.
     # With held-out images scored at every checkpoint (AUCp) and an averaged G, the same holds:
