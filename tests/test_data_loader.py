@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import data_loader as dl
+from healthygan.data import datasets
 from conftest import NIH_MINI, shared_path
 
 
@@ -30,7 +31,7 @@ def test_transform_outputs_three_equal_channels_in_minus_one_one():
 
 def test_pair_dataset_follows_the_original_indexing(monkeypatch):
     ds = dl.PairDataset(['a0', 'a1', 'a2'], ['b0', 'b1'], transform=lambda img: img)
-    monkeypatch.setattr(dl, 'load_image', lambda p: p)
+    monkeypatch.setattr(datasets, 'load_image', lambda p: p)
     assert len(ds) == 5
     assert [ds[k] for k in range(5)] == [('a0', 'b0'), ('a1', 'b1'), ('a2', 'b0'),
                                          ('a0', 'b1'), ('a1', 'b0')]
