@@ -32,12 +32,8 @@ LAMBDA_MASK=${LAMBDA_MASK:-0.1}
 LAMBDA_MZERONE=${LAMBDA_MZERONE:-0}
 G_LR=${G_LR:-0.0002}
 D_LR=${D_LR:-0.0005}
-G_EMA_DECAY=${G_EMA_DECAY:-0}         # 0.999 averages G: smoother, measured no better at this budget
-TEST_EMA=${TEST_EMA:-false}
 PCA_COMPONENTS=${PCA_COMPONENTS:-32}   # references: PCA reconstruction error, k nearest healthy
 KNN_K=${KNN_K:-5}
-AUGMENT=${AUGMENT:-flip}              # 'affine' (rotation, zoom, shift, contrast): measured no better
-DIFF_AUGMENT=${DIFF_AUGMENT:-off}     # e.g. color,translation,cutout (DiffAugment): measured no better
 TEST_ITERS=${TEST_ITERS:-latest}     # the last checkpoint ('best_aucp': the highest AUCp; noisy here)
 ENSEMBLE=${ENSEMBLE:-4}              # average the scores of the last 4 checkpoints (1: that one alone)
 SCORE_VARIANT=${SCORE_VARIANT:-lung}  # headline score (all variants are reported; 'mean': the original's)
@@ -66,11 +62,10 @@ python main.py --mode train "${COMMON[@]}" "${RESUME[@]}" --batch_size "$BATCH_S
     --lr_schedule "$LR_SCHEDULE" --lr_update_step "$LR_UPDATE_STEP" \
     --lambda_id "$LAMBDA_ID" --lambda_rec "$LAMBDA_REC" --lambda_mask "$LAMBDA_MASK" \
     --lambda_mzerone "$LAMBDA_MZERONE" --g_lr "$G_LR" --d_lr "$D_LR" \
-    --g_ema_decay "$G_EMA_DECAY" --augment "$AUGMENT" --diff_augment "$DIFF_AUGMENT" \
     --model_save_step "$MODEL_SAVE_STEP" \
     --sample_step "$MODEL_SAVE_STEP" --log_step 50 "$@"
 echo "Training took $(( $(date +%s) - start )) s."
-python main.py --mode testAUC "${COMMON[@]}" --test_iters "$TEST_ITERS" --test_ema "$TEST_EMA" \
+python main.py --mode testAUC "${COMMON[@]}" --test_iters "$TEST_ITERS" \
     --score_variant "$SCORE_VARIANT" --ensemble "$ENSEMBLE" --batch_size 16 "$@"
 METHODS=mean_intensity,global_mean,global_contrast,global_sharpness,pca,knn
 if [ "$AE_ITERS" -gt 0 ]; then METHODS=$METHODS,autoencoder; fi

@@ -102,17 +102,23 @@ def assert_equal_batches(a, b):
         assert len(x) == len(y) and all(torch.equal(u, v) for u, v in zip(x, y))
 
 
-def test_cached_loader_samples_exactly_as_the_per_step_loader(tmp_path):
+def nested_layout(root):
+    """mixed, healthy, test/normal, test/anomalous: 5, 3, 2, 3 random PNGs of different sizes
+    (cropping and resizing matter); the split {name: paths}."""
     rng = np.random.default_rng(0)
-    root = tmp_path / 'data'
     for sub, n in [('mixed', 5), ('healthy', 3), ('test/normal', 2), ('test/anomalous', 3)]:
         os.makedirs(root / sub)
-        for k in range(n):  # different sizes: cropping and resizing matter
+        for k in range(n):
             arr = rng.integers(0, 256, (30 + 3 * k, 24 + 2 * k), dtype=np.uint8)
             Image.fromarray(arr).save(root / sub / f'{k}.png')
-    split = {name: dl.list_images(str(root / sub)) for name, sub in
-             [('mixed', 'mixed'), ('healthy', 'healthy'), ('test_normal', 'test/normal'),
-              ('test_anomalous', 'test/anomalous')]}
+    return {name: dl.list_images(str(root / sub)) for name, sub in
+            [('mixed', 'mixed'), ('healthy', 'healthy'), ('test_normal', 'test/normal'),
+             ('test_anomalous', 'test/anomalous')]}
+
+
+def test_cached_loader_samples_exactly_as_the_per_step_loader(tmp_path):
+    root = tmp_path / 'data'
+    split = nested_layout(root)
     on = config_for(root, tmp_path)
     off = config_for(root, tmp_path, data_cache='off')
 
@@ -217,3 +223,24 @@ def test_default_cache_folder_is_the_user_cache(tmp_path, monkeypatch):
     assert dl.default_cache_dir(c) == os.path.join(os.path.expanduser('~'), '.cache', 'healthygan')
     c.cache_dir = str(tmp_path / 'elsewhere')
     assert dl.default_cache_dir(c) == c.cache_dir
+
+
+def test_mean_image_is_the_same_from_the_cache_and_from_decoding(tmp_path):
+    split = nested_layout(tmp_path / 'data')
+    on = config_for(tmp_path / 'data', tmp_path)
+    off = config_for(tmp_path / 'data', tmp_path, data_cache='off')
+    a, b = dl.mean_image(split['healthy'], on), dl.mean_image(split['healthy'], off)
+    expected = torch.stack([dl.build_transform(16)(dl.load_image(p))
+                            for p in split['healthy']]).mean(0)
+    assert a.shape == b.shape == (3, 16, 16)
+    assert torch.allclose(a, expected, atol=1e-5) and torch.allclose(b, expected, atol=1e-5)
+
+
+def test_lung_prior_reads_the_training_cache_without_building_another(tmp_path):
+    split = nested_layout(tmp_path / 'data')
+    config = config_for(tmp_path / 'data', tmp_path)
+    dl.get_loader(config, 'train', split)  # builds the training set's cache
+    built = sorted(os.listdir(tmp_path / 'cache'))
+    mean = dl.mean_image(split['healthy'], config, among=split['mixed'] + split['healthy'])
+    assert sorted(os.listdir(tmp_path / 'cache')) == built
+    assert torch.allclose(mean, dl.mean_image(split['healthy'], config), atol=1e-6)

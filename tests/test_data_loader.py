@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import data_loader as dl
+from healthygan.data import datasets
 from conftest import NIH_MINI, shared_path
 
 
@@ -28,18 +29,19 @@ def test_transform_outputs_three_equal_channels_in_minus_one_one():
     assert x.shape == (3, 16, 16) and torch.allclose(x, torch.ones_like(x))
 
 
-def test_pair_dataset_follows_the_original_indexing():
-    ds = dl.PairDataset(['a0', 'a1', 'a2'], ['b0', 'b1'], transform=None)
-    ds.transform = lambda img: img
-    import data_loader
-    orig = data_loader.load_image
-    data_loader.load_image = lambda p: p
-    try:
-        assert len(ds) == 5
-        assert [ds[k] for k in range(5)] == [('a0', 'b0'), ('a1', 'b1'), ('a2', 'b0'),
-                                             ('a0', 'b1'), ('a1', 'b0')]
-    finally:
-        data_loader.load_image = orig
+def test_pair_dataset_follows_the_original_indexing(monkeypatch):
+    ds = dl.PairDataset(['a0', 'a1', 'a2'], ['b0', 'b1'], transform=lambda img: img)
+    monkeypatch.setattr(datasets, 'load_image', lambda p: p)
+    assert len(ds) == 5
+    assert [ds[k] for k in range(5)] == [('a0', 'b0'), ('a1', 'b1'), ('a2', 'b0'),
+                                         ('a0', 'b1'), ('a1', 'b0')]
+
+
+def test_flips_are_drawn_per_item_from_seed_and_index():
+    assert dl.item_flips(0, 7) == tuple(bool(v) for v in
+                                        np.random.default_rng([0, 7]).random(2) < 0.5)
+    draws = {dl.item_flips(0, i) for i in range(64)}
+    assert draws == {(False, False), (False, True), (True, False), (True, True)}
 
 
 def test_broken_image_is_named_in_the_error(tmp_path):

@@ -114,11 +114,6 @@ def build_parser():
     g.add_argument('--beta2', type=float, default=0.999)
     g.add_argument('--ae_flip', type=cli.str2bool, default=True,
                    help='random horizontal flips, drawn per item as in HealthyGAN training')
-    g.add_argument('--ae_augment', type=str, default='flip', choices=['flip', 'affine'],
-                   help="affine: also main.py's --augment affine changes (rotation, zoom, shift, "
-                        "contrast, brightness), drawn per item")
-    g.add_argument('--ae_aug_strength', type=float, default=1.0,
-                   help='--ae_augment affine: multiplies every range, as main.py --aug_strength')
     g.add_argument('--ae_checkpoint', type=str, default=None,
                    help='score this saved autoencoder G (a <iters>-G.ckpt written by this tool) '
                         'instead of training one')
@@ -303,10 +298,6 @@ def train_autoencoder(x_train, args, device):
             flip = flip_draws(args.seed, batch)
             x[flip] = x[flip].flip(-1)
         x = x.to(device)
-        if args.ae_augment == 'affine':  # as --augment affine draws them for the healthy image
-            params = np.stack([data_loader.item_affine(args.seed, int(b), args.ae_aug_strength)
-                               for b in batch])[:, 1]
-            x = data_loader.apply_affine(x, params)
         # The mask logit (channel 3) is ignored: a plain autoencoder has no mask.
         image_logits, _ = G(x)
         loss = (x - torch.tanh(image_logits)).abs().mean()
@@ -542,8 +533,6 @@ def run(args, command=''):
     if 'autoencoder' in args.methods and args.image_size % 4 != 0:
         raise ConfigError(f'--image_size {args.image_size}: the generator downsamples twice, so '
                           f'the autoencoder needs a multiple of 4')
-    if not 0 < args.ae_aug_strength <= 4:
-        raise ConfigError(f'--ae_aug_strength {args.ae_aug_strength}: expected a value in (0, 4]')
     try:
         os.makedirs(args.result_dir, exist_ok=True)
     except OSError as e:
@@ -600,8 +589,7 @@ def run(args, command=''):
             params = {'g_conv_dim': args.ae_g_conv_dim, 'g_repeat_num': args.ae_g_repeat_num,
                       'iters': args.ae_iters, 'batch_size': args.ae_batch_size,
                       'lr': args.ae_lr, 'betas': [args.beta1, args.beta2],
-                      'flip': args.ae_flip, 'augment': args.ae_augment,
-                      'aug_strength': args.ae_aug_strength, 'loss': 'L1 on tanh(image logits); mask ignored'}
+                      'flip': args.ae_flip, 'loss': 'L1 on tanh(image logits); mask ignored'}
             if args.ae_checkpoint:
                 G = Generator(args.ae_g_conv_dim, 0, args.ae_g_repeat_num).to(device)
                 load_state_dict_checked(G, args.ae_checkpoint, 'Generator')

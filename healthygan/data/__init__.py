@@ -1,0 +1,7 @@
+"""The data side of HealthyGAN, one job per module, used through data_loader.py (get_loader,
+folder_loader and the names re-exported there): splits.py finds the images a mode reads (the
+Covid lists, the Folder layout, held-out images, lesion masks); decode.py reads and preprocesses
+them (PNG, JPEG, TIFF, DICOM; unreadable images found before training); cache.py keeps the
+preprocessed uint8 pixels once per image and serves batches from them; datasets.py holds the
+datasets, the resumable epoch sampler and the cached loader.
+"""
