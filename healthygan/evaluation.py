@@ -5,13 +5,16 @@ import datetime
 import json
 import os
 import sys
+import types
 
+import numpy as np
 import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
 import data_loader
 import metrics
+import report
 from healthygan.checkpoints import load_checked, resolve_iters, save_atomic
 from healthygan.distributed import is_main
 from healthygan.errors import ConfigError
@@ -154,8 +157,6 @@ class Evaluation:
         {index: error} for unreadable images). With map_dir, each image's anomaly map is
         written to map_dir/<names[index]> as a 16-bit PNG.
         """
-        import numpy as np
-        import report
         n = len(loader.dataset)
         region = self.lung_region()
         scores = {v: np.full(n, np.nan) for v in metrics.SCORE_VARIANTS
@@ -232,7 +233,6 @@ class Evaluation:
         A second, short translation pass over these images only: the scores come from the
         first pass, and the colour scale vmax needs every map first.
         """
-        import report
         gt_masks, captions = gt_masks or {}, captions or {}
         indices = list(indices)
         for a in tqdm(range(0, len(indices), self.config.batch_size), desc='pictures',
@@ -258,21 +258,88 @@ class Evaluation:
         """The generator file that was tested."""
         return os.path.join(self.config.model_save_dir, f'{iters}-G.ckpt')
 
+    # -------------------------------------------------------------------------------------- #
+    #       The two front ends: testAUC (labelled test set) and score (a folder, no labels)    #
+    # -------------------------------------------------------------------------------------- #
+
+    def start_scoring(self):
+        """Before any image is read: the lung prior's check, G (and the ensemble), result_dir."""
+        self.lung_region()  # --score_variant lung without a prior: one line, before work
+        iters = self.load_for_test()
+        os.makedirs(self.config.result_dir, exist_ok=True)
+        return iters
+
+    def score_all(self, loader, names, test_paths=(), keep_maps=(), desc='scoring'):
+        """The scoring path testAUC and score share: every image of the loader with every score
+        variant, its map written to maps/, and the thresholds chosen on the validation set
+        when there is one. Returns a namespace."""
+        val = self.validation_set(test_paths)
+        scores, maps, errors = self.score_pass(loader, names,
+                                               os.path.join(self.config.result_dir, 'maps'),
+                                               keep_maps, desc)
+        thresholds, source, val_info = (self.validation_thresholds(val) if val
+                                        else ({}, None, None))
+        return types.SimpleNamespace(scores=scores, maps=maps, errors=errors,
+                                     thresholds=thresholds, source=source, validation=val_info)
+
+    def write_scores_csv(self, paths, names, scores, rows, labels=None, threshold=None):
+        """scores.csv: one row per scored image; gt_label where labelled, pred_label where a
+        threshold exists."""
+        selected = scores[self.config.score_variant]
+        header = (['path'] + (['gt_label'] if labels is not None else [])
+                  + ['pred_score', 'anomaly_map'] + (['pred_label'] if threshold is not None
+                                                     else []) + [f'score_{v}' for v in scores])
+        with open(os.path.join(self.config.result_dir, 'scores.csv'), 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for k in rows:
+                w.writerow([paths[k]] + ([int(labels[k])] if labels is not None else [])
+                           + [f'{selected[k]:.8f}', os.path.join('maps', names[k])]
+                           + ([int(selected[k] >= threshold)] if threshold is not None else [])
+                           + [f'{scores[v][k]:.8f}' for v in scores])
+
     def test_auc(self):
         """Score every test image with every score variant; AUROC (bootstrap CI), AUPRC and the
         operating point's metrics, pixel metrics where lesion masks exist; scores.csv, the maps,
         metrics.json and (--report true) pictures and report.html in result_dir."""
-        import numpy as np
         c = self.config
-        self.lung_region()  # --score_variant lung without a prior: one line, before work
-        iters = self.load_for_test()
-        os.makedirs(c.result_dir, exist_ok=True)
+        iters = self.start_scoring()
         loader = data_loader.get_loader(c, 'testAUC', self.split, self.device)
-        dataset = loader.dataset
-        paths, labels = list(dataset.paths), np.asarray(dataset.labels, dtype=int)
-        import report
+        paths, labels = list(loader.dataset.paths), np.asarray(loader.dataset.labels, dtype=int)
         names = report.output_names(paths)
-        # Ground-truth lesion masks (synthetic.py's layout): a normal image's truth is empty.
+        gt_masks, pixel_keys = self.lesion_masks(paths, labels)
+        s = self.score_all(loader, names, paths, pixel_keys, desc='testAUC')
+        result = self.test_metrics(s, labels, iters)
+        if pixel_keys:
+            keys = sorted(pixel_keys)
+            empty = np.zeros((c.image_size, c.image_size), bool)
+            result.update(metrics.pixel_metrics([gt_masks.get(k, empty) for k in keys],
+                                                [s.maps[k] for k in keys]))
+            result['pixel_map'] = 'anomaly_map |x - x_hat| / 2; normal images count as lesion-free'
+        self.write_scores_csv(paths, names, s.scores, range(len(paths)), labels,
+                              result['threshold'])
+        if c.report:
+            result['report'] = 'report.html'
+        with open(os.path.join(c.result_dir, 'metrics.json'), 'w') as f:
+            json.dump(result, f, indent=1)
+        if c.report:
+            info = {'checkpoint': result['checkpoint'], 'iteration': iters,
+                    'image size': c.image_size, 'test images': len(labels),
+                    'score variant': f"{c.score_variant}: {result['score']}",
+                    'threshold source': result['threshold_source']}
+            self.write_report(s.scores, range(len(paths)), names, loader.dataset,
+                              'HealthyGAN test report', info, report.metrics_html(result),
+                              'metrics.json', labels, result['threshold'], gt_masks,
+                              {v: r['image_AUROC'] for v, r in result['variants'].items()})
+        print_test_result(result, c)
+        return result
+
+    testAUC = test_auc  # the original's name for the mode
+
+    def lesion_masks(self, paths, labels):
+        """Ground-truth lesion masks (synthetic.py's layout) {index: mask}, and the images the
+        pixel metrics use: those with a mask and every normal image (truth: no lesion)."""
+        c = self.config
         gt_masks = {}
         for k, p in enumerate(paths):
             found = data_loader.find_mask(p, c.image_dir)
@@ -281,15 +348,14 @@ class Evaluation:
         pixel_keys = set()
         if any(labels[k] == 1 for k in gt_masks):
             pixel_keys = set(gt_masks) | {k for k in range(len(paths)) if labels[k] == 0}
+        return gt_masks, pixel_keys
 
-        val = self.validation_set(paths)
-        scores, maps, _ = self.score_pass(loader, names, os.path.join(c.result_dir, 'maps'),
-                                          pixel_keys, desc='testAUC')
-        thresholds, source, val_info = (self.validation_thresholds(val) if val
-                                        else ({}, None, None))
+    def test_metrics(self, s, labels, iters):
+        """metrics.json's content: the headline variant's image metrics, every variant's."""
+        c = self.config
         variants = {}
-        for v, s in scores.items():
-            r = metrics.image_metrics(labels, s, thresholds.get(v), source, c.bootstrap,
+        for v, scores in s.scores.items():
+            r = metrics.image_metrics(labels, scores, s.thresholds.get(v), s.source, c.bootstrap,
                                       c.bootstrap_seed)
             variants[v] = {'description': metrics.SCORE_VARIANTS[v], **r}
         result = dict(variants[c.score_variant])
@@ -300,109 +366,15 @@ class Evaluation:
                        'bootstrap': {'n': c.bootstrap, 'seed': c.bootstrap_seed,
                                      'method': 'percentile, stratified by class'}})
         result.update(self.ensemble_record())
-        if val_info:
-            result['validation'] = val_info
+        if s.validation:
+            result['validation'] = s.validation
         if self.lung_note:
             result['notes'] = {'lung': self.lung_note}
-        if pixel_keys:
-            keys = sorted(pixel_keys)
-            empty = np.zeros((c.image_size, c.image_size), bool)
-            result.update(metrics.pixel_metrics([gt_masks.get(k, empty) for k in keys],
-                                                [maps[k] for k in keys]))
-            result['pixel_map'] = 'anomaly_map |x - x_hat| / 2; normal images count as lesion-free'
         result['variants'] = {v: {key: r[key] for key in (
             'description', 'image_AUROC', 'image_AUROC_ci95', 'image_AUPRC', 'threshold',
             'sensitivity', 'specificity', 'accuracy', 'F1') if key in r}
             for v, r in variants.items()}
-
-        selected = scores[c.score_variant]
-        pred = (selected >= result['threshold']).astype(int)
-        with open(os.path.join(c.result_dir, 'scores.csv'), 'w', newline='') as f:
-            w = csv.writer(f)
-            w.writerow(['path', 'gt_label', 'pred_score', 'anomaly_map', 'pred_label']
-                       + [f'score_{v}' for v in scores])
-            for k, path in enumerate(paths):
-                w.writerow([path, int(labels[k]), f'{selected[k]:.8f}',
-                            os.path.join('maps', names[k]), pred[k]]
-                           + [f'{scores[v][k]:.8f}' for v in scores])
-        if c.report:
-            result['report'] = 'report.html'
-        with open(os.path.join(c.result_dir, 'metrics.json'), 'w') as f:
-            json.dump(result, f, indent=1)
-        if c.report:
-            self.write_test_report(result, scores, labels, names, dataset, gt_masks, iters)
-
-        ci = result.get('image_AUROC_ci95')
-        print(f"AUC: {result['image_AUROC']:.4f}  sensitivity: {result['sensitivity']:.4f}  "
-              f"specificity: {result['specificity']:.4f}  (threshold {result['threshold']:.6f}, "
-              f"{result['threshold_source']}; {result['n_normal']} normal, "
-              f"{result['n_anomalous']} anomalous)")
-        print(f'score {c.score_variant}' + (f'; AUROC 95% CI {ci[0]:.4f} - {ci[1]:.4f}' if ci
-                                            else '')
-              + f"; AUPRC {result['image_AUPRC']:.4f}; accuracy {result['accuracy']:.4f}; "
-                f"F1 {result['F1']:.4f}")
-        print('variants: ' + ', '.join(f"{v} {r['image_AUROC']:.4f}"
-                                       for v, r in result['variants'].items()))
-        if 'pixel_AUROC' in result:
-            print(f"pixel AUROC {result['pixel_AUROC']:.4f}; Dice {result['pixel_Dice']:.4f} "
-                  f"({result['pixel_threshold_source']})")
-        print('Saved metrics.json, scores.csv and maps/' + (', pictures and report.html'
-                                                            if c.report else '')
-              + f' into {c.result_dir}')
         return result
-
-    testAUC = test_auc  # the original's name for the mode
-
-    def picture_indices(self, n, order_groups):
-        """The first --num_maps images (-1: all) plus the report's examples."""
-        first = range(n) if self.config.num_maps < 0 else range(min(self.config.num_maps, n))
-        return sorted(set(first) | {k for _, ks in order_groups for k in ks})
-
-    def write_test_report(self, result, scores, labels, names, dataset, gt_masks, iters):
-        """Panels, ROC curve, histograms and report.html of a testAUC run."""
-        import numpy as np
-        import report
-        c = self.config
-        selected = scores[c.score_variant]
-        plots = os.path.join(c.result_dir, 'plots')
-        os.makedirs(plots, exist_ok=True)
-        report.plot_roc(labels, scores, c.score_variant, result['threshold'],
-                        os.path.join(plots, 'roc.png'),
-                        {v: r['image_AUROC'] for v, r in result['variants'].items()})
-        report.plot_histogram(selected, os.path.join(plots, 'score_histogram.png'), labels,
-                              result['threshold'], f'anomaly score ({c.score_variant})')
-        groups = []
-        for label, name in ((1, 'anomalous'), (0, 'normal')):
-            ks = np.flatnonzero(labels == label)
-            order = ks[np.argsort(-selected[ks], kind='stable')]
-            groups.append((f'{name}: most anomalous', order[:report.N_EXAMPLES].tolist()))
-            groups.append((f'{name}: least anomalous', order[::-1][:report.N_EXAMPLES].tolist()))
-        captions = {k: f'{os.path.basename(dataset.paths[k])}  label '
-                       f'{"anomalous" if labels[k] else "normal"}  score {selected[k]:.5f}'
-                    for k in range(len(labels))}
-        vmax = max(float(np.nanmax(scores['p99'])), 1e-6)
-        self.draw_panels(dataset, self.picture_indices(len(labels), groups), names,
-                         os.path.join(c.result_dir, 'panels'), vmax, gt_masks, captions)
-        examples = [(title, [(f'panels/{names[k]}', f'#{rank + 1}: {captions[k]}')
-                             for rank, k in enumerate(ks)]) for title, ks in groups]
-        body = (report.metrics_html(result)
-                + '\n<h2>Plots</h2><div class="plots"><img src="plots/roc.png" alt="ROC">'
-                  '<img src="plots/score_histogram.png" alt="histogram"></div>'
-                + f'\n<h2>Examples</h2><p class="note">Columns: input, translation, G\'s mask, '
-                  f'the anomaly map |x - x_hat| / 2 over the input (colours from 0 to {vmax:.4g}, '
-                  f'the largest 99th percentile of any map in this run), and the true lesion '
-                  f'where a mask exists. Ranked by the {c.score_variant} score.</p>\n'
-                + report.examples_html(examples)
-                + '\n<p class="note">Files: <a href="metrics.json">metrics.json</a>, '
-                  '<a href="scores.csv">scores.csv</a> (one row per image, with its map in '
-                  'maps/ and, for the first --num_maps images, its panel in panels/).</p>')
-        info = {'checkpoint': result['checkpoint'], 'iteration': iters,
-                'image size': c.image_size, 'test images': len(labels),
-                'score variant': f"{c.score_variant}: {result['score']}",
-                'threshold source': result['threshold_source'],
-                'written': datetime.datetime.now().isoformat(timespec='seconds')}
-        report.write_html(os.path.join(c.result_dir, 'report.html'), 'HealthyGAN test report',
-                          info, body)
 
     def score_folder(self):
         """Score every image below --score_dir (recursively, any supported format), unlabelled.
@@ -411,8 +383,56 @@ class Evaluation:
         predicted label when --val_dir gives a threshold), maps/, summary.json and, with
         --report true, panels and report.html into result_dir.
         """
-        import numpy as np
-        import report
+        c = self.config
+        paths = self.folder_paths()
+        iters = self.start_scoring()
+        names = report.output_names(paths, root=c.score_dir)
+        loader = data_loader.folder_loader(c, paths)
+        s = self.score_all(loader, names, desc='score')
+        ok = [k for k in range(len(paths)) if k not in s.errors]
+        selected = s.scores[c.score_variant]
+        threshold = s.thresholds.get(c.score_variant)
+        self.write_scores_csv(paths, names, s.scores, ok, threshold=threshold)
+        summary = {'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
+                   'score_dir': c.score_dir, 'image_size': c.image_size,
+                   'score_variant': c.score_variant, 'score': metrics.SCORE_VARIANTS[c.score_variant],
+                   'n_images': len(ok), 'unreadable': {paths[k]: e for k, e in s.errors.items()}}
+        summary.update(self.ensemble_record())
+        if self.lung_note:
+            summary['notes'] = {'lung': self.lung_note}
+        if ok:
+            v = selected[ok]
+            summary['pred_score'] = {'mean': float(v.mean()), 'min': float(v.min()),
+                                     'median': float(np.median(v)), 'max': float(v.max())}
+        if threshold is not None:
+            summary.update({'threshold': threshold, 'threshold_source': s.source,
+                            'validation': s.validation,
+                            'n_pred_anomalous': int((selected[ok] >= threshold).sum())})
+        with open(os.path.join(c.result_dir, 'summary.json'), 'w') as f:
+            json.dump(summary, f, indent=1)
+        if s.errors:
+            print(f'warning: {len(s.errors)} images could not be read and were left out (listed '
+                  f'in summary.json), e.g. {next(iter(s.errors.values()))}')
+        if c.report and ok:
+            above = (f"{threshold:.6g} ({s.source}); {summary['n_pred_anomalous']} of {len(ok)} "
+                     f"images above it" if threshold is not None
+                     else 'none (no --val_dir): scores only')
+            info = {'checkpoint': summary['checkpoint'], 'iteration': iters,
+                    'folder': c.score_dir, 'images scored': len(ok),
+                    'unreadable': len(summary['unreadable']),
+                    'score variant': f"{c.score_variant}: {summary['score']}"}
+            self.write_report(s.scores, ok, names, loader.dataset, 'HealthyGAN: scores of a folder',
+                              info, f'<h2>Scores</h2><p>No labels: scores and maps only. '
+                                    f'Threshold: {above}.</p>', 'summary.json',
+                              threshold=threshold)
+        print(f'Scored {len(ok)} images in {c.score_dir} ({c.score_variant}: median '
+              f'{summary["pred_score"]["median"]:.6f})' if ok else 'No image could be scored')
+        print('Saved scores.csv, maps/ and summary.json' + (' and report.html' if c.report
+                                                              else '') + f' into {c.result_dir}')
+        return summary
+
+    def folder_paths(self):
+        """The images below --score_dir, leaving out a --result_dir inside it."""
         c = self.config
         if not c.score_dir:
             raise ConfigError('--mode score needs --score_dir DIR, the folder of images to score')
@@ -425,90 +445,79 @@ class Evaluation:
         if not paths:
             raise data_loader.DataError(f'no images in --score_dir {c.score_dir} outside '
                                         f'--result_dir {c.result_dir}')
-        self.lung_region()  # --score_variant lung without a prior: one line, before work
-        iters = self.load_for_test()
-        os.makedirs(c.result_dir, exist_ok=True)
-        names = report.output_names(paths, root=c.score_dir)
-        val = self.validation_set()
-        loader = data_loader.folder_loader(c, paths)
-        scores, _, errors = self.score_pass(loader, names, os.path.join(c.result_dir, 'maps'),
-                                            desc='score')
-        thresholds, source, val_info = (self.validation_thresholds(val) if val
-                                        else ({}, None, None))
-        ok = [k for k in range(len(paths)) if k not in errors]
-        selected = scores[c.score_variant]
-        threshold = thresholds.get(c.score_variant)
-        header = ['path', 'pred_score', 'anomaly_map'] + (['pred_label'] if val else []) \
-            + [f'score_{v}' for v in scores]
-        with open(os.path.join(c.result_dir, 'scores.csv'), 'w', newline='') as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            for k in ok:
-                w.writerow([paths[k], f'{selected[k]:.8f}', os.path.join('maps', names[k])]
-                           + ([int(selected[k] >= threshold)] if val else [])
-                           + [f'{scores[v][k]:.8f}' for v in scores])
-        summary = {'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
-                   'score_dir': c.score_dir, 'image_size': c.image_size,
-                   'score_variant': c.score_variant, 'score': metrics.SCORE_VARIANTS[c.score_variant],
-                   'n_images': len(ok), 'unreadable': {paths[k]: e for k, e in errors.items()}}
-        summary.update(self.ensemble_record())
-        if self.lung_note:
-            summary['notes'] = {'lung': self.lung_note}
-        if ok:
-            s = selected[ok]
-            summary['pred_score'] = {'mean': float(s.mean()), 'min': float(s.min()),
-                                     'median': float(np.median(s)), 'max': float(s.max())}
-        if val:
-            summary.update({'threshold': threshold, 'threshold_source': source,
-                            'validation': val_info,
-                            'n_pred_anomalous': int((selected[ok] >= threshold).sum())})
-        with open(os.path.join(c.result_dir, 'summary.json'), 'w') as f:
-            json.dump(summary, f, indent=1)
-        if errors:
-            print(f'warning: {len(errors)} images could not be read and were left out (listed '
-                  f'in summary.json), e.g. {next(iter(errors.values()))}')
-        if c.report and ok:
-            self.write_score_report(summary, scores, ok, paths, names, loader.dataset, iters)
-        print(f'Scored {len(ok)} images in {c.score_dir} ({c.score_variant}: median '
-              f'{summary["pred_score"]["median"]:.6f})' if ok else 'No image could be scored')
-        print('Saved scores.csv, maps/ and summary.json' + (' and report.html' if c.report
-                                                              else '') + f' into {c.result_dir}')
-        return summary
+        return paths
 
-    def write_score_report(self, summary, scores, ok, paths, names, dataset, iters):
-        """Panels, score histogram and report.html of a folder scored without labels."""
-        import numpy as np
-        import report
+    # -------------------------------------------------------------------------------------- #
+    #                        report.html: the one writer of both modes                        #
+    # -------------------------------------------------------------------------------------- #
+
+    def picture_indices(self, n, order_groups):
+        """The first --num_maps images (-1: all) plus the report's examples."""
+        first = range(n) if self.config.num_maps < 0 else range(min(self.config.num_maps, n))
+        return sorted(set(first) | {k for _, ks in order_groups for k in ks})
+
+    def write_report(self, scores, rows, names, dataset, title, info, intro, record,
+                     labels=None, threshold=None, gt_masks=None, variant_auroc=None):
+        """Plots, per-image panels and report.html of the scored images `rows`. With labels
+        (testAUC): the ROC curve and examples per class; without (score): examples overall."""
         c = self.config
-        selected = scores[c.score_variant]
-        os.makedirs(os.path.join(c.result_dir, 'plots'), exist_ok=True)
-        report.plot_histogram(selected[ok], os.path.join(c.result_dir, 'plots',
-                                                         'score_histogram.png'),
-                              threshold=summary.get('threshold'),
-                              xlabel=f'anomaly score ({c.score_variant})')
-        order = np.asarray(ok)[np.argsort(-selected[ok], kind='stable')]
-        groups = [('most anomalous', order[:report.N_EXAMPLES].tolist()),
-                  ('least anomalous', order[::-1][:report.N_EXAMPLES].tolist())]
-        captions = {k: f'{names[k]}  score {selected[k]:.5f}' for k in ok}
+        selected, rows = scores[c.score_variant], np.asarray(list(rows), dtype=int)
+        plots = os.path.join(c.result_dir, 'plots')
+        os.makedirs(plots, exist_ok=True)
+        images = []
+        if labels is not None:
+            report.plot_roc(labels, scores, c.score_variant, threshold,
+                            os.path.join(plots, 'roc.png'), variant_auroc)
+            images.append('<img src="plots/roc.png" alt="ROC">')
+        report.plot_histogram(selected[rows], os.path.join(plots, 'score_histogram.png'),
+                              None if labels is None else labels[rows], threshold,
+                              f'anomaly score ({c.score_variant})')
+        images.append('<img src="plots/score_histogram.png" alt="histogram">')
+        sets = [('', rows)] if labels is None else [
+            (f'{name}: ', rows[labels[rows] == label]) for label, name in ((1, 'anomalous'),
+                                                                           (0, 'normal'))]
+        groups = []
+        for prefix, ks in sets:
+            order = ks[np.argsort(-selected[ks], kind='stable')]
+            groups.append((f'{prefix}most anomalous', order[:report.N_EXAMPLES].tolist()))
+            groups.append((f'{prefix}least anomalous', order[::-1][:report.N_EXAMPLES].tolist()))
+        captions = {int(k): names[k] + ('' if labels is None else
+                                        f'  label {"anomalous" if labels[k] else "normal"}')
+                    + f'  score {selected[k]:.5f}' for k in rows}
         vmax = max(float(np.nanmax(scores['p99'])), 1e-6)
-        shown = [k for k in self.picture_indices(len(paths), groups) if k in captions]
+        shown = [k for k in self.picture_indices(len(names), groups) if k in captions]
         self.draw_panels(dataset, shown, names, os.path.join(c.result_dir, 'panels'), vmax,
-                         captions=captions)
-        examples = [(title, [(f'panels/{names[k]}', f'#{rank + 1}: {captions[k]}')
-                             for rank, k in enumerate(ks)]) for title, ks in groups]
-        threshold = (f"{summary['threshold']:.6g} ({summary['threshold_source']}); "
-                     f"{summary['n_pred_anomalous']} of {len(ok)} images above it"
-                     if 'threshold' in summary else 'none (no --val_dir): scores only')
-        body = ('<h2>Scores</h2><p>No labels: scores and maps only. Threshold: '
-                f'{threshold}.</p><div class="plots"><img src="plots/score_histogram.png" '
-                'alt="histogram"></div>\n<h2>Examples</h2>'
-                f'<p class="note">Colours of the map from 0 to {vmax:.4g}.</p>\n'
+                         gt_masks, captions)
+        examples = [(title_, [(f'panels/{names[k]}', f'#{rank + 1}: {captions[k]}')
+                              for rank, k in enumerate(ks)]) for title_, ks in groups]
+        body = (intro + '\n<h2>Plots</h2><div class="plots">' + ''.join(images) + '</div>'
+                + f'\n<h2>Examples</h2><p class="note">Columns: input, translation, G\'s mask, '
+                  f'the anomaly map |x - x_hat| / 2 over the input (colours from 0 to {vmax:.4g}, '
+                  f'the largest 99th percentile of any map in this run), and the true lesion '
+                  f'where a mask exists. Ranked by the {c.score_variant} score.</p>\n'
                 + report.examples_html(examples)
-                + '\n<p class="note">Files: <a href="summary.json">summary.json</a>, '
-                  '<a href="scores.csv">scores.csv</a>.</p>')
-        info = {'checkpoint': summary['checkpoint'], 'iteration': iters,
-                'folder': c.score_dir, 'images scored': len(ok),
-                'unreadable': len(summary['unreadable']),
-                'score variant': f"{c.score_variant}: {summary['score']}"}
-        report.write_html(os.path.join(c.result_dir, 'report.html'),
-                          'HealthyGAN: scores of a folder', info, body)
+                + f'\n<p class="note">Files: <a href="{record}">{record}</a>, '
+                  '<a href="scores.csv">scores.csv</a> (one row per image, with its map in '
+                  'maps/ and, for the first --num_maps images, its panel in panels/).</p>')
+        info = {**info, 'written': datetime.datetime.now().isoformat(timespec='seconds')}
+        report.write_html(os.path.join(c.result_dir, 'report.html'), title, info, body)
+
+
+def print_test_result(result, c):
+    """testAUC's printed lines: the original's AUC, sensitivity and specificity first."""
+    ci = result.get('image_AUROC_ci95')
+    print(f"AUC: {result['image_AUROC']:.4f}  sensitivity: {result['sensitivity']:.4f}  "
+          f"specificity: {result['specificity']:.4f}  (threshold {result['threshold']:.6f}, "
+          f"{result['threshold_source']}; {result['n_normal']} normal, "
+          f"{result['n_anomalous']} anomalous)")
+    print(f'score {c.score_variant}' + (f'; AUROC 95% CI {ci[0]:.4f} - {ci[1]:.4f}' if ci else '')
+          + f"; AUPRC {result['image_AUPRC']:.4f}; accuracy {result['accuracy']:.4f}; "
+            f"F1 {result['F1']:.4f}")
+    print('variants: ' + ', '.join(f"{v} {r['image_AUROC']:.4f}"
+                                   for v, r in result['variants'].items()))
+    if 'pixel_AUROC' in result:
+        print(f"pixel AUROC {result['pixel_AUROC']:.4f}; Dice {result['pixel_Dice']:.4f} "
+              f"({result['pixel_threshold_source']})")
+    print('Saved metrics.json, scores.csv and maps/' + (', pictures and report.html'
+                                                        if c.report else '')
+          + f' into {c.result_dir}')
