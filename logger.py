@@ -15,9 +15,6 @@ class Logger:
         """Add a scalar (e.g. tag 'D/loss_gp') at a training step."""
         self.writer.add_scalar(tag, value, step)
 
-    def flush(self):
-        self.writer.flush()
-
     def close(self):
         self.writer.close()
 

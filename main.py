@@ -225,7 +225,7 @@ def build_parser():
     g = p.add_argument_group('Speed (added)')
     g.add_argument('--fast', type=str2bool, default=False,
                    help='true: turn on the fast paths measured to help on this device (CUDA: '
-                        'all of them; CPU: see README, Speed); flags given explicitly win (added)')
+                        'all of them; CPU: see docs/speed.md); flags given explicitly win (added)')
 
     # Fast paths (solver.resolve_speed): each flag left unset takes the original's behaviour, or
     # the --fast preset's value; an explicit value always wins.

@@ -256,21 +256,3 @@ def write_html(path, title, info, body):
            f'<h1>{html.escape(title)}</h1>\n{facts}\n{body}\n</body></html>\n')
     with open(path, 'w', encoding='utf-8') as f:
         f.write(doc)
-
-
-def referenced_files(html_path):
-    """Every src / href of an HTML file that is not a link to the web or an anchor."""
-    from html.parser import HTMLParser
-
-    class Refs(HTMLParser):
-        def __init__(self):
-            super().__init__()
-            self.refs = []
-
-        def handle_starttag(self, tag, attrs):
-            self.refs += [v for k, v in attrs if k in ('src', 'href') and v]
-
-    parser = Refs()
-    with open(html_path, encoding='utf-8') as f:
-        parser.feed(f.read())
-    return [r for r in parser.refs if not r.startswith('#')]

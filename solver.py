@@ -67,7 +67,7 @@ class Solver(Training, Checkpointing, AUCpLogging, Evaluation):
             # the sign of the output, which the next layer keeps anyway, instead of a bool mask
             # of the input, which inductor's CPU code writes slowly. For a positive slope the
             # signs are the same, so the gradients are too, bit for bit (tests/test_fast.py).
-            # Not on GPUs, where the measured compiled step stays as it was.
+            # Not on GPUs, where the compiled step that was timed stays as it was.
             self.D.set_inplace_activations(self.device.type == 'cpu')
             self.G_run = maybe_compile(self.G, 'G', self.device)
             self.D_run = maybe_compile(self.D, 'D', self.device)

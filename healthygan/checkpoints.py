@@ -139,12 +139,6 @@ class Checkpointing:
         if load_D and os.path.exists(D_path):
             load_state_dict_checked(self.D, D_path, 'Discriminator')
 
-    def save_model(self, iters):
-        """Write <iters>-G.ckpt and <iters>-D.ckpt as bare state dicts (original format)."""
-        runfiles.save_checkpoint_set({f'{iters}-G.ckpt': self.G.state_dict(),
-                                      f'{iters}-D.ckpt': self.D.state_dict()},
-                                     self.config.model_save_dir, iters)  # as one set
-
     def training_state(self, iters, sampler, pairs_done):
         """<iters>-state.pt: both optimizers, RNG states and the data position, for exact resume.
 

@@ -56,10 +56,10 @@ def fast_preset(device):
                 'adam_impl': 'fused', 'reuse_fake': True, 'merge_critic': True,
                 'critic_matmul': False, 'gp_explicit': False, 'cudnn_benchmark': True,
                 'tf32': True}
-    # CPU (and MPS): the fp32 paths tools/benchmark.py found faster on a 2-core AVX-512 CPU
-    # without bf16 units (README, "Speed"); bf16 autocast slowed the step. torch.compile speeds
-    # it up too (1.55-1.58x the original's loop against 1.32-1.33x) but compiles for a minute at
-    # every start and resume and needs a C++ compiler, so it is left to --compile true.
+    # CPU (and MPS): the fp32 paths tools/benchmark.py found faster on a CPU without bf16 units
+    # (docs/speed.md); bf16 autocast slowed the step. torch.compile speeds it up further but
+    # compiles at every start and resume and needs a C++ compiler, so it is left to
+    # --compile true.
     return {**ORIGINAL_SPEED, 'reuse_fake': True, 'merge_critic': True, 'channels_last': True,
             'adam_impl': 'fused', 'critic_matmul': True, 'gp_explicit': True}
 

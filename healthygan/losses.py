@@ -1,4 +1,4 @@
-"""The paper's losses and the translation, as small pure functions (ORIGINAL.md's formulas).
+"""The paper's losses and the translation, as small pure functions (the original code's formulas).
 
 For an input x, G gives image logits f and a mask logit; the mask is m = (tanh(logit) + 1) / 2
 and the translation x_hat = m * tanh(f) + (1 - m) * x.

@@ -67,7 +67,7 @@ def best_aucp_iters(model_save_dir, flag='--test_iters', variant='mean'):
 
 class AUCpLogging:
     """AUCp of the held-out healthy (0) and mixed (1) images at every checkpoint: the authors'
-    later label-free criterion (ORIGINAL.md)."""
+    later label-free criterion (Siddiquee et al., IEEE TMI)."""
 
     def load_holdout(self):
         """The held-out healthy and mixed images as two CPU tensors (None when none held out)."""
@@ -119,7 +119,7 @@ class AUCpLogging:
 
         'AUCp' uses --score_variant (the score testAUC reports first); every variant's AUCp is
         recorded too, so a score can also be chosen without labels.
-        Added: the label-free checkpoint selection of the authors' later work (see ORIGINAL.md).
+        Added: the label-free checkpoint selection of the authors' later work.
         """
         if holdout is None:
             return None

@@ -1,4 +1,5 @@
-"""The training loop and its two steps (ORIGINAL.md, "One training iteration")."""
+"""The training loop and its two steps, as in the original code: a WGAN-GP critic step every
+iteration, a generator step every n_critic iterations."""
 import contextlib
 import datetime
 import json

@@ -15,6 +15,24 @@ import synthetic
 
 
 @pytest.fixture(scope='module')
+
+def referenced_files(html_path):
+    """Every src / href of an HTML file that is not a link to the web or an anchor."""
+    from html.parser import HTMLParser
+
+    class Refs(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.refs = []
+
+        def handle_starttag(self, tag, attrs):
+            self.refs += [v for k, v in attrs if k in ('src', 'href') and v]
+
+    parser = Refs()
+    with open(html_path, encoding='utf-8') as f:
+        parser.feed(f.read())
+    return [r for r in parser.refs if not r.startswith('#')]
+
 def tested(tmp_path_factory):
     """A tiny synthetic set with lesion masks, a tiny generator trained for 2 iterations, and
     testAUC's result with the defaults (in <tmp>/results)."""
@@ -48,7 +66,7 @@ def read_csv(path):
 
 
 def assert_report_references_only_existing_files(folder):
-    refs = report.referenced_files(os.path.join(folder, 'report.html'))
+    refs = referenced_files(os.path.join(folder, 'report.html'))
     assert refs, 'the report references no pictures'
     for ref in refs:
         assert not os.path.isabs(ref) and '://' not in ref, ref  # offline, movable folder
