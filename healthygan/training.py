@@ -71,6 +71,12 @@ def translation_grid(G, x_A, x_B):
     return torch.cat(columns, dim=3)
 
 
+def mask_stats(path, mask_logit, small, zero_one):
+    """The logged mask terms of one path (OT: mixed -> target, OO: healthy -> itself)."""
+    return {f'Mask/{path}_min': mask_logit.min(), f'Mask/{path}_max': mask_logit.max(),
+            f'Mask/{path}_small': small, f'Mask/{path}_zo': zero_one}
+
+
 class Training:
     """The Solver's training: the critic step, the generator step and the loop around them."""
 
@@ -105,12 +111,7 @@ class Training:
             d_loss_gp = gradient_penalty(self.D(x_int)[1], x_int)
         d_loss = d_loss_real + d_loss_fake + c.lambda_gp * d_loss_gp
 
-        self.g_optimizer.zero_grad(set_to_none=True)
-        self.d_optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(d_loss).backward()  # the scaler is a no-op unless --amp fp16
-        average_gradients(self.D)  # several ranks (torchrun): mean over ranks; else no-op
-        self.scaler.step(self.d_optimizer)
-        self.scaler.update()
+        self.update(d_loss, self.D, self.d_optimizer)
         return {'D/loss_real': d_loss_real.detach(), 'D/loss_fake': d_loss_fake.detach(),
                 'D/loss_gp': d_loss_gp.detach()}
 
@@ -146,20 +147,22 @@ class Training:
         g_loss = (g_loss_fake + g_loss_fake_id + c.lambda_id * g_loss_id
                   + c.lambda_rec * g_loss_rec + c.lambda_mask * g_loss_mask)
 
-        self.g_optimizer.zero_grad(set_to_none=True)
-        self.d_optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(g_loss).backward()  # the scaler is a no-op unless --amp fp16
-        average_gradients(self.G)  # several ranks (torchrun): mean over ranks; else no-op
-        self.scaler.step(self.g_optimizer)
-        self.scaler.update()
+        self.update(g_loss, self.G, self.g_optimizer)
         terms = {'G/loss_fake': g_loss_fake, 'G/loss_rec': g_loss_rec,
                  'G/loss_fake_id': g_loss_fake_id, 'G/loss_id': g_loss_id,
-                 'G/loss_mask': g_loss_mask,
-                 'Mask/OT_min': mask_logit_A.min(), 'Mask/OT_max': mask_logit_A.max(),
-                 'Mask/OT_small': small_A, 'Mask/OT_zo': zo_A,
-                 'Mask/OO_min': mask_logit_B.min(), 'Mask/OO_max': mask_logit_B.max(),
-                 'Mask/OO_small': small_B, 'Mask/OO_zo': zo_B}
+                 'G/loss_mask': g_loss_mask, **mask_stats('OT', mask_logit_A, small_A, zo_A),
+                 **mask_stats('OO', mask_logit_B, small_B, zo_B)}
         return {tag: t.detach() for tag, t in terms.items()}
+
+    def update(self, loss, net, optimizer):
+        """Backward of loss and one step of net's optimizer; both networks' gradients are
+        cleared first, as in the original."""
+        self.g_optimizer.zero_grad(set_to_none=True)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # the scaler is a no-op unless --amp fp16
+        average_gradients(net)  # several ranks (torchrun): mean over ranks; else no-op
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
     def train(self):
         """Train HealthyGAN on (mixed, healthy) pairs: the original's loop, resumable."""

@@ -40,6 +40,7 @@ if ROOT not in sys.path:
 
 import main as cli  # noqa: E402
 from healthygan import errors, fast, limits, losses  # noqa: E402
+from healthygan.training import mask_stats  # noqa: E402
 from solver import Solver  # noqa: E402
 
 # Each variant: the fast-path flags it sets on top of the command line's (None: the original
@@ -124,11 +125,8 @@ def original_cycle(solver, x_A, x_B):
             solver.g_optimizer.step()
             terms = {'G/loss_fake': g_loss_fake, 'G/loss_rec': g_loss_rec,
                      'G/loss_fake_id': g_loss_fake_id, 'G/loss_id': g_loss_id,
-                     'G/loss_mask': g_loss_mask,
-                     'Mask/OT_min': mask_logit_A.min(), 'Mask/OT_max': mask_logit_A.max(),
-                     'Mask/OT_small': small_A, 'Mask/OT_zo': zo_A,
-                     'Mask/OO_min': mask_logit_B.min(), 'Mask/OO_max': mask_logit_B.max(),
-                     'Mask/OO_small': small_B, 'Mask/OO_zo': zo_B}
+                     'G/loss_mask': g_loss_mask, **mask_stats('OT', mask_logit_A, small_A, zo_A),
+                     **mask_stats('OO', mask_logit_B, small_B, zo_B)}
             loss.update({tag: t.item() for tag, t in terms.items()})
     return loss
 
