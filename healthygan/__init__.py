@@ -12,4 +12,5 @@ solver.py (the Solver: build, train, test), model.py (the two networks) and data
 - distributed.py: several processes under torchrun
 - fast.py, fast_critic.py: the opt-in fast paths of the training step
 - data/: splits, decoding, the uint8 cache, datasets and samplers
+- synthetic_phantom.py: one synthetic radiograph, for synthetic.py's demo and test datasets
 """

@@ -22,11 +22,7 @@ was fixed beforehand. Writes <result_dir>/baselines.json (image_AUROC with a see
 CI, AUPRC, fit set, parameters, time per method) and <result_dir>/baselines_scores.csv.
 
 --explain SCORES.csv asks how much of another detector's per-image score (e.g. HealthyGAN's
-testAUC scores.csv) the global statistics explain: the test AUROC of the score's residual after a
-linear regression on the three statistics, and the mean AUROC within tertiles of the test
-images' mean intensity. The regression is fitted on the training-folder images the CSV(s) also
-score (e.g. `main.py --mode score --score_dir <image_dir>` of the same model; pass both files),
-else cross-fitted on the test images in --explain_folds folds; the output says which.
+testAUC scores.csv) the global statistics explain: tools/explain.py.
 """
 import argparse
 import csv
@@ -39,7 +35,6 @@ import time
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
-from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,9 +49,10 @@ from model import Generator, count_parameters  # noqa: E402
 from healthygan.checkpoints import load_state_dict_checked, save_atomic  # noqa: E402
 from healthygan.errors import ConfigError  # noqa: E402
 from healthygan.fast import resolve_device  # noqa: E402
-
-# The global image statistics, in the column order of global_statistics().
-STATISTICS = ('mean_intensity', 'contrast', 'sharpness')
+from tools.explain import print_explain, read_score_tables, run_explain  # noqa: E402
+# The analysis's parts, as tests and scripts reach them through this module.
+from tools.explain import crossfit_residuals, explain_score, stratified_auroc  # noqa: E402,F401
+from tools.image_statistics import STATISTICS, folder_statistics, global_statistics  # noqa: E402
 GLOBAL_METHODS = {'global_mean': 'mean_intensity', 'global_contrast': 'contrast',
                   'global_sharpness': 'sharpness'}
 METHODS = ('mean_intensity', 'pca', 'knn', 'autoencoder', *GLOBAL_METHODS)
@@ -202,18 +198,6 @@ def training_folders(split):
     return healthy + mixed, np.array([0] * len(healthy) + [1] * len(mixed))
 
 
-def folder_statistics(paths, image_size, batch=64):
-    """global_statistics of image files read as testAUC reads them, a batch at a time (a large
-    training set need not fit in memory at once): [N, 3]."""
-    data_loader.check_files_exist(paths, 'training folders')
-    dataset = data_loader.LabelledDataset(paths, [0] * len(paths),
-                                          data_loader.build_transform(image_size))
-    parts = [global_statistics(torch.stack([dataset[k][0]
-                                            for k in range(i, min(i + batch, len(paths)))]))
-             for i in range(0, len(paths), batch)]
-    return np.concatenate(parts) if parts else np.zeros((0, len(STATISTICS)))
-
-
 def flat(x):
     """[N, 3, H, W] tensor -> [N, 3*H*W] float64 numpy array (pixel-space feature vectors)."""
     return x.flatten(1).to(torch.float64).numpy()
@@ -226,19 +210,6 @@ def flat(x):
 def mean_intensity_scores(x):
     """Minus the mean pixel value: darker = more anomalous (direction chosen a priori)."""
     return -x.flatten(1).to(torch.float64).mean(dim=1).numpy()
-
-
-def global_statistics(x):
-    """[N, C, H, W] images in [-1, 1] -> [N, 3] float64: mean intensity, contrast (standard
-    deviation of the pixel values) and sharpness (mean magnitude of the forward-difference
-    gradient), of the channel mean (an X-ray's three channels are equal)."""
-    g = x.to(torch.float64).mean(dim=1)
-    values = g.flatten(1)
-    dx = g[:, :-1, 1:] - g[:, :-1, :-1]
-    dy = g[:, 1:, :-1] - g[:, :-1, :-1]
-    sharpness = (dx ** 2 + dy ** 2).sqrt().flatten(1).mean(dim=1)
-    return torch.stack([values.mean(dim=1), values.std(dim=1, unbiased=False), sharpness],
-                       dim=1).numpy()
 
 
 def choose_direction(pseudo_label, values):
@@ -344,143 +315,6 @@ def evaluate(gt_label, pred_score, n_bootstrap, seed):
         raise ConfigError(str(e)) from None
 
 
-# ------------------------------------------------------------------------------------------------ #
-#                     How much of a score do the global statistics explain                         #
-# ------------------------------------------------------------------------------------------------ #
-
-def fit_linear(features, target):
-    """Least-squares coefficients [intercept, one per feature column] of target on features."""
-    design = np.column_stack([np.ones(len(features)), features])
-    coef, *_ = np.linalg.lstsq(design, np.asarray(target, dtype=float), rcond=None)
-    return coef
-
-
-def predict_linear(coef, features):
-    return coef[0] + np.asarray(features) @ coef[1:]
-
-
-def crossfit_residuals(features, target, folds, seed=0):
-    """target minus its prediction from a regression fitted on the other folds (a seeded random
-    partition into `folds` parts): no image's own score enters its prediction."""
-    n = len(target)
-    if folds < 2 or n - -(-n // folds) <= features.shape[1] + 1:
-        raise ConfigError(f'--explain_folds {folds}: {n} test images cannot be cross-fitted in '
-                          f'{folds} folds with {features.shape[1]} statistics; use 2 or more '
-                          f'folds that leave each fit more images than coefficients')
-    order = np.random.default_rng(seed).permutation(n)
-    residual = np.empty(n)
-    target = np.asarray(target, dtype=float)
-    for f in range(folds):
-        held = order[f::folds]
-        fit = np.setdiff1d(order, held)
-        residual[held] = target[held] - predict_linear(fit_linear(features[fit], target[fit]),
-                                                       features[held])
-    return residual
-
-
-def explained_variance(target, residual):
-    """1 - var(residual) / var(target): the share of the score's spread the fit accounts for."""
-    return float(1 - np.var(residual) / np.var(target)) if np.var(target) > 0 else float('nan')
-
-
-def stratified_auroc(gt_label, score, strata_by, n_strata=3):
-    """Test AUROC within quantile strata of `strata_by` (e.g. tertiles of mean intensity):
-    {'mean_AUROC': the unweighted mean over strata holding both classes, 'strata': [...]}.
-
-    A score that ranks images only by the stratifying variable falls towards 0.5 within strata;
-    one whose signal is independent of it keeps its AUROC.
-    """
-    gt_label = np.asarray(gt_label, dtype=int)
-    score, strata_by = np.asarray(score, dtype=float), np.asarray(strata_by, dtype=float)
-    edges = np.quantile(strata_by, np.linspace(0, 1, n_strata + 1))
-    which = np.searchsorted(edges[1:-1], strata_by, side='right')
-    strata = []
-    for k in range(n_strata):
-        inside = which == k
-        y = gt_label[inside]
-        both = 0 < y.sum() < len(y)
-        strata.append({'low': float(edges[k]), 'high': float(edges[k + 1]),
-                       'n_normal': int((y == 0).sum()), 'n_anomalous': int((y == 1).sum()),
-                       'AUROC': float(roc_auc_score(y, score[inside])) if both else None})
-    values = [r['AUROC'] for r in strata if r['AUROC'] is not None]
-    return {'mean_AUROC': float(np.mean(values)) if values else None, 'strata': strata}
-
-
-def explain_score(gt_label, score, stats_test, train=None, folds=5, seed=0, n_strata=3,
-                  n_bootstrap=0):
-    """How much of a detector's test score the global statistics explain.
-
-    train: (statistics [M, 3], the same detector's scores) of training-folder images to fit the
-    regression on; None cross-fits it on the test images in `folds` folds. Returns the score's
-    AUROC, the residual's AUROC (with a bootstrap interval when n_bootstrap > 0), the explained
-    variance, and the AUROC of the score within strata of mean intensity.
-    """
-    gt_label = np.asarray(gt_label, dtype=int)
-    score = np.asarray(score, dtype=float)
-    if train is not None:
-        stats_train, score_train = train
-        coef = fit_linear(stats_train, score_train)
-        residual = score - predict_linear(coef, stats_test)
-        out = {'fit': f'linear regression on {len(score_train)} training-folder images scored '
-                      f'by the same detector',
-               'coefficients': dict(zip(('intercept', *STATISTICS), map(float, coef))),
-               'explained_variance_train': explained_variance(
-                   score_train, score_train - predict_linear(coef, stats_train))}
-    else:
-        residual = crossfit_residuals(stats_test, score, folds, seed)
-        out = {'fit': f'cross-fitted on the test images, {folds} folds (the training images\' '
-                      f'scores were not available)'}
-    out['explained_variance_test'] = explained_variance(score, residual)
-    out['AUROC'] = float(roc_auc_score(gt_label, score))
-    out['residual_AUROC'] = float(roc_auc_score(gt_label, residual))
-    if n_bootstrap:
-        low, high, _ = metrics.bootstrap_auroc(gt_label, residual, n_bootstrap, seed)
-        out['residual_AUROC_ci95'] = [low, high]
-    out['stratified'] = {'by': f'mean intensity, {n_strata} quantile strata of the test images',
-                         **stratified_auroc(gt_label, score, stats_test[:, 0], n_strata)}
-    out['stratified_residual'] = stratified_auroc(gt_label, residual, stats_test[:, 0],
-                                                  n_strata)['mean_AUROC']
-    return out, residual
-
-
-def read_score_tables(files, column):
-    """{absolute path: (score, gt_label or None)} from one or more score CSVs (a path, the score
-    column and, in testAUC's, gt_label); the first file that lists an image gives its score."""
-    table = {}
-    for path in files:
-        try:
-            with open(path, newline='') as f:
-                rows = list(csv.DictReader(f))
-        except OSError as e:
-            raise ConfigError(f'--explain {path}: cannot read it ({e.strerror})') from None
-        if not rows or not {'path', column} <= set(rows[0]):
-            raise ConfigError(f'--explain {path}: expected the columns path and {column} '
-                              f'(--explain_column)')
-        for r in rows:
-            label = int(r['gt_label']) if r.get('gt_label') not in (None, '') else None
-            table.setdefault(os.path.abspath(r['path']), (float(r[column]), label))
-    return table
-
-
-def explain_inputs(args, table, test_paths, labels, train_paths):
-    """(test scores, training-folder indices with scores, their scores) from the --explain
-    table; the test images must all be there, with their labels."""
-    missing = [p for p in test_paths if os.path.abspath(p) not in table]
-    if missing:
-        raise ConfigError(f'--explain: {len(missing)} of the {len(test_paths)} test images are not '
-                          f'scored there (e.g. {missing[0]}); pass the testAUC scores.csv of the '
-                          f'same --image_dir')
-    test = []
-    for p, label in zip(test_paths, labels):
-        value, row_label = table[os.path.abspath(p)]
-        if row_label is not None and row_label != int(label):
-            raise ConfigError(f'--explain: {p} is labelled {row_label} there and {label} here')
-        test.append(value)
-    have = [k for k, p in enumerate(train_paths) if os.path.abspath(p) in table]
-    return (np.asarray(test), np.asarray(have, dtype=int),
-            np.asarray([table[os.path.abspath(train_paths[k])][0] for k in have]))
-
-
 def read_compare_scores(path, paths, labels):
     """The pred_score column of a testAUC scores.csv, in the order of `paths` (the test images
     of this run; matched by their absolute path), checked against their labels."""
@@ -528,8 +362,75 @@ def print_table(results):
               f'{r["fit_set"]:<35}{r["time_s"]:>7.1f}s')
 
 
-def run(args, command=''):
-    """Score the test set with every chosen method; write and return the results."""
+def score_global(name, pseudo, stats_train, stats_test):
+    """(scores, fit set, info) of a global_* method: its statistic, signed by the training
+    folders' AUCp."""
+    column = STATISTICS.index(GLOBAL_METHODS[name])
+    sign, a = choose_direction(pseudo, stats_train[:, column])
+    fit_set = f'direction: healthy {int((pseudo == 0).sum())} vs mixed {int(pseudo.sum())}'
+    info = {'parameters': {'direction': 'higher' if sign > 0 else 'lower',
+                           'AUCp_higher': a, 'AUCp_lower': 1 - a},
+            'score': f'{"+" if sign > 0 else "-"}{GLOBAL_METHODS[name]} '
+                     f'({"higher" if sign > 0 else "lower"} = more anomalous: the '
+                     f'direction with AUCp >= 0.5 on the training folders)'}
+    return sign * stats_test[:, column], fit_set, info
+
+
+def score_autoencoder(args, x_fit, x_test):
+    """(scores, info) of the autoencoder: trained on x_fit and saved, or --ae_checkpoint's."""
+    start = time.time()
+    device = resolve_device(args.device)
+    params = {'g_conv_dim': args.ae_g_conv_dim, 'g_repeat_num': args.ae_g_repeat_num,
+              'iters': args.ae_iters, 'batch_size': args.ae_batch_size,
+              'lr': args.ae_lr, 'betas': [args.beta1, args.beta2],
+              'flip': args.ae_flip, 'loss': 'L1 on tanh(image logits); mask ignored'}
+    if args.ae_checkpoint:
+        G = Generator(args.ae_g_conv_dim, 0, args.ae_g_repeat_num).to(device)
+        load_state_dict_checked(G, args.ae_checkpoint, 'Generator')
+        checkpoint, log = args.ae_checkpoint, None
+        params['trained'] = 'loaded from --ae_checkpoint, not trained in this run'
+    else:
+        print(f'Training the autoencoder on {len(x_fit)} {args.fit_on} images, '
+              f'device {device}...')
+        G, log = train_autoencoder(x_fit, args, device)
+        print(f'  {count_parameters(G):,} parameters, {time.time() - start:.0f} s')
+        ae_dir = os.path.join(args.result_dir, 'autoencoder')
+        os.makedirs(ae_dir, exist_ok=True)
+        # The project's checkpoint format (a bare G state dict), written before scoring:
+        # scoring in train() mode moves InstanceNorm's (unused) running statistics.
+        checkpoint = os.path.join(ae_dir, f'{args.ae_iters}-G.ckpt')
+        save_atomic(G.state_dict(), checkpoint)
+    scores = autoencoder_scores(G, x_test, args.ae_batch_size, device)
+    info = {'parameters': params, 'checkpoint': checkpoint, 'train_log': log,
+            'score': 'mean |x - x_hat| / 2, x_hat = tanh(image logits), G in train() '
+                     'mode (as Solver.translate)'}
+    return scores, info
+
+
+def score_method(name, args, data):
+    """(test scores, fit set, info) of one method. data: x_fit, x_test, and for the global_*
+    methods the training folders' pseudo-labels and statistics and the test statistics."""
+    x_fit, x_test = data['x_fit'], data['x_test']
+    fit_set = f'{args.fit_on} ({len(x_fit)})'
+    if name == 'mean_intensity':
+        return (mean_intensity_scores(x_test), 'none',
+                {'parameters': {}, 'score': '-mean pixel value (darker = more anomalous)'})
+    if name in GLOBAL_METHODS:
+        return score_global(name, data['pseudo'], data['stats_train'], data['stats_test'])
+    if name == 'pca':
+        return (pca_scores(flat(x_fit), flat(x_test), args.pca_components, args.seed), fit_set,
+                {'parameters': {'n_components': args.pca_components},
+                 'score': 'mean squared reconstruction error per pixel'})
+    if name == 'knn':
+        return (knn_scores(flat(x_fit), flat(x_test), args.knn_k), fit_set,
+                {'parameters': {'k': args.knn_k},
+                 'score': 'mean Euclidean distance to the k nearest fit images (pixels)'})
+    scores, info = score_autoencoder(args, x_fit, x_test)
+    return scores, fit_set, info
+
+
+def make_result_dir(args):
+    """Check the flags the data do not decide, and create --result_dir."""
     if 'autoencoder' in args.methods and args.image_size % 4 != 0:
         raise ConfigError(f'--image_size {args.image_size}: the generator downsamples twice, so '
                           f'the autoencoder needs a multiple of 4')
@@ -538,93 +439,89 @@ def run(args, command=''):
     except OSError as e:
         raise ConfigError(f'--result_dir {args.result_dir} cannot be created ({e.strerror}); '
                           f'choose another folder') from None
-    cli.seed_everything(args.seed)
-    config = project_config(args)
-    split = data_loader.resolve_split(config)
+
+
+def load_data(args, config, split):
+    """{x_fit, x_test, paths, labels}: the fit and test sets as testAUC reads them."""
     t0 = time.time()
     x_fit, x_test, paths, labels = load_sets(config, split, args.fit_on)
     print(f'Loaded {len(x_fit)} fit images ({args.fit_on}) and {len(x_test)} test images at '
           f'{args.image_size} px in {time.time() - t0:.1f} s')
-    # Read before the methods run (the autoencoder takes minutes): a wrong file fails at once.
-    reference = read_compare_scores(args.compare, paths, labels) if args.compare else None
-    explain_table = (read_score_tables(args.explain, args.explain_column) if args.explain
-                     else None)
-    stats_test = global_statistics(x_test)
-    if explain_table is not None or any(m in GLOBAL_METHODS for m in args.methods):
+    return {'x_fit': x_fit, 'x_test': x_test, 'paths': paths, 'labels': labels}
+
+
+def statistics_of(args, split, x_test):
+    """{stats_test, and, when a global_* method or --explain needs them, train_paths, pseudo
+    (healthy 0, mixed 1) and stats_train of the training folders}."""
+    out = {'stats_test': global_statistics(x_test)}
+    if args.explain or any(m in GLOBAL_METHODS for m in args.methods):
         t0 = time.time()
-        train_paths, pseudo = training_folders(split)
-        stats_train = folder_statistics(train_paths, args.image_size)
-        print(f'Global statistics of the {len(train_paths)} training-folder images in '
+        out['train_paths'], out['pseudo'] = training_folders(split)
+        out['stats_train'] = folder_statistics(out['train_paths'], args.image_size)
+        print(f'Global statistics of the {len(out["train_paths"])} training-folder images in '
               f'{time.time() - t0:.1f} s')
+    return out
 
-    scores, results = {}, {}
-    for name in args.methods:
-        start = time.time()
-        fit_set = f'{args.fit_on} ({len(x_fit)})'
-        if name == 'mean_intensity':
-            scores[name] = mean_intensity_scores(x_test)
-            fit_set = 'none'
-            info = {'parameters': {}, 'score': '-mean pixel value (darker = more anomalous)'}
-        elif name in GLOBAL_METHODS:
-            column = STATISTICS.index(GLOBAL_METHODS[name])
-            sign, a = choose_direction(pseudo, stats_train[:, column])
-            scores[name] = sign * stats_test[:, column]
-            fit_set = (f'direction: healthy {int((pseudo == 0).sum())} vs mixed '
-                       f'{int(pseudo.sum())}')
-            info = {'parameters': {'direction': 'higher' if sign > 0 else 'lower',
-                                   'AUCp_higher': a, 'AUCp_lower': 1 - a},
-                    'score': f'{"+" if sign > 0 else "-"}{GLOBAL_METHODS[name]} '
-                             f'({"higher" if sign > 0 else "lower"} = more anomalous: the '
-                             f'direction with AUCp >= 0.5 on the training folders)'}
-        elif name == 'pca':
-            scores[name] = pca_scores(flat(x_fit), flat(x_test), args.pca_components, args.seed)
-            info = {'parameters': {'n_components': args.pca_components},
-                    'score': 'mean squared reconstruction error per pixel'}
-        elif name == 'knn':
-            scores[name] = knn_scores(flat(x_fit), flat(x_test), args.knn_k)
-            info = {'parameters': {'k': args.knn_k},
-                    'score': 'mean Euclidean distance to the k nearest fit images (pixels)'}
-        else:
-            device = resolve_device(args.device)
-            params = {'g_conv_dim': args.ae_g_conv_dim, 'g_repeat_num': args.ae_g_repeat_num,
-                      'iters': args.ae_iters, 'batch_size': args.ae_batch_size,
-                      'lr': args.ae_lr, 'betas': [args.beta1, args.beta2],
-                      'flip': args.ae_flip, 'loss': 'L1 on tanh(image logits); mask ignored'}
-            if args.ae_checkpoint:
-                G = Generator(args.ae_g_conv_dim, 0, args.ae_g_repeat_num).to(device)
-                load_state_dict_checked(G, args.ae_checkpoint, 'Generator')
-                checkpoint, log = args.ae_checkpoint, None
-                params['trained'] = 'loaded from --ae_checkpoint, not trained in this run'
-            else:
-                print(f'Training the autoencoder on {len(x_fit)} {args.fit_on} images, '
-                      f'device {device}...')
-                G, log = train_autoencoder(x_fit, args, device)
-                print(f'  {count_parameters(G):,} parameters, {time.time() - start:.0f} s')
-                ae_dir = os.path.join(args.result_dir, 'autoencoder')
-                os.makedirs(ae_dir, exist_ok=True)
-                # The project's checkpoint format (a bare G state dict), written before scoring:
-                # scoring in train() mode moves InstanceNorm's (unused) running statistics.
-                checkpoint = os.path.join(ae_dir, f'{args.ae_iters}-G.ckpt')
-                save_atomic(G.state_dict(), checkpoint)
-            scores[name] = autoencoder_scores(G, x_test, args.ae_batch_size, device)
-            info = {'parameters': params, 'checkpoint': checkpoint, 'train_log': log,
-                    'score': 'mean |x - x_hat| / 2, x_hat = tanh(image logits), G in train() '
-                             'mode (as Solver.translate)'}
-        elapsed = time.time() - start
-        results[name] = {**evaluate(labels, scores[name], args.bootstrap, args.seed),
-                         'fit_set': fit_set, **info, 'time_s': round(elapsed, 2)}
 
-    summary = {
+def summarize(args, command, data, results):
+    """The baselines.json dict, without the compare and explain parts."""
+    labels = data['labels']
+    return {
         'methods': results,
         'dataset': args.dataset, 'image_dir': args.image_dir, 'image_size': args.image_size,
         'n_normal': int(labels.count(0)), 'n_anomalous': int(labels.count(1)),
-        'fit_on': args.fit_on, 'n_fit': len(x_fit), 'seed': args.seed,
+        'fit_on': args.fit_on, 'n_fit': len(data['x_fit']), 'seed': args.seed,
         'bootstrap': {'resamples': args.bootstrap, 'level': 0.95,
                       'kind': 'stratified percentile (metrics.bootstrap_auroc); the same '
                               'resamples for every method'},
         'higher_score': 'more anomalous',
         'command': command,
     }
+
+
+def write_outputs(args, summary, data, scores):
+    """baselines.json and baselines_scores.csv into --result_dir."""
+    with open(os.path.join(args.result_dir, 'baselines.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    with open(os.path.join(args.result_dir, 'baselines_scores.csv'), 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['path', 'gt_label', *args.methods])
+        for k, (path, label) in enumerate(zip(data['paths'], data['labels'])):
+            w.writerow([path, label, *(f'{scores[m][k]:.10g}' for m in args.methods)])
+
+
+def print_compare(path, c):
+    print(f"\n{path}: AUROC {c['AUROC']:.4f}; difference to each method "
+          f"(paired 95% interval):")
+    for name, r in c['methods'].items():
+        ci = r['ci95']
+        print(f"  - {name:<15}{r['AUROC_difference']:+.4f}"
+              + (f'  [{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else ''))
+
+
+def run(args, command=''):
+    """Score the test set with every chosen method; write and return the results."""
+    make_result_dir(args)
+    cli.seed_everything(args.seed)
+    config = project_config(args)
+    split = data_loader.resolve_split(config)
+    data = load_data(args, config, split)
+    paths, labels = data['paths'], data['labels']
+    # Read before the methods run (training the autoencoder is slow): a wrong file fails at once.
+    reference = read_compare_scores(args.compare, paths, labels) if args.compare else None
+    explain_table = (read_score_tables(args.explain, args.explain_column) if args.explain
+                     else None)
+    data.update(statistics_of(args, split, data['x_test']))
+
+    scores, results = {}, {}
+    for name in args.methods:
+        start = time.time()
+        scores[name], fit_set, info = score_method(name, args, data)
+        elapsed = time.time() - start
+        results[name] = {**evaluate(labels, scores[name], args.bootstrap, args.seed),
+                         'fit_set': fit_set, **info, 'time_s': round(elapsed, 2)}
+
+    summary = summarize(args, command, data, results)
     if args.compare:
         summary['compare'] = {
             'scores_csv': args.compare,
@@ -633,57 +530,16 @@ def run(args, command=''):
             'note': 'AUROC(pred_score of scores_csv) - AUROC(method); paired: the same '
                     'bootstrap resamples of the test images for both'}
     if explain_table is not None:
-        summary['explain'] = run_explain(args, explain_table, paths, labels, stats_test,
-                                         train_paths, stats_train)
-    with open(os.path.join(args.result_dir, 'baselines.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
-    with open(os.path.join(args.result_dir, 'baselines_scores.csv'), 'w', newline='') as f:
-        w = csv.writer(f)
-        w.writerow(['path', 'gt_label', *args.methods])
-        for k, (path, label) in enumerate(zip(paths, labels)):
-            w.writerow([path, label, *(f'{scores[m][k]:.10g}' for m in args.methods)])
+        summary['explain'] = run_explain(args, explain_table, paths, labels, data['stats_test'],
+                                         data['train_paths'], data['stats_train'])
+    write_outputs(args, summary, data, scores)
     print_table(results)
     if args.compare:
-        c = summary['compare']
-        print(f"\n{args.compare}: AUROC {c['AUROC']:.4f}; difference to each method "
-              f"(paired 95% interval):")
-        for name, r in c['methods'].items():
-            ci = r['ci95']
-            print(f"  - {name:<15}{r['AUROC_difference']:+.4f}"
-                  + (f'  [{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else ''))
+        print_compare(args.compare, summary['compare'])
     if explain_table is not None:
         print_explain(summary['explain'])
     print(f'Saved baselines.json and baselines_scores.csv into {args.result_dir}')
     return summary
-
-
-def run_explain(args, table, paths, labels, stats_test, train_paths, stats_train):
-    """The --explain analysis of the score in args.explain, as a JSON-ready dict."""
-    score, have, train_score = explain_inputs(args, table, paths, labels, train_paths)
-    use_train = (args.explain_fit == 'train'
-                 or (args.explain_fit == 'auto' and len(have) >= args.explain_min_train))
-    if use_train and len(have) <= len(STATISTICS) + 1:
-        raise ConfigError(f'--explain_fit train: the CSV(s) score {len(have)} of the '
-                          f'{len(train_paths)} training-folder images; pass a scores.csv of '
-                          f'them (main.py --mode score --score_dir <image_dir>) or use crossfit')
-    train = (stats_train[have], train_score) if use_train else None
-    result, _ = explain_score(labels, score, stats_test, train, args.explain_folds, args.seed,
-                              args.explain_strata, args.bootstrap)
-    return {'scores_csv': list(args.explain), 'column': args.explain_column,
-            'n_train_scored': int(len(have)), 'n_train_folders': len(train_paths), **result}
-
-
-def print_explain(e):
-    ci = e.get('residual_AUROC_ci95')
-    print(f"\n--explain {' '.join(e['scores_csv'])} ({e['column']}): {e['fit']}")
-    print(f"  test AUROC {e['AUROC']:.4f}; residual after the global statistics "
-          f"{e['residual_AUROC']:.4f}" + (f' [{ci[0]:.3f}, {ci[1]:.3f}]' if ci else '')
-          + f"; explained variance on test {e['explained_variance_test']:.3f}")
-    strata = ', '.join('-' if r['AUROC'] is None else f"{r['AUROC']:.3f}"
-                       for r in e['stratified']['strata'])
-    mean = e['stratified']['mean_AUROC']
-    print(f"  within {e['stratified']['by']}: {strata} (mean "
-          + ('-' if mean is None else f'{mean:.4f}') + ')')
 
 
 def main(argv=None):

@@ -296,39 +296,35 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    parser = build_parser()
-    config = parser.parse_args(argv)
-    problem = limits.check_architecture(config)
-    if problem:
-        parser.error(problem)
+def parse_variants(parser, config):
+    """The --variants names, checked; an unknown one is a parser error."""
     names = [v.strip() for v in config.variants.split(',') if v.strip()]
     unknown = [v for v in names for part in v.split('+') if part not in VARIANTS
                or (part in ORIGINAL_LOOPS and v != part)]
     if unknown:
         parser.error(f'--variants: unknown {unknown}; choose from {", ".join(VARIANTS)}')
-    seed = 0 if config.seed is None else config.seed
-    config.seed = seed
-    device = fast.resolve_device(config.device)
-    threads = torch.get_num_threads()
-    n, size = config.batch_size, config.image_size
-    gen = torch.Generator().manual_seed(seed)
-    x_A = (torch.rand(n, 3, size, size, generator=gen) * 2 - 1).to(device)
-    x_B = (torch.rand(n, 3, size, size, generator=gen) * 2 - 1).to(device)
+    return names
 
+
+def print_header(config, device, threads):
     print(f'{datetime.datetime.now().isoformat(timespec="seconds")}  torch {torch.__version__}  '
           f'device {device}' + (f' ({torch.cuda.get_device_name(device)})'
                                 if device.type == 'cuda' else
                                 f' ({platform.processor() or platform.machine()}, {threads} '
                                 f'threads)'))
-    print(f'image_size {size}, batch {n}, g_conv_dim {config.g_conv_dim}, g_repeat_num '
-          f'{config.g_repeat_num}, d_conv_dim {config.d_conv_dim}, d_repeat_num '
-          f'{config.d_repeat_num}, n_critic {config.n_critic}', flush=True)
+    print(f'image_size {config.image_size}, batch {config.batch_size}, g_conv_dim '
+          f'{config.g_conv_dim}, g_repeat_num {config.g_repeat_num}, d_conv_dim '
+          f'{config.d_conv_dim}, d_repeat_num {config.d_repeat_num}, n_critic {config.n_critic}',
+          flush=True)
 
+
+def warm_up(config, names, device, x_A, x_B):
+    """Build and warm every variant: ({name: (solver, a, b)}, first-cycle seconds, first-cycle
+    losses); a variant this machine cannot run is skipped with a line saying why."""
     solvers, first_cycle_s, losses = {}, {}, {}
     for name in names:
         try:
-            solver = make_solver(config, name, seed)
+            solver = make_solver(config, name, config.seed)
         except errors.ConfigError as e:
             print(f'{name}: skipped ({e})')
             continue
@@ -344,12 +340,17 @@ def main(argv=None):
         solver.translate(x_A)  # warm (and compile) the inference path too
         solvers[name] = (solver, a, b)
         print(f'  warm-up {name}: first cycle {first_cycle_s[name]:.2f} s', flush=True)
+    return solvers, first_cycle_s, losses
 
+
+def time_rounds(config, solvers, device, x_A):
+    """({name: seconds per iteration, one per round}, {name: seconds per inference batch});
+    each round starts at another variant, so that no variant always runs first."""
     times = {name: [] for name in solvers}
     infer = {name: [] for name in solvers}
     order = list(solvers)
     for r in range(config.rounds):
-        for name in order[r % len(order):] + order[:r % len(order)]:  # rotate the start
+        for name in order[r % len(order):] + order[:r % len(order)]:
             solver, a, b = solvers[name]
             sync(device)
             t = time.perf_counter()
@@ -360,7 +361,11 @@ def main(argv=None):
             infer[name].append(sum(time_inference(solver, x_A)
                                    for _ in range(config.infer_batches)) / config.infer_batches)
         print(f'  round {r + 1}/{config.rounds} done', flush=True)
+    return times, infer
 
+
+def peak_memory(solvers, device):
+    """{name: peak bytes of one cycle}: the CUDA allocator's peak, or the CPU profiler's."""
     memory = {}
     for name, (solver, a, b) in solvers.items():
         sync(device)
@@ -371,15 +376,20 @@ def main(argv=None):
             memory[name] = torch.cuda.max_memory_allocated(device)
         else:
             memory[name] = cpu_peak_bytes(name, solver, a, b)
+    return memory
 
+
+def build_rows(config, device, threads, solvers, measured, x_A, x_B):
+    """One result dict per variant. measured: (first_cycle_s, losses, times, infer, memory)."""
+    first_cycle_s, losses, times, infer, memory = measured
+    n = config.batch_size
     reference = 'default' if 'default' in losses else next(iter(losses), None)
     base = 'original' if 'original' in times else reference
     rows, peaks = [], {}
     for name in solvers:
-        solver = solvers[name][0]
-        speed = variant_speed(name, solver)
+        speed = variant_speed(name, solvers[name][0])
         it_s = 1 / statistics.median(times[name])
-        flops = None if config.no_flops else count_flops(config, name, seed, x_A, x_B)
+        flops = None if config.no_flops else count_flops(config, name, config.seed, x_A, x_B)
         flops = flops / config.n_critic if flops else None
         set_switches(speed)  # the peak depends on whether TF32 is on
         key = (speed['amp'], torch.backends.cudnn.allow_tf32) if device.type == 'cuda' else 'cpu'
@@ -408,8 +418,12 @@ def main(argv=None):
             'first_cycle_s': first_cycle_s[name],
             'speed_flags': {k: speed[k] for k in fast.SPEED_FLAGS},
         })
+    return rows, base, reference
 
-    width = max(14, *(len(name) for name in solvers))
+
+def print_rows(config, rows, base, reference):
+    """The results table, the projected training time and what the columns mean."""
+    width = max(14, *(len(row['variant']) for row in rows))
     fp32 = 'speedup_vs_original_fp32' in (rows[0] if rows else {})
     print(f'\n{"variant":{width}s} {"it/s":>7s} {"img/s":>7s} {"x " + base:>11s} '
           + (f'{"x original_fp32":>16s} ' if fp32 else '') + f'{"peak MiB":>9s} '
@@ -430,6 +444,30 @@ def main(argv=None):
     print(f'(medians of {config.rounds} rounds of {config.cycles} x {config.n_critic} iterations; '
           f'peak: {sources}; |dloss|: largest difference of the '
           f'first cycle\'s losses from {reference!r}, same weights and batch)')
+
+
+def main(argv=None):
+    parser = build_parser()
+    config = parser.parse_args(argv)
+    problem = limits.check_architecture(config)
+    if problem:
+        parser.error(problem)
+    names = parse_variants(parser, config)
+    config.seed = 0 if config.seed is None else config.seed
+    device = fast.resolve_device(config.device)
+    threads = torch.get_num_threads()
+    n, size = config.batch_size, config.image_size
+    gen = torch.Generator().manual_seed(config.seed)
+    x_A = (torch.rand(n, 3, size, size, generator=gen) * 2 - 1).to(device)
+    x_B = (torch.rand(n, 3, size, size, generator=gen) * 2 - 1).to(device)
+    print_header(config, device, threads)
+
+    solvers, first_cycle_s, losses = warm_up(config, names, device, x_A, x_B)
+    times, infer = time_rounds(config, solvers, device, x_A)
+    memory = peak_memory(solvers, device)
+    rows, base, reference = build_rows(config, device, threads, solvers,
+                                       (first_cycle_s, losses, times, infer, memory), x_A, x_B)
+    print_rows(config, rows, base, reference)
     if config.json_out:
         with open(config.json_out, 'w') as f:
             json.dump({'command': ' '.join(sys.argv), 'date': datetime.datetime.now().isoformat(),

@@ -92,6 +92,115 @@ def _patients(df, rng):
     return [ids[k] for k in rng.permutation(len(ids))]
 
 
+def _test_from_list(df, rng, test_images, train_images, n_test_per_class):
+    """({test_normal, test_anomalous}, test patients, training candidates) when the test images
+    are listed; the training candidates are `train_images` when given, else the rest."""
+    picked = {}
+    pool = df[df['image'].isin(set(test_images))]
+    for name, c in (('test_normal', 0), ('test_anomalous', 1)):
+        cand = pool[pool['cls'] == c]
+        if len(cand) > n_test_per_class:
+            cand = cand.iloc[sorted(rng.choice(len(cand), n_test_per_class, replace=False))]
+        picked[name] = cand
+    rest = df[~df['image'].isin(set(test_images))]
+    if train_images is not None:
+        rest = rest[rest['image'].isin(set(train_images))]
+    return picked, set(pool['patient']), rest
+
+
+def _test_from_patients(df, rng, n_test_per_class):
+    """({test_normal, test_anomalous}, test patients, training candidates) from whole patients
+    drawn in a seeded order, until each class has n_test_per_class images."""
+    need = {0: n_test_per_class, 1: n_test_per_class}
+    taken = {0: [], 1: []}
+    test_patients = set()
+    groups = dict(tuple(df.groupby('patient', sort=True)))
+    for pid in _patients(df, rng):
+        if not need[0] and not need[1]:
+            break
+        g = groups[pid]
+        used = False
+        for c in (0, 1):
+            rows = g[g['cls'] == c].iloc[:need[c]]
+            if len(rows):
+                taken[c].append(rows)
+                need[c] -= len(rows)
+                used = True
+        if used:
+            test_patients.add(pid)
+    picked = {name: pd.concat(taken[c]) if taken[c] else df.iloc[:0]
+              for name, c in (('test_normal', 0), ('test_anomalous', 1))}
+    return picked, test_patients, df
+
+
+def _mixed_counts(rest, anomalous_fraction, n_mixed):
+    """(anomalous, normal) image counts of the mixed set."""
+    n_anom_avail = int((rest['cls'] == 1).sum())
+    if n_mixed is None:  # every anomalous image, as far as half the No Finding images allow
+        n_norm_avail = int((rest['cls'] == 0).sum())
+        want_anom = min(n_anom_avail,
+                        int(n_norm_avail / 2 * anomalous_fraction / (1 - anomalous_fraction)))
+        want_norm = int(round(want_anom * (1 - anomalous_fraction) / anomalous_fraction))
+    else:
+        want_anom = int(round(n_mixed * anomalous_fraction))
+        want_norm = n_mixed - want_anom
+    if want_anom > n_anom_avail:
+        raise DataError(f'--n_mixed {n_mixed} at --anomalous_fraction {anomalous_fraction} needs '
+                        f'{want_anom} anomalous images; only {n_anom_avail} are available')
+    return want_anom, want_norm
+
+
+def _pick_mixed(groups, order, want_anom, want_norm):
+    """(mixed images, their patients): anomalous images first (whole patients, with their normal
+    images), then normal images from other patients."""
+    parts, patients = [], set()
+    need = {1: want_anom, 0: want_norm}
+    for pid in order:  # patients with an anomalous image
+        if not need[1]:
+            break
+        g = groups[pid]
+        if not (g['cls'] == 1).any():
+            continue
+        for c in (1, 0):
+            rows = g[g['cls'] == c].iloc[:need[c]]
+            parts.append(rows)
+            need[c] -= len(rows)
+        patients.add(pid)
+    for pid in order:  # then normal images from other patients
+        if not need[0]:
+            break
+        if pid in patients:
+            continue
+        rows = groups[pid][groups[pid]['cls'] == 0].iloc[:need[0]]
+        if len(rows):
+            parts.append(rows)
+            need[0] -= len(rows)
+            patients.add(pid)
+    if need[0]:
+        raise DataError(f'not enough No Finding images for the mixed set ({need[0]} short)')
+    return parts, patients
+
+
+def _pick_healthy(groups, order, mixed_patients, n_healthy):
+    """No Finding images of the patients not in mixed: n_healthy of them (None: all)."""
+    parts = []
+    left = n_healthy
+    for pid in order:
+        if left is not None and left <= 0:
+            break
+        if pid in mixed_patients:
+            continue
+        rows = groups[pid][groups[pid]['cls'] == 0]
+        if left is not None:
+            rows = rows.iloc[:left]
+            left -= len(rows)
+        parts.append(rows)
+    if left:
+        raise DataError(f'--n_healthy {n_healthy}: only {n_healthy - left} No Finding images '
+                        f'remain for the healthy set')
+    return parts
+
+
 def split_nih(df, anomalous_fraction=0.3, n_healthy=None, n_mixed=None, n_test_per_class=100,
               seed=0, test_images=None, train_images=None):
     """{set: DataFrame} for healthy, mixed, test_normal, test_anomalous; patient-disjoint.
@@ -108,105 +217,24 @@ def split_nih(df, anomalous_fraction=0.3, n_healthy=None, n_mixed=None, n_test_p
                         f'not {anomalous_fraction}')
     rng = np.random.default_rng(seed)
     df = df[df['cls'] >= 0].sort_values('image').reset_index(drop=True)
-    picked = {}
-
-    # ---- test set ---------------------------------------------------------------------------
     if test_images is not None:
-        pool = df[df['image'].isin(set(test_images))]
-        for name, c in (('test_normal', 0), ('test_anomalous', 1)):
-            cand = pool[pool['cls'] == c]
-            if len(cand) > n_test_per_class:
-                cand = cand.iloc[sorted(rng.choice(len(cand), n_test_per_class, replace=False))]
-            picked[name] = cand
-        test_patients = set(pool['patient'])
-        rest = df[~df['image'].isin(set(test_images))]
-        if train_images is not None:
-            rest = rest[rest['image'].isin(set(train_images))]
+        picked, test_patients, rest = _test_from_list(df, rng, test_images, train_images,
+                                                      n_test_per_class)
     else:
-        need = {0: n_test_per_class, 1: n_test_per_class}
-        taken = {0: [], 1: []}
-        test_patients = set()
-        groups = dict(tuple(df.groupby('patient', sort=True)))
-        for pid in _patients(df, rng):
-            if not need[0] and not need[1]:
-                break
-            g = groups[pid]
-            used = False
-            for c in (0, 1):
-                rows = g[g['cls'] == c].iloc[:need[c]]
-                if len(rows):
-                    taken[c].append(rows)
-                    need[c] -= len(rows)
-                    used = True
-            if used:
-                test_patients.add(pid)
-        for name, c in (('test_normal', 0), ('test_anomalous', 1)):
-            picked[name] = pd.concat(taken[c]) if taken[c] else df.iloc[:0]
-        rest = df
+        picked, test_patients, rest = _test_from_patients(df, rng, n_test_per_class)
     for name in ('test_normal', 'test_anomalous'):
         if len(picked[name]) < n_test_per_class:
             print(f'warning: only {len(picked[name])} {name[5:]} test images '
                   f'(asked for {n_test_per_class})', file=sys.stderr)
     rest = rest[~rest['patient'].isin(test_patients)]
 
-    # ---- mixed: anomalous images first (whole patients), then normal ones ------------------------
-    n_anom_avail = int((rest['cls'] == 1).sum())
-    if n_mixed is None:  # every anomalous image, as far as half the No Finding images allow
-        n_norm_avail = int((rest['cls'] == 0).sum())
-        want_anom = min(n_anom_avail,
-                        int(n_norm_avail / 2 * anomalous_fraction / (1 - anomalous_fraction)))
-        want_norm = int(round(want_anom * (1 - anomalous_fraction) / anomalous_fraction))
-    else:
-        want_anom = int(round(n_mixed * anomalous_fraction))
-        want_norm = n_mixed - want_anom
-    if want_anom > n_anom_avail:
-        raise DataError(f'--n_mixed {n_mixed} at --anomalous_fraction {anomalous_fraction} needs '
-                        f'{want_anom} anomalous images; only {n_anom_avail} are available')
+    want_anom, want_norm = _mixed_counts(rest, anomalous_fraction, n_mixed)
+    # Both sets walk the patients in one seeded order, mixed first.
     groups = dict(tuple(rest.groupby('patient', sort=True)))
     order = _patients(rest, rng)
-    mixed_parts, mixed_patients = [], set()
-    need = {1: want_anom, 0: want_norm}
-    for pid in order:  # patients with an anomalous image
-        if not need[1]:
-            break
-        g = groups[pid]
-        if not (g['cls'] == 1).any():
-            continue
-        for c in (1, 0):
-            rows = g[g['cls'] == c].iloc[:need[c]]
-            mixed_parts.append(rows)
-            need[c] -= len(rows)
-        mixed_patients.add(pid)
-    for pid in order:  # then normal images from other patients
-        if not need[0]:
-            break
-        if pid in mixed_patients:
-            continue
-        rows = groups[pid][groups[pid]['cls'] == 0].iloc[:need[0]]
-        if len(rows):
-            mixed_parts.append(rows)
-            need[0] -= len(rows)
-            mixed_patients.add(pid)
-    if need[0]:
-        raise DataError(f'not enough No Finding images for the mixed set ({need[0]} short)')
+    mixed_parts, mixed_patients = _pick_mixed(groups, order, want_anom, want_norm)
     picked['mixed'] = pd.concat(mixed_parts) if mixed_parts else rest.iloc[:0]
-
-    # ---- healthy: No Finding images of the remaining patients ------------------------------------
-    healthy_parts = []
-    left = n_healthy
-    for pid in order:
-        if left is not None and left <= 0:
-            break
-        if pid in mixed_patients:
-            continue
-        rows = groups[pid][groups[pid]['cls'] == 0]
-        if left is not None:
-            rows = rows.iloc[:left]
-            left -= len(rows)
-        healthy_parts.append(rows)
-    if left:
-        raise DataError(f'--n_healthy {n_healthy}: only {n_healthy - left} No Finding images '
-                        f'remain for the healthy set')
+    healthy_parts = _pick_healthy(groups, order, mixed_patients, n_healthy)
     picked['healthy'] = pd.concat(healthy_parts) if healthy_parts else rest.iloc[:0]
     return OrderedDict((name, picked[name].sort_values('image').reset_index(drop=True))
                        for name in SETS)
