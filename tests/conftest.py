@@ -84,13 +84,45 @@ def covid_dataset(tmp_path):
     return tmp_path
 
 
-def tiny_args(tmp_path, image_dir, *extra, dataset='Folder'):
-    """argv for a tiny model (32 px, a few channels) writing everything under tmp_path."""
-    return ['--dataset', dataset, '--image_dir', str(image_dir),
-            '--image_size', '32', '--g_conv_dim', '4', '--d_conv_dim', '4',
-            '--g_repeat_num', '1', '--d_repeat_num', '3', '--batch_size', '2',
-            '--num_workers', '0', '--seed', '0',
+# The one tiny model every test uses when it needs "a tiny model": 32 px, 4 channels, one
+# residual block, a 3-layer critic (32 -> 4 px), batches of 2 on the CPU, seed 0. A test that
+# needs other sizes on purpose passes them as overrides (tiny_flags(image_size=16)) and says why.
+TINY = dict(image_size=32, g_conv_dim=4, d_conv_dim=4, g_repeat_num=1, d_repeat_num=3,
+            batch_size=2, num_workers=0, seed=0, device='cpu')
+
+
+def tiny_flags(**overrides):
+    """The preset as command-line flags, with overrides (same keys, or new flags) applied."""
+    flags = {**TINY, **overrides}
+    return [item for k, v in flags.items() for item in (f'--{k}', str(v))]
+
+
+def tiny_env(**overrides):
+    """The preset as the shell scripts' environment variables (IMAGE_SIZE=32, ...)."""
+    return {k.upper(): str(v) for k, v in {**TINY, **overrides}.items()}
+
+
+def tiny_config(*extra, **overrides):
+    """A parsed configuration of the tiny model; extra: more argv."""
+    import main as cli
+    return cli.build_parser().parse_args(tiny_flags(**overrides) + list(extra))
+
+
+def tiny_solver(*extra, seed=None, **overrides):
+    """A Solver of the tiny model (weights drawn after torch.manual_seed(seed) if given)."""
+    import torch
+    from solver import Solver
+    config = tiny_config(*extra, **overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return Solver(config)
+
+
+def tiny_args(tmp_path, image_dir, *extra, dataset='Folder', **overrides):
+    """argv for the tiny model writing everything under tmp_path/run."""
+    return ['--dataset', dataset, '--image_dir', str(image_dir), *tiny_flags(**overrides),
             '--log_dir', str(tmp_path / 'run' / 'logs'),
             '--model_save_dir', str(tmp_path / 'run' / 'models'),
             '--sample_dir', str(tmp_path / 'run' / 'samples'),
             '--result_dir', str(tmp_path / 'run' / 'results'), *extra]
+

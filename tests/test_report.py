@@ -12,6 +12,7 @@ import main as cli
 import metrics
 import report
 import synthetic
+from conftest import tiny_flags
 
 
 @pytest.fixture(scope='module')
@@ -32,12 +33,10 @@ def trained(tested):
 
 
 def args(tmp, image_dir, out, *extra):
-    """testAUC (extra may give another --mode) with tiny model flags; the checkpoints always
+    """testAUC (extra may give another --mode) with the tiny model; the checkpoints always
     in tmp/models, results in tmp/<out>."""
     return ['--mode', 'testAUC', '--dataset', 'Folder', '--image_dir', str(image_dir),
-            '--image_size', '32', '--g_conv_dim', '8', '--d_conv_dim', '4', '--g_repeat_num', '1',
-            '--d_repeat_num', '3', '--batch_size', '4', '--num_workers', '0', '--seed', '0',
-            '--use_tensorboard', 'false', '--test_iters', '2',
+            *tiny_flags(), '--use_tensorboard', 'false', '--test_iters', '2',
             '--model_save_dir', str(tmp / 'models'), '--log_dir', str(tmp / 'logs'),
             '--sample_dir', str(tmp / 'samples'), '--result_dir', str(tmp / out), *extra]
 

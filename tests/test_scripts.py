@@ -7,13 +7,12 @@ import subprocess
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, tiny_env
 from model import Generator
 
 pytestmark = pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
 
-TINY = {'IMAGE_SIZE': '32', 'G_CONV_DIM': '4', 'D_CONV_DIM': '4', 'G_REPEAT_NUM': '1',
-        'D_REPEAT_NUM': '3', 'BATCH_SIZE': '2', 'NUM_WORKERS': '0', 'DEVICE': 'cpu'}
+TINY = tiny_env()  # IMAGE_SIZE=32, G_CONV_DIM=4, ...: the preset as the scripts read it
 
 
 def run_script(name, env, *args):

@@ -1,15 +1,11 @@
 """Test-time behaviour of the generator: per-image statistics, as the original."""
 import torch
 
-import main as cli
-from solver import Solver
+from conftest import tiny_solver
 
 
 def make_solver(tmp_path):
-    config = cli.build_parser().parse_args(
-        ['--image_size', '32', '--g_conv_dim', '8', '--g_repeat_num', '1', '--d_repeat_num', '3',
-         '--d_conv_dim', '4', '--device', 'cpu', '--model_save_dir', str(tmp_path)])
-    return Solver(config)
+    return tiny_solver('--model_save_dir', str(tmp_path))
 
 
 def scores(solver, x):
