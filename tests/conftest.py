@@ -126,3 +126,46 @@ def tiny_args(tmp_path, image_dir, *extra, dataset='Folder', **overrides):
             '--sample_dir', str(tmp_path / 'run' / 'samples'),
             '--result_dir', str(tmp_path / 'run' / 'results'), *extra]
 
+
+def eval_args(tmp, image_dir, out, *extra):
+    """testAUC (extra may give another --mode) with the tiny model; the checkpoints always in
+    tmp/models, results in tmp/<out>."""
+    return ['--mode', 'testAUC', '--dataset', 'Folder', '--image_dir', str(image_dir),
+            *tiny_flags(), '--use_tensorboard', 'false', '--test_iters', '2',
+            '--model_save_dir', str(tmp / 'models'), '--log_dir', str(tmp / 'logs'),
+            '--sample_dir', str(tmp / 'samples'), '--result_dir', str(tmp / out), *extra]
+
+
+@pytest.fixture(scope='session')
+def tested(tmp_path_factory):
+    """A tiny synthetic set with lesion masks, a tiny generator trained for 2 iterations, and
+    testAUC's result with the defaults (in <tmp>/results); shared by test_report.py and
+    test_evaluation.py, each writing to its own result folders."""
+    import main as cli
+    import synthetic
+    tmp = tmp_path_factory.mktemp('eval')
+    synthetic.make_synthetic_dataset(tmp / 'syn', n_healthy=4, n_mixed=4, n_test_normal=8,
+                                     n_test_anomalous=8, size=32, seed=0)
+    cli.main(eval_args(tmp, tmp / 'syn', 'run', '--mode', 'train', '--num_iters', '2'))
+    result = cli.main(eval_args(tmp, tmp / 'syn', 'results', '--bootstrap', '200'))
+    return tmp, result
+
+
+@pytest.fixture
+def trained(tested):
+    return tested[0]
+
+
+def read_csv(path):
+    import csv
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def assert_report_references_only_existing_files(folder):
+    import report
+    refs = report.referenced_files(os.path.join(folder, 'report.html'))
+    assert refs, 'the report references no pictures'
+    for ref in refs:
+        assert not os.path.isabs(ref) and '://' not in ref, ref  # offline, movable folder
+        assert os.path.isfile(os.path.join(folder, ref)), ref

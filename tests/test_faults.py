@@ -319,6 +319,15 @@ def test_limits_are_refused_by_flag_before_any_work(tmp_path, folder_dataset, ca
     assert not glob.glob(str(tmp_path / 'run' / 'models' / '*.ckpt'))
 
 
+def test_unwritable_output_folder_fails_before_any_work(tmp_path, folder_dataset, capsys):
+    (tmp_path / 'a_file').write_text('x')
+    with pytest.raises(SystemExit) as e:
+        cli.main(tiny_args(tmp_path, folder_dataset, '--num_iters', '1',
+                           '--model_save_dir', str(tmp_path / 'a_file' / 'models')))
+    assert e.value.code == 2
+    assert '--model_save_dir' in capsys.readouterr().err
+
+
 # ---- 6. data integrity ----------------------------------------------------------------------- #
 
 def test_a_cache_overwritten_with_other_pixels_is_rebuilt_not_trained_on(tmp_path, folder_dataset,
