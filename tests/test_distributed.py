@@ -94,6 +94,7 @@ def stats(run):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process_on_the_concatenated_batch(tmp_path, folder_dataset):
     one, ddp = tmp_path / 'one', tmp_path / 'ddp'
 

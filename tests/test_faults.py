@@ -292,6 +292,7 @@ def test_a_torn_aucp_log_is_read_with_a_warning_and_repaired_on_resume(tmp_path,
 
 # ---- 5. limits ------------------------------------------------------------------------------- #
 
+@pytest.mark.slow
 def test_an_image_size_beyond_memory_is_refused_with_the_numbers(tmp_path, folder_dataset):
     # In a child whose address space is capped, so that a regression fails with a MemoryError
     # there instead of letting the kernel kill some process (perhaps another user's).

@@ -264,6 +264,7 @@ def test_testAUC_leaves_the_lung_score_out_where_no_prior_was_saved(trained_run,
     assert err.count('\n') == 1 and '--score_variant lung needs the lung prior' in err
 
 
+@pytest.mark.slow
 def test_pretrained_script_on_a_tree_of_test_images_lists_and_a_checkpoint(tmp_path):
     """test_covid_pretrained.sh as its users run it: the pickled lists, the test images and the
     released-format generator; no training image anywhere."""

@@ -36,6 +36,7 @@ def test_aucp_matches_sklearn():
     assert metrics.aucp(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
 
 
+@pytest.mark.slow
 def test_training_logs_aucp_and_testauc_takes_the_best(tmp_path, folder_dataset):
     args = tiny_args(tmp_path, folder_dataset, '--holdout_fraction', '0.34')
     parser = cli.build_parser()
@@ -92,6 +93,7 @@ def read_scores(path):
             for r in rows}
 
 
+@pytest.mark.slow
 def test_ensemble_scores_are_the_mean_of_the_members(tmp_path, folder_dataset):
     cli.main(tiny_args(tmp_path, folder_dataset, '--num_iters', '6', '--model_save_step', '2',
                        '--use_tensorboard', 'false'))

@@ -64,6 +64,7 @@ def test_a_nan_stops_training_before_anything_non_finite_is_saved(tmp_path, fold
     assert not any(f.endswith('.ckpt') for f in os.listdir(tmp_path / 'run' / 'models'))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_the_run_resumes(tmp_path, folder_dataset):
     args = tiny_args(tmp_path, folder_dataset, '--num_iters', '100000', '--model_save_step',
                      '1000', '--use_tensorboard', 'false')
