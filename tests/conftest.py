@@ -84,13 +84,105 @@ def covid_dataset(tmp_path):
     return tmp_path
 
 
-def tiny_args(tmp_path, image_dir, *extra, dataset='Folder'):
-    """argv for a tiny model (32 px, a few channels) writing everything under tmp_path."""
-    return ['--dataset', dataset, '--image_dir', str(image_dir),
-            '--image_size', '32', '--g_conv_dim', '4', '--d_conv_dim', '4',
-            '--g_repeat_num', '1', '--d_repeat_num', '3', '--batch_size', '2',
-            '--num_workers', '0', '--seed', '0',
+# The one tiny model every test uses when it needs "a tiny model": 32 px, 4 channels, one
+# residual block, a 3-layer critic (32 -> 4 px), batches of 2 on the CPU, seed 0. A test that
+# needs other sizes on purpose passes them as overrides (tiny_flags(image_size=16)) and says why.
+TINY = dict(image_size=32, g_conv_dim=4, d_conv_dim=4, g_repeat_num=1, d_repeat_num=3,
+            batch_size=2, num_workers=0, seed=0, device='cpu')
+
+
+def tiny_flags(**overrides):
+    """The preset as command-line flags, with overrides (same keys, or new flags) applied."""
+    flags = {**TINY, **overrides}
+    return [item for k, v in flags.items() for item in (f'--{k}', str(v))]
+
+
+def tiny_env(**overrides):
+    """The preset as the shell scripts' environment variables (IMAGE_SIZE=32, ...)."""
+    return {k.upper(): str(v) for k, v in {**TINY, **overrides}.items()}
+
+
+def tiny_config(*extra, **overrides):
+    """A parsed configuration of the tiny model; extra: more argv."""
+    import main as cli
+    return cli.build_parser().parse_args(tiny_flags(**overrides) + list(extra))
+
+
+def tiny_solver(*extra, seed=None, **overrides):
+    """A Solver of the tiny model (weights drawn after torch.manual_seed(seed) if given)."""
+    import torch
+    from solver import Solver
+    config = tiny_config(*extra, **overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return Solver(config)
+
+
+def tiny_args(tmp_path, image_dir, *extra, dataset='Folder', **overrides):
+    """argv for the tiny model writing everything under tmp_path/run."""
+    return ['--dataset', dataset, '--image_dir', str(image_dir), *tiny_flags(**overrides),
             '--log_dir', str(tmp_path / 'run' / 'logs'),
             '--model_save_dir', str(tmp_path / 'run' / 'models'),
             '--sample_dir', str(tmp_path / 'run' / 'samples'),
             '--result_dir', str(tmp_path / 'run' / 'results'), *extra]
+
+
+def eval_args(tmp, image_dir, out, *extra):
+    """testAUC (extra may give another --mode) with the tiny model; the checkpoints always in
+    tmp/models, results in tmp/<out>."""
+    return ['--mode', 'testAUC', '--dataset', 'Folder', '--image_dir', str(image_dir),
+            *tiny_flags(), '--use_tensorboard', 'false', '--test_iters', '2',
+            '--model_save_dir', str(tmp / 'models'), '--log_dir', str(tmp / 'logs'),
+            '--sample_dir', str(tmp / 'samples'), '--result_dir', str(tmp / out), *extra]
+
+
+@pytest.fixture(scope='session')
+def tested(tmp_path_factory):
+    """A tiny synthetic set with lesion masks, a tiny generator trained for 2 iterations, and
+    testAUC's result with the defaults (in <tmp>/results); shared by test_report.py and
+    test_evaluation.py, each writing to its own result folders."""
+    import main as cli
+    import synthetic
+    tmp = tmp_path_factory.mktemp('eval')
+    synthetic.make_synthetic_dataset(tmp / 'syn', n_healthy=4, n_mixed=4, n_test_normal=8,
+                                     n_test_anomalous=8, size=32, seed=0)
+    cli.main(eval_args(tmp, tmp / 'syn', 'run', '--mode', 'train', '--num_iters', '2'))
+    result = cli.main(eval_args(tmp, tmp / 'syn', 'results', '--bootstrap', '200'))
+    return tmp, result
+
+
+@pytest.fixture
+def trained(tested):
+    return tested[0]
+
+
+def read_csv(path):
+    import csv
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def referenced_files(html_path):
+    """Every src / href of an HTML file that is not a link to the web or an anchor."""
+    from html.parser import HTMLParser
+
+    class Refs(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.refs = []
+
+        def handle_starttag(self, tag, attrs):
+            self.refs += [v for k, v in attrs if k in ('src', 'href') and v]
+
+    parser = Refs()
+    with open(html_path, encoding='utf-8') as f:
+        parser.feed(f.read())
+    return [r for r in parser.refs if not r.startswith('#')]
+
+
+def assert_report_references_only_existing_files(folder):
+    refs = referenced_files(os.path.join(folder, 'report.html'))
+    assert refs, 'the report references no pictures'
+    for ref in refs:
+        assert not os.path.isabs(ref) and '://' not in ref, ref  # offline, movable folder
+        assert os.path.isfile(os.path.join(folder, ref)), ref

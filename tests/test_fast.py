@@ -8,12 +8,13 @@ import torch
 
 import main as cli
 from healthygan import fast, losses  # noqa: E402
-from solver import Solver  # noqa: E402
-from conftest import tiny_args
+from conftest import tiny_args, tiny_flags, tiny_solver
 from tools import benchmark
 
-TINY = ['--image_size', '16', '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1',
-        '--d_repeat_num', '3', '--batch_size', '4', '--device', 'cpu']
+# The preset at 16 px, 8 channels, batches of 4, on purpose: the bit-for-bit and tolerance
+# comparisons below were measured at these sizes, batches() draws 4 images of 16 px, and at
+# 16 px the critic's inputs are 16, 8, 4 px (test_critic_matmul_runs_only_the_small_maps...).
+SIZES = dict(image_size=16, g_conv_dim=8, d_conv_dim=8, batch_size=4)
 # Largest allowed |fast - plain| per loss term, as atol + rtol * |plain|, over two cycles
 # (four iterations) from the same weights and batches. fp32 paths differ only by the order of
 # floating-point sums; 16-bit autocast by its rounding of G's and the critic's convolutions.
@@ -21,9 +22,7 @@ FP32_TOL, AMP_TOL = 1e-4, 5e-2
 
 
 def make(*flags, seed=0):
-    config = cli.build_parser().parse_args(TINY + list(flags))
-    torch.manual_seed(seed)
-    return Solver(config)
+    return tiny_solver(*flags, seed=seed, **SIZES)
 
 
 def batches(n=2, seed=1):
@@ -304,7 +303,7 @@ def test_compile_failure_falls_back_to_eager(capsys):
 def test_speed_flags_through_the_cli(tmp_path, folder_dataset):
     # --fast fills in the unset flags; an explicit flag wins; run_config.json records what ran;
     # fp16's loss scale goes into the state file for an exact resume.
-    cli.main(tiny_args(tmp_path, folder_dataset, '--num_iters', '2', '--device', 'cpu',
+    cli.main(tiny_args(tmp_path, folder_dataset, '--num_iters', '2',
                        '--fast', 'true', '--amp', 'fp16', '--merge_critic', 'false',
                        '--use_tensorboard', 'false'))
     models = tmp_path / 'run' / 'models'
@@ -315,7 +314,7 @@ def test_speed_flags_through_the_cli(tmp_path, folder_dataset):
     state = torch.load(models / '2-state.pt', weights_only=True)
     assert state['scaler']['scale'] > 0
     # ... and a resume reads it back (and keeps the run's fused/foreach choice).
-    cli.main(tiny_args(tmp_path, folder_dataset, '--num_iters', '3', '--device', 'cpu',
+    cli.main(tiny_args(tmp_path, folder_dataset, '--num_iters', '3',
                        '--fast', 'true', '--amp', 'fp16', '--adam_impl', 'foreach',
                        '--resume_iters', '2', '--use_tensorboard', 'false'))
     assert os.path.exists(models / '3-G.ckpt')
@@ -329,9 +328,9 @@ def test_bad_speed_flag_is_refused(capsys):
 
 def test_benchmark_script_runs_and_reports(tmp_path):
     out = tmp_path / 'bench.json'
-    rows = benchmark.main(TINY + ['--rounds', '1', '--infer_batches', '1',
-                                  '--variants', 'original,reuse_fake+merge_critic',
-                                  '--json_out', str(out)])
+    rows = benchmark.main(tiny_flags(**SIZES) + ['--rounds', '1', '--infer_batches', '1',
+                                                 '--variants', 'original,reuse_fake+merge_critic',
+                                                 '--json_out', str(out)])
     original, fast = rows
     assert original['variant'] == 'original' and fast['variant'] == 'reuse_fake+merge_critic'
     assert fast['speed_flags']['reuse_fake'] and fast['speed_flags']['merge_critic']
@@ -349,8 +348,9 @@ def test_benchmark_sets_each_variants_tf32_switches(tmp_path):
     constructed Solver's (a GPU run showed the original's loop 3x faster under TF32)."""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
-        rows = benchmark.main(TINY + ['--rounds', '1', '--infer_batches', '1', '--no_flops',
-                                      '--variants', 'original,original_fp32,tf32'])
+        rows = benchmark.main(tiny_flags(**SIZES) + ['--rounds', '1', '--infer_batches', '1',
+                                                     '--no_flops',
+                                                     '--variants', 'original,original_fp32,tf32'])
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     by_name = {r['variant']: r for r in rows}
@@ -366,5 +366,5 @@ def test_benchmark_sets_each_variants_tf32_switches(tmp_path):
 
 def test_benchmark_refuses_original_loops_in_combinations(capsys):
     with pytest.raises(SystemExit):
-        benchmark.main(TINY + ['--variants', 'original_fp32+reuse_fake'])
+        benchmark.main(tiny_flags(**SIZES) + ['--variants', 'original_fp32+reuse_fake'])
     assert 'original_fp32+reuse_fake' in capsys.readouterr().err

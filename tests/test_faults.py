@@ -292,6 +292,7 @@ def test_a_torn_aucp_log_is_read_with_a_warning_and_repaired_on_resume(tmp_path,
 
 # ---- 5. limits ------------------------------------------------------------------------------- #
 
+@pytest.mark.slow
 def test_an_image_size_beyond_memory_is_refused_with_the_numbers(tmp_path, folder_dataset):
     # In a child whose address space is capped, so that a regression fails with a MemoryError
     # there instead of letting the kernel kill some process (perhaps another user's).
@@ -317,6 +318,15 @@ def test_limits_are_refused_by_flag_before_any_work(tmp_path, folder_dataset, ca
     line = error_line(err)
     assert code == 2 and line.startswith(f'error: {flag} ') and '--adam_impl' not in line
     assert not glob.glob(str(tmp_path / 'run' / 'models' / '*.ckpt'))
+
+
+def test_unwritable_output_folder_fails_before_any_work(tmp_path, folder_dataset, capsys):
+    (tmp_path / 'a_file').write_text('x')
+    with pytest.raises(SystemExit) as e:
+        cli.main(tiny_args(tmp_path, folder_dataset, '--num_iters', '1',
+                           '--model_save_dir', str(tmp_path / 'a_file' / 'models')))
+    assert e.value.code == 2
+    assert '--model_save_dir' in capsys.readouterr().err
 
 
 # ---- 6. data integrity ----------------------------------------------------------------------- #

@@ -1,11 +1,8 @@
 """Each loss and helper against values computed by hand."""
-import math
-
 import pytest
 import torch
 
 from healthygan import losses  # noqa: E402
-from metrics import anomaly_map, anomaly_score, image_metrics, original_threshold
 
 
 def test_mask_from_logit_and_blend():
@@ -113,30 +110,3 @@ def test_linear_learning_rate_reaches_zero():
     assert losses.learning_rate(200_000, 1e-4, 200_000, 100_000, 1000, 'linear') == 0.0
     with pytest.raises(ValueError):
         losses.learning_rate(0, 1e-4, 10, 10, 1, 'cosine')
-
-
-def test_anomaly_score_and_map():
-    x = torch.ones(2, 3, 2, 2)
-    x_hat = x.clone()
-    x_hat[0] = -1  # the largest possible difference: score 1
-    x_hat[1, :, 0, 0] = 0  # |1 - 0| / 2 on one pixel of four: score 0.125
-    assert torch.allclose(anomaly_score(x, x_hat), torch.tensor([1.0, 0.125]))
-    amap = anomaly_map(x, x_hat)
-    assert amap.shape == (2, 1, 2, 2)
-    assert torch.allclose(amap.flatten(1).mean(1), anomaly_score(x, x_hat))
-
-
-def test_original_threshold_rule_by_hand():
-    labels = [0, 0, 0, 1, 1, 1]
-    scores = [0.1, 0.2, 0.6, 0.4, 0.7, 0.8]
-    # threshold 0.4: TPR 3/3, FPR 1/3 -> |1 - 2/3| = 1/3; threshold 0.7: TPR 2/3, FPR 0 -> 1/3;
-    # threshold 0.6: TPR 2/3, FPR 1/3 -> 0 (the minimum)
-    thr, sens, spec = original_threshold(labels, scores)
-    assert thr == 0.6 and sens == pytest.approx(2 / 3) and spec == pytest.approx(2 / 3)
-    m = image_metrics(labels, scores)
-    assert m['image_AUROC'] == pytest.approx(8 / 9)  # 8 of 9 (anomalous, normal) pairs ordered
-    assert m['threshold_source'].startswith('test-optimal')
-    with pytest.raises(ValueError):
-        image_metrics([0, 0], [0.1, 0.2])
-    with pytest.raises(ValueError):
-        image_metrics([0, 1], [0.1, math.nan])

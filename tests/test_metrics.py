@@ -1,4 +1,7 @@
-"""metrics.py against scikit-learn and hand computations on known inputs; mask geometry."""
+"""metrics.py: the anomaly score and map, the original's threshold rule, and the metrics against
+scikit-learn and hand computations on known inputs; mask geometry."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, f1_score, 
 
 import data_loader
 import metrics
+from metrics import anomaly_map, anomaly_score, image_metrics, original_threshold
 
 # 12 images, with tied scores across and within the classes
 LABELS = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -177,3 +181,30 @@ def test_paired_auroc_difference_is_paired():
     a_low, a_high, _ = metrics.bootstrap_auroc(labels, a, 500, seed=3)
     assert high - low < (a_high - a_low) / 3
     assert metrics.paired_auroc_difference(labels, a, a, 200) == (0.0, 0.0, 0.0)
+
+
+def test_anomaly_score_and_map():
+    x = torch.ones(2, 3, 2, 2)
+    x_hat = x.clone()
+    x_hat[0] = -1  # the largest possible difference: score 1
+    x_hat[1, :, 0, 0] = 0  # |1 - 0| / 2 on one pixel of four: score 0.125
+    assert torch.allclose(anomaly_score(x, x_hat), torch.tensor([1.0, 0.125]))
+    amap = anomaly_map(x, x_hat)
+    assert amap.shape == (2, 1, 2, 2)
+    assert torch.allclose(amap.flatten(1).mean(1), anomaly_score(x, x_hat))
+
+
+def test_original_threshold_rule_by_hand():
+    labels = [0, 0, 0, 1, 1, 1]
+    scores = [0.1, 0.2, 0.6, 0.4, 0.7, 0.8]
+    # threshold 0.4: TPR 3/3, FPR 1/3 -> |1 - 2/3| = 1/3; threshold 0.7: TPR 2/3, FPR 0 -> 1/3;
+    # threshold 0.6: TPR 2/3, FPR 1/3 -> 0 (the minimum)
+    thr, sens, spec = original_threshold(labels, scores)
+    assert thr == 0.6 and sens == pytest.approx(2 / 3) and spec == pytest.approx(2 / 3)
+    m = image_metrics(labels, scores)
+    assert m['image_AUROC'] == pytest.approx(8 / 9)  # 8 of 9 (anomalous, normal) pairs ordered
+    assert m['threshold_source'].startswith('test-optimal')
+    with pytest.raises(ValueError):
+        image_metrics([0, 0], [0.1, 0.2])
+    with pytest.raises(ValueError):
+        image_metrics([0, 1], [0.1, math.nan])

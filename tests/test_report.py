@@ -1,8 +1,6 @@
-"""Evaluation through the CLI: testAUC's metrics, scores, maps and pictures, and --mode score."""
-import csv
+"""The report: testAUC's metrics, scores, maps, panels, plots and report.html (report.py)."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -11,66 +9,7 @@ from PIL import Image
 import main as cli
 import metrics
 import report
-import synthetic
-
-
-@pytest.fixture(scope='module')
-
-def referenced_files(html_path):
-    """Every src / href of an HTML file that is not a link to the web or an anchor."""
-    from html.parser import HTMLParser
-
-    class Refs(HTMLParser):
-        def __init__(self):
-            super().__init__()
-            self.refs = []
-
-        def handle_starttag(self, tag, attrs):
-            self.refs += [v for k, v in attrs if k in ('src', 'href') and v]
-
-    parser = Refs()
-    with open(html_path, encoding='utf-8') as f:
-        parser.feed(f.read())
-    return [r for r in parser.refs if not r.startswith('#')]
-
-def tested(tmp_path_factory):
-    """A tiny synthetic set with lesion masks, a tiny generator trained for 2 iterations, and
-    testAUC's result with the defaults (in <tmp>/results)."""
-    tmp = tmp_path_factory.mktemp('eval')
-    synthetic.make_synthetic_dataset(tmp / 'syn', n_healthy=4, n_mixed=4, n_test_normal=8,
-                                     n_test_anomalous=8, size=32, seed=0)
-    cli.main(args(tmp, tmp / 'syn', 'run', '--mode', 'train', '--num_iters', '2'))
-    result = cli.main(args(tmp, tmp / 'syn', 'results', '--bootstrap', '200'))
-    return tmp, result
-
-
-@pytest.fixture
-def trained(tested):
-    return tested[0]
-
-
-def args(tmp, image_dir, out, *extra):
-    """testAUC (extra may give another --mode) with tiny model flags; the checkpoints always
-    in tmp/models, results in tmp/<out>."""
-    return ['--mode', 'testAUC', '--dataset', 'Folder', '--image_dir', str(image_dir),
-            '--image_size', '32', '--g_conv_dim', '8', '--d_conv_dim', '4', '--g_repeat_num', '1',
-            '--d_repeat_num', '3', '--batch_size', '4', '--num_workers', '0', '--seed', '0',
-            '--use_tensorboard', 'false', '--test_iters', '2',
-            '--model_save_dir', str(tmp / 'models'), '--log_dir', str(tmp / 'logs'),
-            '--sample_dir', str(tmp / 'samples'), '--result_dir', str(tmp / out), *extra]
-
-
-def read_csv(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
-
-
-def assert_report_references_only_existing_files(folder):
-    refs = referenced_files(os.path.join(folder, 'report.html'))
-    assert refs, 'the report references no pictures'
-    for ref in refs:
-        assert not os.path.isabs(ref) and '://' not in ref, ref  # offline, movable folder
-        assert os.path.isfile(os.path.join(folder, ref)), ref
+from conftest import assert_report_references_only_existing_files, eval_args, read_csv
 
 
 def test_testauc_writes_metrics_scores_maps_and_report(tested):
@@ -129,8 +68,8 @@ def test_testauc_writes_metrics_scores_maps_and_report(tested):
 
 def test_score_variant_flag_sets_the_headline_and_num_maps_limits_the_panels(trained):
     out = trained / 'p99'
-    result = cli.main(args(trained, trained / 'syn', 'p99', '--score_variant', 'p99',
-                           '--bootstrap', '0', '--num_maps', '1'))
+    result = cli.main(eval_args(trained, trained / 'syn', 'p99', '--score_variant', 'p99',
+                                '--bootstrap', '0', '--num_maps', '1'))
     assert result['image_AUROC'] == result['variants']['p99']['image_AUROC']
     assert result['score'] == metrics.SCORE_VARIANTS['p99']
     assert 'image_AUROC_ci95' not in result
@@ -147,84 +86,6 @@ def test_score_variant_flag_sets_the_headline_and_num_maps_limits_the_panels(tra
         expected |= {r['anomaly_map'] for r in ranked[:n] + ranked[-n:]}
     assert panels == {os.path.relpath(m, 'maps') for m in expected} and len(panels) < len(rows)
     assert_report_references_only_existing_files(out)
-
-
-def test_threshold_from_a_validation_set(trained, capsys):
-    # A copy of the test images is the test set by content: refused, as the test folder is.
-    copy = trained / 'val_copy'
-    shutil.copytree(trained / 'syn' / 'test', copy, dirs_exist_ok=True)
-    with pytest.raises(SystemExit) as e:
-        cli.main(args(trained, trained / 'syn', 'copy', '--val_dir', str(copy),
-                      '--report', 'false'))
-    assert e.value.code == 2 and 'same content' in capsys.readouterr().err
-    # Mirrored test images: other pixels, so a validation set; its source says where the
-    # threshold came from.
-    val = trained / 'val'
-    for d, _, files in os.walk(trained / 'syn' / 'test'):
-        for f in files:
-            dest = val / os.path.relpath(os.path.join(d, f), trained / 'syn' / 'test')
-            os.makedirs(dest.parent, exist_ok=True)
-            with Image.open(os.path.join(d, f)) as im:
-                im.transpose(Image.FLIP_LEFT_RIGHT).save(dest)
-    result = cli.main(args(trained, trained / 'syn', 'val_results', '--val_dir', str(val),
-                           '--report', 'false', '--bootstrap', '0'))
-    assert result['threshold_source'].startswith(f'validation set {val}')
-    assert result['validation']['n_normal'] == 8
-    assert not os.path.exists(trained / 'val_results' / 'report.html')
-    assert os.path.isdir(trained / 'val_results' / 'maps')  # maps are written regardless
-
-    # the test images themselves cannot serve as the validation set
-    with pytest.raises(SystemExit) as e:
-        cli.main(args(trained, trained / 'syn', 'bad', '--val_dir', str(trained / 'syn' / 'test'),
-                      '--report', 'false'))
-    assert e.value.code == 2 and 'also test images' in capsys.readouterr().err
-
-
-def test_score_mode_scores_a_folder_recursively_in_any_format(trained, capsys):
-    folder = trained / 'new'
-    rows = read_csv(trained / 'results' / 'scores.csv')
-    test_scores = {os.path.basename(r['path']): float(r['score_mean']) for r in rows}
-    test_lung = {os.path.basename(r['path']): float(r['score_lung']) for r in rows}
-    src = trained / 'syn' / 'test'
-    os.makedirs(folder / 'a' / 'b')
-    shutil.copy(src / 'normal' / 'normal_00000.png', folder / 'n0.png')
-    shutil.copy(src / 'anomalous' / 'anomalous_00001.png', folder / 'a' / 'b' / 'x.png')
-    Image.open(src / 'normal' / 'normal_00001.png').convert('RGB').save(folder / 'a' / 'x.jpg')
-    (folder / 'a' / 'broken.png').write_bytes(b'not an image')
-    result = cli.main(args(trained, trained / 'missing', 'scored', '--mode', 'score',
-                           '--score_dir', str(folder)))
-    out = trained / 'scored'
-    scored = {os.path.relpath(r['path'], folder): r for r in read_csv(out / 'scores.csv')}
-    assert set(scored) == {'n0.png', os.path.join('a', 'b', 'x.png'), os.path.join('a', 'x.jpg')}
-    assert list(next(iter(scored.values())))[:3] == ['path', 'pred_score', 'anomaly_map']
-    # the same image scores the same as in testAUC
-    assert float(scored['n0.png']['pred_score']) == pytest.approx(test_scores['normal_00000.png'],
-                                                                  abs=1e-6)
-    assert float(scored[os.path.join('a', 'b', 'x.png')]['pred_score']) == pytest.approx(
-        test_scores['anomalous_00001.png'], abs=1e-6)
-    for r in scored.values():
-        assert os.path.isfile(out / r['anomaly_map'])
-    assert result['n_images'] == 3 and list(result['unreadable']) == [str(folder / 'a' /
-                                                                          'broken.png')]
-    assert 'could not be read' in capsys.readouterr().out
-    assert_report_references_only_existing_files(out)
-
-    # rerun with result_dir inside the folder: its own outputs are not scored
-    cli.main(args(trained, trained / 'missing', 'new/out', '--mode', 'score', '--score_dir',
-                  str(folder), '--report', 'false'))
-    assert len(read_csv(folder / 'out' / 'scores.csv')) == 3
-
-    with pytest.raises(SystemExit) as e:
-        cli.main(args(trained, trained / 'syn', 'x', '--mode', 'score'))
-    assert e.value.code == 2 and '--score_dir' in capsys.readouterr().err
-
-    # the lung score's region was saved with the run: no training image is needed for it
-    cli.main(args(trained, trained / 'missing', 'lung', '--mode', 'score', '--score_dir',
-                  str(folder), '--score_variant', 'lung', '--report', 'false'))
-    lung = {os.path.relpath(r['path'], folder): r for r in read_csv(trained / 'lung' /
-                                                                     'scores.csv')}
-    assert float(lung['n0.png']['pred_score']) == pytest.approx(
-        test_lung['normal_00000.png'], abs=1e-6)
 
 
 def test_output_names_are_unique_and_mirror_folders():

@@ -7,13 +7,12 @@ import subprocess
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, tiny_env
 from model import Generator
 
 pytestmark = pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
 
-TINY = {'IMAGE_SIZE': '32', 'G_CONV_DIM': '4', 'D_CONV_DIM': '4', 'G_REPEAT_NUM': '1',
-        'D_REPEAT_NUM': '3', 'BATCH_SIZE': '2', 'NUM_WORKERS': '0', 'DEVICE': 'cpu'}
+TINY = tiny_env()  # IMAGE_SIZE=32, G_CONV_DIM=4, ...: the preset as the scripts read it
 
 
 def run_script(name, env, *args):
@@ -22,6 +21,7 @@ def run_script(name, env, *args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_train_then_test_covid_scripts(tmp_path, covid_dataset):
     env = {**TINY, 'IMAGE_DIR': str(covid_dataset / 'images'),
            'LIST_DIR': str(covid_dataset / 'lists'), 'OUT': str(tmp_path / 'out')}
@@ -42,6 +42,7 @@ def test_pretrained_script_explains_a_missing_checkpoint(tmp_path):
     assert '360000-G.ckpt not found' in r.stderr and 'pretrained/README.md' in r.stderr
 
 
+@pytest.mark.slow
 def test_pretrained_script_scores_with_a_released_style_checkpoint(tmp_path, covid_dataset):
     # A checkpoint in the released format: torch.save(G.state_dict()) of the default generator.
     os.makedirs(tmp_path / 'pre')
@@ -57,6 +58,7 @@ def test_pretrained_script_scores_with_a_released_style_checkpoint(tmp_path, cov
     assert json.load(open(tmp_path / 'res' / 'metrics.json'))['iteration'] == 360000
 
 
+@pytest.mark.slow
 def test_demo_script_end_to_end_tiny(tmp_path):
     env = {**TINY, 'DATA': str(tmp_path / 'syn'), 'OUT': str(tmp_path / 'demo'),
            'DATA_SIZE': '64', 'N_HEALTHY': '6', 'N_MIXED': '6', 'N_TEST': '3',
@@ -71,6 +73,7 @@ def test_demo_script_end_to_end_tiny(tmp_path):
     assert 'Loading the trained models from step 2' in r.stdout
 
 
+@pytest.mark.slow
 def test_bench_nih_script_end_to_end_tiny(tmp_path):
     # Ten images per training set so that HOLDOUT 0.2 holds out two of each for AUCp; ten test
     # images, so that --explain's 5-fold cross-fit leaves each fit more images than coefficients.
@@ -97,6 +100,7 @@ def test_bench_nih_script_end_to_end_tiny(tmp_path):
     assert r.returncode == 2 and 'healthy' in r.stderr
 
 
+@pytest.mark.slow
 def test_bench_nih_script_defaults_to_the_shipped_images(tmp_path):
     # No DATA: a fresh clone runs on datasets/nih-cxr-mini, nothing outside the repository.
     env = {**TINY, 'OUT': str(tmp_path / 'run'), 'NUM_ITERS': '2', 'MODEL_SAVE_STEP': '2',
@@ -113,6 +117,7 @@ def test_bench_nih_script_defaults_to_the_shipped_images(tmp_path):
     assert baselines['n_fit'] == 160  # the 200 shipped healthy images less HOLDOUT's 40
 
 
+@pytest.mark.slow
 def test_check_resume_gpu_script_on_the_cpu(tmp_path):
     """tools/check_resume_gpu.sh (run on GPUs) compares a resumed run with the uninterrupted one;
     on the CPU they must agree exactly, and the script must say so."""
