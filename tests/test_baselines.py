@@ -347,6 +347,7 @@ def write_score_mode_csv(path, paths, score):
             w.writerow([p, f'{s:.12g}', 'maps/x.png'])
 
 
+@pytest.mark.slow
 def test_explain_cli_fits_on_training_scores_when_given_else_crossfits(nih_stats, tmp_path,
                                                                          capsys):
     test, labels, stats, train, stats_train = nih_stats
@@ -378,6 +379,7 @@ def test_explain_cli_fits_on_training_scores_when_given_else_crossfits(nih_stats
     assert out['residual_AUROC'] == pytest.approx(expected['residual_AUROC'], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_explain_errors_are_one_line(nih_stats, tmp_path, capsys):
     test, labels, stats, _, _ = nih_stats
     rows = [{'path': p, 'gt_label': g} for p, g in zip(test, labels)]
