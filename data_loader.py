@@ -21,12 +21,12 @@ from healthygan.data.datasets import (CachedLabelledDataset, CachedLoader, Cache
 from healthygan.data.decode import (build_transform, crop_radiograph, decode_all, dicom_window,
                                     drop_unreadable, load_image)
 from healthygan.data.splits import (check_files_exist, find_mask, hold_out, list_images,
-                                    load_mask, resolve_split, safe_load_list)
+                                    load_mask, read_truth_labels, resolve_split, safe_load_list)
 from healthygan.errors import DataError
 
 __all__ = ['get_loader', 'folder_loader', 'DataError',
            'check_files_exist', 'find_mask', 'hold_out', 'list_images', 'load_mask',
-           'resolve_split', 'safe_load_list',
+           'read_truth_labels', 'resolve_split', 'safe_load_list',
            'build_transform', 'crop_radiograph', 'dicom_window', 'load_image',
            'PixelStore', 'default_cache_dir', 'mean_image', 'open_cache', 'same_content',
            'CachedLoader', 'EpochSampler', 'LabelledDataset', 'PairDataset', 'item_flips']

@@ -32,15 +32,16 @@ def str2bool(v):
 
 
 def iters_or_latest(v):
-    """An iteration number, 'latest' (the newest checkpoint in --model_save_dir) or 'best_aucp'
-    (the checkpoint with the highest label-free AUCp logged during training)."""
-    if v in ('latest', 'best_aucp'):
+    """An iteration number, 'latest' (the newest checkpoint in --model_save_dir), 'best_aucp'
+    (the highest label-free AUCp logged during training) or 'best_val' (the highest validation
+    AUROC, with --holdout_labels)."""
+    if v in ('latest', 'best_aucp', 'best_val'):
         return v
     try:
         n = int(v)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected an iteration number, 'latest' or 'best_aucp', got {v!r}")
+            f"expected an iteration number, 'latest', 'best_aucp' or 'best_val', got {v!r}")
     if n < 0:
         raise argparse.ArgumentTypeError(f'expected a non-negative iteration, got {n}')
     return n
@@ -110,7 +111,8 @@ def build_parser():
     g = p.add_argument_group('Test configuration')
     g.add_argument('--test_iters', type=iters_or_latest, default=200000,
                    help="test model from this step ('latest' for the newest checkpoint, 'best_aucp' for "
-                        "the one with the highest AUCp logged in training)")
+                        "the one with the highest AUCp logged in training, 'best_val' for the "
+                        "highest validation AUROC, with --holdout_labels)")
 
     g = p.add_argument_group('Miscellaneous')
     g.add_argument('--num_workers', type=int, default=12, help='data loading processes')
@@ -164,6 +166,12 @@ def build_parser():
                    help='fraction of the healthy and of the mixed images held out of training and '
                         'scored at every checkpoint for the label-free AUCp (healthy = 0, mixed = '
                         '1); 0 trains on everything, as the original (added)')
+    g.add_argument('--holdout_labels', type=str, default=None,
+                   help="a CSV (file,label) of the mixed images' true labels, e.g. a dataset's "
+                        'mixed_truth.csv: with a hold-out, every checkpoint also gets a '
+                        'validation AUROC of the held-out images by these labels (val_AUROC in '
+                        'aucp.jsonl; --test_iters best_val tests the best). Only held-out '
+                        'images are looked up: no label reaches training (added)')
 
     g = p.add_argument_group('Training (added)')
     g.add_argument('--overwrite', type=str2bool, default=False,

@@ -12,7 +12,7 @@ from healthygan import runfiles
 from healthygan.runfiles import available_iters
 from healthygan.distributed import average_buffers, barrier, is_main, world_size
 from healthygan.errors import CheckpointError, ConfigError
-from healthygan.selection import best_aucp_iters
+from healthygan.selection import BEST, best_aucp_iters
 
 
 def save_atomic(obj, path):
@@ -28,12 +28,14 @@ def save_atomic(obj, path):
 
 
 def resolve_iters(value, model_save_dir, flag, variant='mean'):
-    """An iteration number, 'latest' (the highest checkpoint in model_save_dir) or 'best_aucp'."""
+    """An iteration number, 'latest' (the newest complete checkpoint set in model_save_dir),
+    'best_aucp' or 'best_val' (the checkpoint with the highest AUCp or validation AUROC)."""
     found = available_iters(model_save_dir)
-    if value == 'best_aucp':
+    if value in BEST.values():
         if flag == '--resume_iters':
-            raise ConfigError('--resume_iters best_aucp: resume from a number or latest')
-        return best_aucp_iters(model_save_dir, flag, variant)
+            raise ConfigError(f'--resume_iters {value}: resume from a number or latest')
+        key = next(k for k, name in BEST.items() if name == value)
+        return best_aucp_iters(model_save_dir, flag, variant, key)
     if value == 'latest':
         # the newest complete set (G with its D); a G left alone by a cut-short save is skipped
         complete = runfiles.complete_iters(model_save_dir)

@@ -3,6 +3,7 @@ ensemble of the last checkpoints."""
 import json
 import os
 import sys
+import types
 
 import torch
 from tqdm import tqdm
@@ -41,50 +42,68 @@ def read_aucp_log(model_save_dir):
     return records
 
 
-def aucp_of(record, variant='mean'):
-    """The AUCp a record holds under a score variant, or None."""
-    by_variant = record.get('AUCp_by_variant', {})
+# --test_iters names of the two criteria logged at every checkpoint
+BEST = {'AUCp': 'best_aucp', 'val_AUROC': 'best_val'}
+
+
+def aucp_of(record, variant='mean', key='AUCp'):
+    """The AUCp (or, key 'val_AUROC', the validation AUROC) a record holds under a score
+    variant, or None."""
+    by_variant = record.get(f'{key}_by_variant', {})
     if variant in by_variant:
         return by_variant[variant]
     if record.get('score_variant', 'mean') == variant:
-        return record.get('AUCp')
+        return record.get(key)
     return None
 
 
-def best_aucp_iters(model_save_dir, flag='--test_iters', variant='mean'):
-    """The checkpoint with the highest AUCp (ties: the later one) among those still on disk,
-    under the score variant that will be tested."""
+def best_aucp_iters(model_save_dir, flag='--test_iters', variant='mean', key='AUCp'):
+    """The checkpoint with the highest AUCp (key 'AUCp') or validation AUROC (key 'val_AUROC')
+    among those still on disk (ties: the later one), under the score variant to be tested."""
     found = set(available_iters(model_save_dir))
-    values = {i: aucp_of(r, variant) for i, r in read_aucp_log(model_save_dir).items()
+    values = {i: aucp_of(r, variant, key) for i, r in read_aucp_log(model_save_dir).items()
               if i in found}
     values = {i: v for i, v in values.items() if v is not None}
     if not values:
+        how = ('--holdout_fraction > 0' if key == 'AUCp'
+               else '--holdout_fraction > 0 and --holdout_labels')
         raise CheckpointError(
-            f'{flag} best_aucp: no AUCp records for the checkpoints in {model_save_dir} (train '
-            f'with --holdout_fraction > 0 to log them in {AUCP_LOG})')
+            f'{flag} {BEST[key]}: no {key} records for the checkpoints in {model_save_dir} '
+            f'(train with {how} to log them in {AUCP_LOG})')
     return max(values, key=lambda i: (values[i], i))
 
 
 class AUCpLogging:
-    """AUCp of the held-out healthy (0) and mixed (1) images at every checkpoint: the authors'
-    later label-free criterion (Siddiquee et al., IEEE TMI)."""
+    """At every checkpoint, scores of the held-out healthy and mixed images: AUCp (healthy = 0,
+    mixed = 1), the authors' later label-free criterion (Siddiquee et al., IEEE TMI), and, with
+    --holdout_labels, the validation AUROC of the same images by their true labels."""
 
     def load_holdout(self):
-        """The held-out healthy and mixed images as two CPU tensors (None when none held out)."""
-        split = self.split or data_loader.resolve_split(self.config, 'train')
+        """The held-out images as CPU tensors (healthy, mixed) and, with --holdout_labels, the
+        mixed ones' true labels; None when none are held out."""
+        c = self.config
+        split = self.split or data_loader.resolve_split(c, 'train')
         if not split.get('holdout_healthy') or not split.get('holdout_mixed'):
             print('AUCp: no held-out images (--holdout_fraction 0 or sets too small): '
                   'checkpoints are not scored')
             return None
-        loader = data_loader.get_loader(self.config, 'holdout', split)
+        loader = data_loader.get_loader(c, 'holdout', split)
         x, labels = [], []
         for batch, label, _ in loader:
             x.append(batch.cpu())
             labels.append(label.cpu())
         x, labels = torch.cat(x), torch.cat(labels)
-        print(f'AUCp: {int((labels == 0).sum())} healthy and {int((labels == 1).sum())} mixed '
-              f'images held out of training')
-        return x[labels == 0], x[labels == 1]
+        holdout = types.SimpleNamespace(healthy=x[labels == 0], mixed=x[labels == 1], truth=None)
+        print(f'AUCp: {len(holdout.healthy)} healthy and {len(holdout.mixed)} mixed images held '
+              f'out of training')
+        if c.holdout_labels:
+            mixed = [p for p, lab in zip(loader.dataset.paths, loader.dataset.labels) if lab == 1]
+            holdout.truth = data_loader.read_truth_labels(
+                c.holdout_labels, mixed, os.path.join(c.image_dir, 'mixed'))
+            print(f'Validation: the held-out mixed images hold {sum(holdout.truth)} anomalous by '
+                  f'--holdout_labels; validation AUROC on {len(holdout.healthy)} healthy + '
+                  f'{len(holdout.mixed)} mixed images at every checkpoint')
+        return holdout
 
     @torch.no_grad()
     def score_images(self, x, G=None):
@@ -106,33 +125,40 @@ class AUCpLogging:
         return {name: torch.cat(s) for name, s in scores.items()}
 
     def holdout_aucp(self, holdout, G=None):
-        """AUCp of every score variant on the held-out images: {name: value}."""
-        x_healthy, x_mixed = holdout
-        s_healthy, s_mixed = self.score_images(x_healthy, G), self.score_images(x_mixed, G)
-        labels = [0] * len(x_healthy) + [1] * len(x_mixed)
-        return {name: metrics.aucp(labels, metrics.to_numpy(torch.cat([s_healthy[name],
-                                                                       s_mixed[name]])))
-                for name in s_healthy}
+        """{'AUCp': {variant: value}} of the held-out images and, with their true labels,
+        {'val_AUROC': {variant: value}} (held-out healthy = 0, mixed by label)."""
+        s_healthy = self.score_images(holdout.healthy, G)
+        s_mixed = self.score_images(holdout.mixed, G)
+        scores = {name: metrics.to_numpy(torch.cat([s_healthy[name], s_mixed[name]]))
+                  for name in s_healthy}
+        pseudo = [0] * len(holdout.healthy) + [1] * len(holdout.mixed)
+        result = {'AUCp': {name: metrics.aucp(pseudo, s) for name, s in scores.items()}}
+        if holdout.truth is not None and sum(holdout.truth) > 0:  # both classes present
+            truth = [0] * len(holdout.healthy) + list(holdout.truth)
+            result['val_AUROC'] = {name: metrics.aucp(truth, s) for name, s in scores.items()}
+        return result
 
     def log_aucp(self, iters, holdout):
-        """AUCp (healthy held-out = 0, mixed held-out = 1) of the current G, to TB and aucp.jsonl.
+        """AUCp (and the validation AUROC) of the current G, to TensorBoard and aucp.jsonl.
 
-        'AUCp' uses --score_variant (the score testAUC reports first); every variant's AUCp is
-        recorded too, so a score can also be chosen without labels.
-        Added: the label-free checkpoint selection of the authors' later work.
+        'AUCp' uses --score_variant (the score testAUC reports first); every variant's value is
+        recorded too, so a score can also be chosen on these images.
         """
         if holdout is None:
             return None
         variant = self.config.score_variant
-        by_variant = self.holdout_aucp(holdout)
-        value = by_variant[variant]
-        record = {'iter': iters, 'AUCp': value, 'score_variant': variant,
-                  'n_healthy': len(holdout[0]), 'n_mixed': len(holdout[1]),
-                  'AUCp_by_variant': by_variant}
+        record = {'iter': iters, 'score_variant': variant, 'n_healthy': len(holdout.healthy),
+                  'n_mixed': len(holdout.mixed)}
+        for key, by_variant in self.holdout_aucp(holdout).items():
+            record.update({key: by_variant[variant], f'{key}_by_variant': by_variant})
+            if self.logger:
+                self.logger.scalar_summary(key, by_variant[variant], iters)
+        if holdout.truth is not None:
+            record['n_mixed_anomalous'] = sum(holdout.truth)
         with open(os.path.join(self.config.model_save_dir, AUCP_LOG), 'a') as f:
             f.write(json.dumps(record) + '\n')
-        if self.logger:
-            self.logger.scalar_summary('AUCp', value, iters)
-        tqdm.write(f'AUCp at iteration {iters}: {value:.4f} [' + ', '.join(
-            f'{k} {v:.3f}' for k, v in by_variant.items()) + ']', file=sys.stdout)
-        return value
+        tqdm.write(f'AUCp at iteration {iters}: {record["AUCp"]:.4f} [' + ', '.join(
+            f'{k} {v:.3f}' for k, v in record['AUCp_by_variant'].items()) + ']'
+            + (f'; validation AUROC {record["val_AUROC"]:.4f}' if 'val_AUROC' in record else ''),
+            file=sys.stdout)
+        return record['AUCp']

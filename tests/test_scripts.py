@@ -115,6 +115,10 @@ def test_bench_nih_script_defaults_to_the_shipped_images(tmp_path):
     baselines = json.load(open(tmp_path / 'run' / 'baselines' / 'baselines.json'))
     assert baselines['image_dir'] == 'datasets/nih-cxr-mini'
     assert baselines['n_fit'] == 160  # the 200 shipped healthy images less HOLDOUT's 40
+    # the shipped mixed_truth.csv labels the held-out mixed images: a validation AUROC
+    record = json.loads(open(tmp_path / 'run' / 'models' / 'aucp.jsonl').readline())
+    assert 0 <= record['val_AUROC'] <= 1 and record['n_mixed_anomalous'] > 0
+    assert 'validation AUROC' in r.stdout
 
 
 @pytest.mark.slow

@@ -155,3 +155,82 @@ def test_ensemble_larger_than_the_checkpoints_is_a_clear_error(tmp_path, folder_
     with pytest.raises(SystemExit):
         cli.main(tiny_args(tmp_path, folder_dataset, '--mode', 'testAUC', '--ensemble', '0'))
     assert '--ensemble' in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ #
+#      Validation carved from the training folders: held-out images by their true labels           #
+# ------------------------------------------------------------------------------------------------ #
+
+def labelled_layout(root):
+    """healthy/ (9), mixed/ (9, a third with a bright square), test/; mixed_truth.csv."""
+    from conftest import write_image
+    rng = np.random.default_rng(7)
+    truth = {}
+    for sub, n in (('healthy', 9), ('mixed', 9), ('test/normal', 2), ('test/anomalous', 2)):
+        for k in range(n):
+            bright = 100 if sub == 'test/anomalous' or (sub == 'mixed' and k % 3 == 0) else 0
+            write_image(str(root / sub / f'{sub.replace("/", "_")}_{k}.png'), rng, bright=bright)
+            if sub == 'mixed':
+                truth[f'mixed_{k}.png'] = 'anomalous' if bright else 'normal'
+    with open(root / 'mixed_truth.csv', 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['file', 'label'])
+        w.writerows(truth.items())
+    return root, truth
+
+
+def test_truth_labels_are_read_by_relative_path_or_name_and_refused_when_missing(tmp_path):
+    root, truth = labelled_layout(tmp_path / 'data')
+    paths = [str(root / 'mixed' / 'mixed_0.png'), str(root / 'mixed' / 'mixed_1.png')]
+    assert data_loader.read_truth_labels(str(root / 'mixed_truth.csv'), paths,
+                                         str(root / 'mixed')) == [1, 0]
+    with pytest.raises(data_loader.DataError, match='no label for the held-out image'):
+        data_loader.read_truth_labels(str(root / 'mixed_truth.csv'),
+                                      [str(root / 'mixed' / 'other.png')], str(root / 'mixed'))
+    (tmp_path / 'bad.csv').write_text('file,label\nmixed_0.png,maybe\n')
+    with pytest.raises(data_loader.DataError, match="label 'maybe'"):
+        data_loader.read_truth_labels(str(tmp_path / 'bad.csv'), paths[:1], str(root / 'mixed'))
+
+
+@pytest.mark.slow
+def test_validation_auroc_is_logged_and_best_val_tested_and_training_never_sees_labels(tmp_path):
+    root, truth = labelled_layout(tmp_path / 'data')
+    common = ['--holdout_fraction', '0.34', '--deterministic', 'true', '--use_tensorboard',
+              'false', '--num_iters', '4', '--model_save_step', '2', '--sample_step', '100']
+    cli.main(['--mode', 'train', *tiny_args(tmp_path / 'plain', root, *common)])
+    # Labels that disagree with the images: training must not change at all.
+    flipped = tmp_path / 'flipped.csv'
+    flipped.write_text('file,label\n' + ''.join(
+        f'{name},{"normal" if label == "anomalous" else "anomalous"}\n'
+        for name, label in truth.items()))
+    for name, labels in (('val', root / 'mixed_truth.csv'), ('flipped', flipped)):
+        cli.main(['--mode', 'train', *tiny_args(tmp_path / name, root, *common,
+                                                '--holdout_labels', str(labels))])
+    import torch
+    weights = {name: torch.load(tmp_path / name / 'run' / 'models' / '4-G.ckpt',
+                                weights_only=True) for name in ('plain', 'val', 'flipped')}
+    for name in ('val', 'flipped'):
+        assert all(torch.equal(weights[name][k], weights['plain'][k]) for k in weights['plain'])
+
+    models = tmp_path / 'val' / 'run' / 'models'
+    records = read_aucp_log(str(models))
+    split = data_loader.resolve_split(cli.build_parser().parse_args(
+        tiny_args(tmp_path, root, '--holdout_fraction', '0.34')), 'train')
+    held_anomalous = sum(truth[os.path.basename(p)] == 'anomalous'
+                         for p in split['holdout_mixed'])
+    assert held_anomalous > 0
+    for rec in records.values():
+        assert rec['n_mixed_anomalous'] == held_anomalous
+        assert 0 <= rec['val_AUROC'] <= 1 and rec['val_AUROC'] == rec['val_AUROC_by_variant']['mean']
+    flipped_records = read_aucp_log(str(tmp_path / 'flipped' / 'run' / 'models'))
+    assert all(flipped_records[i]['AUCp'] == records[i]['AUCp'] for i in records)
+    # Make iteration 2 the best by validation AUROC, then let testAUC pick it.
+    with open(models / 'aucp.jsonl', 'a') as f:
+        f.write(json.dumps({'iter': 2, 'AUCp': 0.0, 'val_AUROC': 2.0}) + '\n')
+    assert best_aucp_iters(str(models), key='val_AUROC') == 2
+    result = cli.main(['--mode', 'testAUC', *tiny_args(tmp_path / 'val', root),
+                       '--test_iters', 'best_val', '--report', 'false', '--bootstrap', '0'])
+    assert result['iteration'] == 2
+    # A run without labels has no validation records: one clear line.
+    with pytest.raises(CheckpointError, match='--holdout_labels'):
+        best_aucp_iters(str(tmp_path / 'plain' / 'run' / 'models'), key='val_AUROC')

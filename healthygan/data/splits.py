@@ -184,3 +184,40 @@ def load_mask(mask_path, image_path, image_size):
                         f'images pixel for pixel')
     mask = resize_step(image_size)(crop_radiograph(mask))
     return np.asarray(mask) >= 128  # masks are 0 / 255; resizing blurs the edges
+
+
+TRUTH_LABELS = {'0': 0, 'normal': 0, 'healthy': 0, '1': 1, 'anomalous': 1, 'diseased': 1}
+
+
+def read_truth_labels(csv_path, paths, root):
+    """The true label (0 normal, 1 anomalous) of each of `paths` from a CSV with columns file
+    and label, as a dataset's mixed_truth.csv: file is the path below `root` (or the name).
+
+    Added for validation carved from the training folders: only held-out images are looked up,
+    and no label ever reaches training.
+    """
+    import csv
+    try:
+        with open(csv_path, newline='') as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise DataError(f'--holdout_labels {csv_path}: cannot read it ({e.strerror})') from None
+    if not rows or not {'file', 'label'} <= set(rows[0]):
+        raise DataError(f'--holdout_labels {csv_path}: expected a CSV with columns file and label '
+                        f'(as mixed_truth.csv)')
+    table = {}
+    for row in rows:
+        label = TRUTH_LABELS.get(str(row['label']).strip().lower())
+        if label is None:
+            raise DataError(f'--holdout_labels {csv_path}: label {row["label"]!r} of '
+                            f'{row["file"]} is not one of {", ".join(TRUTH_LABELS)}')
+        table[os.path.normpath(row['file'])] = label
+    labels = []
+    for path in paths:
+        rel = os.path.normpath(os.path.relpath(path, root))
+        found = table.get(rel, table.get(os.path.basename(path)))
+        if found is None:
+            raise DataError(f'--holdout_labels {csv_path} has no label for the held-out image '
+                            f'{path}; it should list every image of {root}')
+        labels.append(found)
+    return labels
