@@ -191,7 +191,7 @@ def match_state_layout(optimizer):
 
     The saved run may have kept its weights channels-last (or not), and torch's fused CPU Adam,
     given moments whose strides differ from the parameter's, silently updates with the wrong
-    elements (tests/test_speed.py).
+    elements (tests/test_fast.py).
     """
     def relayout(opt):
         for group in opt.param_groups:

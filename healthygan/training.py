@@ -131,7 +131,7 @@ class Training:
         x_hat_B, x_raw_B, mask_B, mask_logit_B = generate_amp(self.G_run, x_B, amp)
         # Unlike the original, D's parameters take no gradient here: the G step's backward
         # computed D's weight gradients only for the next critic step to zero them (the G
-        # updates are the same bit for bit: tests/test_speed.py).
+        # updates are the same bit for bit: tests/test_fast.py).
         with frozen(self.D):
             out_A, out_B = critic(self.D_run, [x_hat_A, x_hat_B], amp, self.speed['merge_critic'])
         # Mixed path (original -> target): fool D, and leave everything outside the mask alone.

@@ -18,7 +18,7 @@ G with autograd on and uses only the detached output; the generator step runs G 
 batch again; every loss is read with .item() at every iteration. It runs under torch's own TF32
 defaults (on CUDA, cuDNN convolutions may use TF32 unless told otherwise), as the original did;
 `original_fp32` is the same loop with TF32 off (strict fp32 arithmetic). `default` is this
-project's step with every fast path off (same losses, bit for bit: tests/test_speed.py).
+project's step with every fast path off (same losses, bit for bit: tests/test_fast.py).
 Each variant's cuDNN and TF32 switches are set before each of its timings, so one variant's
 switches (they are process-wide) never leak into another's numbers.
 """

@@ -4,7 +4,7 @@
 #     with `torchrun --standalone --nproc_per_node 1 main.py` (a group of one on NCCL, which runs
 #     every collective of the multi-GPU path): the checkpoints must agree;
 #  2. one process resumes the torchrun run's checkpoint at 10 and must reach the same 20 (on the
-#     CPU; on a GPU the difference is printed: not bit for bit there, README "Reproducibility");
+#     CPU; on a GPU the difference is printed: not bit for bit there, docs/reproducibility.md);
 #  3. the seconds per iteration of the paper's model (256 px, batch 16) both ways.
 # Several GPUs and several machines are not checked here. Usage: bash tools/check_ddp_gpu.sh [OUT]
 # (DEVICE=cpu SPEED=0 runs steps 1-2 on the CPU with gloo: a dry run of this script.)
@@ -71,7 +71,7 @@ auc = [json.load(open(f'{out}/nccl/{r}/metrics.json'))['image_AUROC']
 print(f'plain vs torchrun (1 rank, group of one), 20 iterations: max |diff| {d1:.3g}')
 # On a GPU a resumed run is not bit for bit the uninterrupted one even with --deterministic
 # true (H200, 2026-11-27: weights within 4e-9 after 10 resumed iterations, or a last-bit
-# difference that Adam grows to 6e-4; README, "Reproducibility"): reported, not required there.
+# difference that Adam grows to 6e-4; docs/reproducibility.md): reported, not required there.
 gpu = sys.argv[2] == 'cuda'
 print(f'torchrun run vs one process resuming it at 10:  max |diff| {d2:.3g} (parameters)'
       + (' (not required on a GPU)' if gpu else ''))

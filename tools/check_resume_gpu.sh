@@ -2,8 +2,8 @@
 # Does a resumed run continue exactly where the uninterrupted one goes? Small model (64 px),
 # --deterministic true, losses logged at every iteration: for each setting, 20 iterations in one
 # go and 10 + a resume to 20, then the first iteration whose losses differ and the largest
-# weight difference at 20. On the CPU both are exact (tests/test_robustness.py); on an H200 the
-# resumed run drifted (README, "Reproducibility"). The settings include a fixed cuDNN workspace
+# weight difference at 20. On the CPU both are exact (tests/test_training.py); on an H200 the
+# resumed run drifted (docs/reproducibility.md). The settings include a fixed cuDNN workspace
 # (CUDNN_CONV_WSCAP_DBG), the suspected cause. About 2 minutes on a GPU.
 # Usage: bash tools/check_resume_gpu.sh [OUT]   (DEVICE=cpu: the same on the CPU; ONLY=a,b: those
 # settings alone)
