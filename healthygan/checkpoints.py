@@ -9,9 +9,9 @@ import sys
 import torch
 
 from healthygan import runfiles
-from healthygan.runfiles import available_iters
 from healthygan.distributed import average_buffers, barrier, is_main, world_size
 from healthygan.errors import CheckpointError, ConfigError
+from healthygan.runfiles import available_iters
 from healthygan.selection import BEST, best_aucp_iters
 
 
