@@ -192,7 +192,7 @@ class Training:
                     step_loss.update(self.g_step(x_A, x_B))
 
                 # 4. Miscellaneous
-                self.log_and_save(run, i, step_loss)
+                step_loss = self.log_and_save(run, i, step_loss)
                 if self.stopping(stop, i):
                     self.save_interrupted(run, i, step_loss, stop)
         run.bar.close()
@@ -287,7 +287,8 @@ class Training:
         return x_A.to(self.device, non_blocking=True), x_B.to(self.device, non_blocking=True)
 
     def log_and_save(self, run, i, step_loss):
-        """After iteration i: the NaN guard, the logs, the sample grid and the checkpoint."""
+        """After iteration i: the NaN guard, the logs, the sample grid and the checkpoint.
+        Returns the step's losses, averaged over ranks where they were checked."""
         c, step = self.config, i + 1
         # Non-finite losses are checked (one device sync) only where something is about to be
         # logged or written, so no NaN reaches a file and the loop does not wait.
@@ -320,6 +321,7 @@ class Training:
             tqdm.write(f'Saved model checkpoints into {c.model_save_dir}...', file=sys.stdout)
             if run.main_rank:  # only rank 0 writes
                 self.log_aucp(step, run.holdout)
+        return step_loss
 
     def log_losses(self, run, step):
         """Loss values, fetched from the device only here so that the loop does not wait."""
