@@ -211,7 +211,7 @@ class Checkpointing:
         if not saved_config:
             return
         c = self.config
-        allowed = runfiles.parse_allowed(getattr(c, 'allow_changes', None))
+        allowed = runfiles.parse_allowed(c.allow_changes)
         try:
             self.accepted_changes = runfiles.check_resume_config(
                 saved_config, saved_world, vars(c), world_size(), allowed)

@@ -66,7 +66,7 @@ def fast_preset(device):
 
 def resolve_speed(config, device):
     """Each fast-path flag as given, else the --fast preset's value, else the original's."""
-    preset = fast_preset(device) if getattr(config, 'fast', False) else ORIGINAL_SPEED
+    preset = fast_preset(device) if config.fast else ORIGINAL_SPEED
     speed = {}
     for name in SPEED_FLAGS:
         value = getattr(config, name, None)
