@@ -31,10 +31,6 @@ RUN_EXTRA = ('lung_prior.pt',)
 SET_MEMBER = re.compile(r'^(\d+)-(G|D|G_ema|state)\.(ckpt|pt)$')
 
 
-def _error(kind, message):
-    return getattr(errors, kind)(message)
-
-
 def warn(message):
     print(f'warning: {message}', file=sys.stderr, flush=True)
 
@@ -88,8 +84,7 @@ def save_checkpoint_set(files, model_save_dir, iters):
             if os.path.exists(tmp):
                 os.remove(tmp)
         reason = getattr(e, 'strerror', None) or str(e).splitlines()[0]
-        raise _error(
-            'CheckpointError',
+        raise errors.CheckpointError(
             f'cannot write checkpoint set {iters} into {model_save_dir} ({reason}); '
             f'the earlier checkpoint sets there are intact. Free space or choose '
             f'another --model_save_dir, then resume with --resume_iters latest') from None
@@ -116,15 +111,13 @@ def load_weights_only(path, what='checkpoint'):
             warnings.simplefilter('ignore')
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError:
-        raise _error(
-            'CheckpointError',
+        raise errors.CheckpointError(
             f'{what} {path} holds Python objects other than tensors, so it is not '
             f'a file this program wrote; refused without running it (use the '
             f'checkpoints HealthyGAN saved)') from None
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise _error(
-            'CheckpointError',
+        raise errors.CheckpointError(
             f'cannot read {what} {path}: {first}. The file is truncated or not a '
             f'PyTorch state dict.') from None
 
@@ -188,8 +181,7 @@ class RunLock:
                 if other is not None and (other.get('host') != me['host']
                                           or pid_alive(int(other.get('pid', -1)))):
                     where = '' if other.get('host') == me['host'] else f" on {other.get('host')}"
-                    raise _error(
-                        'ConfigError',
+                    raise errors.ConfigError(
                         f'--model_save_dir {os.path.dirname(self.path)} is in use by another '
                         f"run (process {other.get('pid')}{where}, lock file {self.path}); wait "
                         f'for it or choose another --model_save_dir (delete the lock file only '
@@ -205,8 +197,7 @@ class RunLock:
                 json.dump(me, f)
             self.held = True
             return self
-        raise _error(
-            'ConfigError',
+        raise errors.ConfigError(
             f'could not take the lock {self.path}; another run keeps taking it')
 
     def _read(self):
@@ -234,8 +225,7 @@ def check_new_run(model_save_dir, overwrite, move=True):
     if not overwrite:
         done = complete_iters(model_save_dir)
         what = f'checkpoints up to iteration {done[-1]}' if done else 'run files'
-        raise _error(
-            'ConfigError',
+        raise errors.ConfigError(
             f'--model_save_dir {model_save_dir} already holds another run ({what}, '
             f'{len(names)} files); resume it with --resume_iters latest, choose another '
             f'--model_save_dir, or pass --overwrite true to move its files aside')
@@ -252,20 +242,17 @@ def check_resume_point(model_save_dir, iters, num_iters, overwrite, move=True):
     train, and later sets that the resumed run would mix with its own (or move them aside)."""
     have = set_members(model_save_dir).get(iters, set())
     if 'G' in have and 'D' not in have:
-        raise _error(
-            'ConfigError',
+        raise errors.ConfigError(
             f'--resume_iters {iters}: {os.path.join(model_save_dir, f"{iters}-D.ckpt")} (the '
             f'critic) is missing, so the set is incomplete; resume from a complete set '
             f'(--resume_iters latest takes the newest one)')
     if num_iters < iters:  # equal: the run is complete (a script re-running it goes on)
-        raise _error(
-            'ConfigError',
+        raise errors.ConfigError(
             f'--num_iters {num_iters} is below the resumed iteration '
             f'{iters}: nothing to train; raise --num_iters')
     later = later_files(model_save_dir, iters)
     if later and not overwrite:
-        raise _error(
-            'ConfigError',
+        raise errors.ConfigError(
             f'--resume_iters {iters}: {model_save_dir} holds later checkpoints '
             f'({", ".join(later[:4])}{", ..." if len(later) > 4 else ""}) that this run would '
             f'mix with its own; resume from latest, or pass --overwrite true to move them aside')
@@ -292,8 +279,7 @@ def parse_allowed(value):
     names = {v.strip().lstrip('-') for v in (value or '').split(',') if v.strip()}
     unknown = sorted(names - set(RUN_FLAGS))
     if unknown:
-        raise _error(
-            'ConfigError',
+        raise errors.ConfigError(
             f'--allow_changes: {", ".join(unknown)} is not a flag a resume compares '
             f'(those are: {", ".join(RUN_FLAGS)})')
     return names
@@ -331,8 +317,7 @@ def check_resume_config(saved, saved_world, current, current_world, allowed):
         what = 'global batch (--batch_size x processes)' if flag == 'batch_size' else f'--{flag}'
         more = f' (and {", ".join("--" + k for k in list(refused)[1:])})' if len(refused) > 1 \
             else ''
-        raise _error(
-            'ConfigError',
+        raise errors.ConfigError(
             f'resume would change {what} from {old!r} to {new!r}{more}: not the run it continues. '
             f'Use the saved value, or pass --allow_changes {",".join(refused)} if the change is '
             f'wanted (it is then recorded in the run config)')
