@@ -221,3 +221,16 @@ def test_an_empty_folder_is_a_clear_error(tmp_path, folder_dataset, capsys):
         cli.main(tiny_args(tmp_path, folder_dataset, '--num_iters', '1'))
     err = capsys.readouterr().err
     assert 'no images' in err and 'mixed' in err
+
+
+@pytest.mark.parametrize('flag,replacement', [('--g_ema_decay', '--ensemble N'),
+                                              ('--test_ema', '--ensemble N'),
+                                              ('--diff_augment', 'train without it'),
+                                              ('--augment', 'flips images as the original'),
+                                              ('--aug_strength', 'flips images as the original')])
+def test_a_removed_flag_is_one_line_naming_what_replaced_it(flag, replacement, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([f'{flag}=1', '--mode', 'testAUC'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1
+    assert f'{flag} was removed' in err and replacement in err and 'docs/results.md' in err
