@@ -17,7 +17,7 @@ from healthygan.selection import BEST, best_aucp_iters
 
 def save_atomic(obj, path):
     """torch.save to a temporary file, then rename: a crash never leaves a truncated file."""
-    tmp = path + '.tmp'
+    tmp = path + runfiles.TMP_SUFFIX  # the suffix a killed save's leftovers are found by
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)

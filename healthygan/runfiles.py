@@ -22,7 +22,7 @@ from healthygan import errors
 from healthygan.distributed import is_main
 
 LOCK = '.healthygan.lock'
-TMP_SUFFIX = '.tmp'  # save_checkpoint_set and solver.save_atomic write <file>.tmp, then rename
+TMP_SUFFIX = '.tmp'  # save_checkpoint_set and checkpoints.save_atomic write <file>.tmp, then rename
 # The files that make a folder hold a run: checkpoints, training states, run records.
 RUN_FILE = re.compile(r'^(\d+)-(G|D|G_ema)\.ckpt$|^(\d+)-state\.pt$|^run_config(-resume\d+)?\.json$'
                       r'|^aucp\.jsonl$')
