@@ -18,6 +18,7 @@ HOLDOUT=${HOLDOUT:-0.2}              # of healthy and of mixed, never trained on
 # The held-out mixed images' true labels, for a validation AUROC at every checkpoint (choices
 # made on it, never on test/); training never reads them. Empty: none.
 HOLDOUT_LABELS=${HOLDOUT_LABELS-$DATA/mixed_truth.csv}
+HOLDOUT_STRATIFY=${HOLDOUT_STRATIFY:-true}   # hold out HOLDOUT of each label of mixed/ (needs labels)
 IMAGE_SIZE=${IMAGE_SIZE:-128}      # 64 px: 3x faster, lower AUROC (docs/results.md)
 G_CONV_DIM=${G_CONV_DIM:-16}
 D_CONV_DIM=${D_CONV_DIM:-16}
@@ -32,6 +33,7 @@ MODEL_SAVE_STEP=${MODEL_SAVE_STEP:-500}   # the ensemble's members: the last ENS
 LAMBDA_ID=${LAMBDA_ID:-10}
 LAMBDA_REC=${LAMBDA_REC:-10}
 LAMBDA_MASK=${LAMBDA_MASK:-0.1}
+LAMBDA_MSMALL=${LAMBDA_MSMALL:-1}   # weight of (mean m)^2 in the mask term: higher keeps the mask sparse
 LAMBDA_MZERONE=${LAMBDA_MZERONE:-0}
 G_LR=${G_LR:-0.0002}
 D_LR=${D_LR:-0.0005}
@@ -42,6 +44,8 @@ ENSEMBLE=${ENSEMBLE:-4}              # average the scores of the last 4 checkpoi
 SCORE_VARIANT=${SCORE_VARIANT:-lung}  # headline score (all variants are reported; 'mean': the original's)
 AE_ITERS=${AE_ITERS:-2000}           # the normal-only autoencoder reference (same G backbone); 0: skip
 NUM_WORKERS=${NUM_WORKERS:-0}
+TEST=${TEST:-1}                      # 0: train and print the validation table only (compare
+                                     # settings on validation; score test/ once, for the final one)
 DEVICE=${DEVICE:-auto}
 
 if [ ! -d "$DATA/healthy" ]; then
@@ -57,7 +61,9 @@ COMMON=(--dataset Folder --image_dir "$DATA" --image_size "$IMAGE_SIZE"
         --sample_dir "$OUT/samples" --result_dir "$OUT/results")
 
 LABELS=()
-if [ -n "$HOLDOUT_LABELS" ] && [ -f "$HOLDOUT_LABELS" ]; then LABELS=(--holdout_labels "$HOLDOUT_LABELS"); fi
+if [ -n "$HOLDOUT_LABELS" ] && [ -f "$HOLDOUT_LABELS" ]; then
+    LABELS=(--holdout_labels "$HOLDOUT_LABELS" --holdout_stratify "$HOLDOUT_STRATIFY")
+fi
 
 RESUME=()
 if ls "$OUT"/models/*-G.ckpt >/dev/null 2>&1; then RESUME=(--resume_iters latest); fi
@@ -67,16 +73,23 @@ python main.py --mode train "${COMMON[@]}" "${RESUME[@]}" "${LABELS[@]}" --batch
     --num_iters "$NUM_ITERS" --num_iters_decay "$NUM_ITERS_DECAY" \
     --lr_schedule "$LR_SCHEDULE" --lr_update_step "$LR_UPDATE_STEP" \
     --lambda_id "$LAMBDA_ID" --lambda_rec "$LAMBDA_REC" --lambda_mask "$LAMBDA_MASK" \
-    --lambda_mzerone "$LAMBDA_MZERONE" --g_lr "$G_LR" --d_lr "$D_LR" \
+    --lambda_msmall "$LAMBDA_MSMALL" --lambda_mzerone "$LAMBDA_MZERONE" --g_lr "$G_LR" --d_lr "$D_LR" \
     --model_save_step "$MODEL_SAVE_STEP" \
     --sample_step "$MODEL_SAVE_STEP" --log_step 50 "$@"
 echo "Training took $(( $(date +%s) - start )) s."
+if [ ${#LABELS[@]} -gt 0 ]; then
+    python tools/validation.py --model_save_dir "$OUT/models" --ensemble "$ENSEMBLE"
+fi
+if [ "$TEST" = 0 ]; then
+    echo "TEST=0: the test set was not scored. Results: $OUT/models/validation.json"
+    exit 0
+fi
 python main.py --mode testAUC "${COMMON[@]}" --test_iters "$TEST_ITERS" \
     --score_variant "$SCORE_VARIANT" --ensemble "$ENSEMBLE" --batch_size 16 "$@"
 METHODS=mean_intensity,global_mean,global_contrast,global_sharpness,pca,knn
 if [ "$AE_ITERS" -gt 0 ]; then METHODS=$METHODS,autoencoder; fi
 python tools/baselines.py --dataset Folder --image_dir "$DATA" --image_size "$IMAGE_SIZE" \
-    --holdout_fraction "$HOLDOUT" --seed "$SEED" --result_dir "$OUT/baselines" \
+    --holdout_fraction "$HOLDOUT" "${LABELS[@]}" --seed "$SEED" --result_dir "$OUT/baselines" \
     --methods "$METHODS" --pca_components "$PCA_COMPONENTS" --knn_k "$KNN_K" \
     --ae_iters "$((AE_ITERS > 0 ? AE_ITERS : 1))" --ae_g_conv_dim "$G_CONV_DIM" \
     --ae_g_repeat_num "$G_REPEAT_NUM" --ae_batch_size "$BATCH_SIZE" --ae_lr "$G_LR" \

@@ -172,6 +172,11 @@ def build_parser():
                         'validation AUROC of the held-out images by these labels (val_AUROC in '
                         'aucp.jsonl; --test_iters best_val tests the best). Only held-out '
                         'images are looked up: no label reaches training (added)')
+    g.add_argument('--holdout_stratify', type=str2bool, default=False,
+                   help='true: hold out --holdout_fraction of each label of --holdout_labels '
+                        'among the mixed images, so that the validation set holds its share of '
+                        'diseased images and training keeps the folder\'s mixture; the labels '
+                        'choose which images are held out, no label reaches training (added)')
 
     g = p.add_argument_group('Training (added)')
     g.add_argument('--overwrite', type=str2bool, default=False,

@@ -153,9 +153,9 @@ class Evaluation:
     def score_pass(self, loader, names=None, map_dir=None, keep_maps=(), desc='scoring'):
         """One translation pass over a loader of (images, labels, indices[, errors]) batches.
 
-        Returns ({variant: float array [n]}, {index: anomaly map} for the indices in keep_maps,
-        {index: error} for unreadable images). With map_dir, each image's anomaly map is
-        written to map_dir/<names[index]> as a 16-bit PNG.
+        Returns ({variant: float array [n]}, {index: (anomaly map, G's mask)} for the indices in
+        keep_maps, {index: error} for unreadable images). With map_dir, each image's anomaly
+        map is written to map_dir/<names[index]> as a 16-bit PNG.
         """
         n = len(loader.dataset)
         region = self.lung_region()
@@ -165,9 +165,10 @@ class Evaluation:
         for batch in tqdm(loader, desc=desc, file=sys.stdout):
             x, index = batch[0].to(self.device), batch[2].tolist()
             bad = batch[3] if len(batch) > 3 else [''] * len(index)
-            _, _, amap, variants = self.translate_scored(x, region)
+            _, mask, amap, variants = self.translate_scored(x, region)
             variants = {v: metrics.to_numpy(s) for v, s in variants.items()}
             amap = metrics.to_numpy(amap)[:, 0].astype(np.float32)
+            mask = metrics.to_numpy(mask.float())[:, 0]
             for j, k in enumerate(index):
                 if bad[j]:
                     errors[k] = bad[j]
@@ -177,7 +178,7 @@ class Evaluation:
                 if map_dir is not None:
                     report.save_map(amap[j], os.path.join(map_dir, names[k]))
                 if k in keep_maps:
-                    kept[k] = amap[j]
+                    kept[k] = (amap[j], mask[j])
         return scores, kept, errors
 
     def validation_set(self, test_paths=()):
@@ -313,9 +314,12 @@ class Evaluation:
         if pixel_keys:
             keys = sorted(pixel_keys)
             empty = np.zeros((c.image_size, c.image_size), bool)
-            result.update(metrics.pixel_metrics([gt_masks.get(k, empty) for k in keys],
-                                                [s.maps[k] for k in keys]))
+            truth = [gt_masks.get(k, empty) for k in keys]
+            result.update(metrics.pixel_metrics(truth, [s.maps[k][0] for k in keys]))
             result['pixel_map'] = 'anomaly_map |x - x_hat| / 2; normal images count as lesion-free'
+            # G's own mask as a lesion detector: where the paper's translation may change pixels.
+            result['mask_pixel_AUROC'] = metrics.pixel_metrics(
+                truth, [s.maps[k][1] for k in keys])['pixel_AUROC']
         self.write_scores_csv(paths, names, s.scores, range(len(paths)), labels,
                               result['threshold'])
         if c.report:
@@ -517,7 +521,8 @@ def print_test_result(result, c):
                                    for v, r in result['variants'].items()))
     if 'pixel_AUROC' in result:
         print(f"pixel AUROC {result['pixel_AUROC']:.4f}; Dice {result['pixel_Dice']:.4f} "
-              f"({result['pixel_threshold_source']})")
+              f"({result['pixel_threshold_source']}); G's mask alone: pixel AUROC "
+              f"{result['mask_pixel_AUROC']:.4f}")
     print('Saved metrics.json, scores.csv and maps/' + (', pictures and report.html'
                                                         if c.report else '')
           + f' into {c.result_dir}')

@@ -271,7 +271,7 @@ RUN_FLAGS = ('dataset', 'image_dir', 'list_dir', 'image_size', 'g_conv_dim', 'd_
              'g_repeat_num', 'd_repeat_num', 'lambda_rec', 'lambda_gp', 'lambda_id',
              'lambda_mask', 'lambda_msmall', 'lambda_mzerone', 'num_iters_decay', 'g_lr',
              'd_lr', 'n_critic', 'beta1', 'beta2', 'lr_schedule', 'lr_update_step',
-             'holdout_fraction', 'bad_images', 'seed', 'batch_size')
+             'holdout_fraction', 'holdout_stratify', 'bad_images', 'seed', 'batch_size')
 
 
 def parse_allowed(value):

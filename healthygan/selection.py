@@ -73,6 +73,25 @@ def best_aucp_iters(model_save_dir, flag='--test_iters', variant='mean', key='AU
     return max(values, key=lambda i: (values[i], i))
 
 
+def ensemble_val_auroc(model_save_dir, iters, n, variant):
+    """The validation AUROC of the snapshot ensemble of the n checkpoints up to `iters` under a
+    score variant: each held-out image's scores averaged over the members' log records, as
+    --ensemble n averages every variant's scores. None without the per-image records (a run
+    without --holdout_labels, or logged before they were kept)."""
+    records = read_aucp_log(model_save_dir)
+    members = ensemble_members(model_save_dir, iters, n)
+    kept = [records.get(i, {}) for i in members]
+    if not all(variant in r.get('val_scores', {}) for r in kept):
+        return None
+    truth = kept[-1]['val_truth']
+    if any(r['val_truth'] != truth for r in kept):
+        raise CheckpointError(f'{AUCP_LOG} in {model_save_dir}: the checkpoints {members} were '
+                              f'scored on different held-out images; their ensemble cannot be '
+                              f'validated')
+    mean = [sum(v) / len(kept) for v in zip(*(r['val_scores'][variant] for r in kept))]
+    return metrics.aucp(truth, mean)
+
+
 class AUCpLogging:
     """At every checkpoint, scores of the held-out healthy and mixed images: AUCp (healthy = 0,
     mixed = 1), the authors' later label-free criterion (Siddiquee et al., IEEE TMI), and, with
@@ -136,6 +155,11 @@ class AUCpLogging:
         if holdout.truth is not None and sum(holdout.truth) > 0:  # both classes present
             truth = [0] * len(holdout.healthy) + list(holdout.truth)
             result['val_AUROC'] = {name: metrics.aucp(truth, s) for name, s in scores.items()}
+            # Kept per image, so that a snapshot ensemble's validation AUROC can be computed
+            # later from the log alone (ensemble_val_auroc).
+            result['val_scores'] = {name: [float(f'{v:.9g}') for v in s]
+                                    for name, s in scores.items()}
+            result['val_truth'] = truth
         return result
 
     def log_aucp(self, iters, holdout):
@@ -149,10 +173,13 @@ class AUCpLogging:
         variant = self.config.score_variant
         record = {'iter': iters, 'score_variant': variant, 'n_healthy': len(holdout.healthy),
                   'n_mixed': len(holdout.mixed)}
-        for key, by_variant in self.holdout_aucp(holdout).items():
+        result = self.holdout_aucp(holdout)
+        per_image = {key: result.pop(key) for key in ('val_scores', 'val_truth') if key in result}
+        for key, by_variant in result.items():
             record.update({key: by_variant[variant], f'{key}_by_variant': by_variant})
             if self.logger:
                 self.logger.scalar_summary(key, by_variant[variant], iters)
+        record.update(per_image)
         if holdout.truth is not None:
             record['n_mixed_anomalous'] = sum(holdout.truth)
         with open(os.path.join(self.config.model_save_dir, AUCP_LOG), 'a') as f:

@@ -96,6 +96,19 @@ def test_holdout_fraction_fits_on_the_images_healthygan_trains_on(folder_dataset
     assert summary['n_fit'] == 4
 
 
+def test_stratified_holdout_fits_on_the_images_a_stratified_run_trains_on(tmp_path):
+    from test_selection import labelled_layout
+    root, _ = labelled_layout(tmp_path / 'data')
+    argv = ['--methods', 'knn', '--fit_on', 'healthy+mixed', '--holdout_fraction', '0.5',
+            '--bootstrap', '0']
+    # Half of 9 healthy (4) and of 9 mixed (4) held out: 10 kept; stratified, half of mixed's 3
+    # diseased (2) and of its 6 normal (3) held out: 9 kept.
+    plain = bl.main(tiny_argv(root, tmp_path / 'plain', *argv))
+    stratified = bl.main(tiny_argv(root, tmp_path / 'o', *argv, '--holdout_stratify', 'true',
+                                   '--holdout_labels', str(root / 'mixed_truth.csv')))
+    assert (plain['n_fit'], stratified['n_fit']) == (10, 9)
+
+
 def test_autoencoder_training_is_seeded(folder_dataset, tmp_path):
     a = bl.main(tiny_argv(folder_dataset, tmp_path / 'a', '--methods', 'autoencoder'))
     b = bl.main(tiny_argv(folder_dataset, tmp_path / 'b', '--methods', 'autoencoder'))

@@ -50,6 +50,20 @@ def test_testauc_writes_metrics_scores_maps_and_report(tested):
           if r['gt_label'] == '1' else np.zeros((32, 32), bool) for r in rows]
     again = metrics.pixel_metrics(gt, [report.load_map(out / r['anomaly_map']) for r in rows])
     assert again['pixel_AUROC'] == pytest.approx(saved['pixel_AUROC'], abs=2e-3)
+    # G's mask as a lesion map of its own, from the tested checkpoint's translations
+    import torch
+    from healthygan.losses import generate
+    from model import Generator
+    from conftest import TINY
+    G = Generator(TINY['g_conv_dim'], 0, TINY['g_repeat_num'])
+    G.load_state_dict(torch.load(trained / 'models' / '2-G.ckpt', weights_only=True))
+    G.train()
+    x = torch.stack([data_loader.build_transform(32)(data_loader.load_image(r['path']))
+                     for r in rows])
+    with torch.no_grad():
+        masks = generate(G, x)[2][:, 0].numpy()
+    assert saved['mask_pixel_AUROC'] == pytest.approx(
+        metrics.pixel_metrics(gt, list(masks))['pixel_AUROC'], abs=1e-6)
 
     # pictures: a panel per test image (default --num_maps -1), plots, a report that works
     # from disk

@@ -96,6 +96,14 @@ def test_bench_nih_script_end_to_end_tiny(tmp_path):
     assert baselines['methods']['global_contrast']['fit_set'] == \
         'direction: healthy 10 vs mixed 10'
     assert baselines['explain']['fit'].startswith('cross-fitted on the test images')
+    # the table over seeds reads the run's two files
+    from tools import seed_table
+    row, = seed_table.main([str(tmp_path / 'run')])
+    assert row['AUROC'] == metrics['image_AUROC'] and row['stat'][0].startswith('global_')
+    assert row['lead_ref'][0] == baselines['compare']['methods'][row['ref'][0]][
+        'AUROC_difference']
+    with pytest.raises(SystemExit, match='bench_nih.sh'):
+        seed_table.main([str(tmp_path / 'none')])
     r = run_script('bench_nih.sh', {**env, 'DATA': str(tmp_path / 'none')})
     assert r.returncode == 2 and 'healthy' in r.stderr
 
@@ -106,9 +114,18 @@ def test_bench_nih_script_defaults_to_the_shipped_images(tmp_path):
     env = {**TINY, 'OUT': str(tmp_path / 'run'), 'NUM_ITERS': '2', 'MODEL_SAVE_STEP': '2',
            'ENSEMBLE': '1', 'PCA_COMPONENTS': '4', 'KNN_K': '2', 'AE_ITERS': '0'}
     full_env = {k: v for k, v in os.environ.items() if k != 'DATA'}
-    r = subprocess.run(['bash', os.path.join(ROOT, 'bench_nih.sh'), '--use_tensorboard', 'false',
-                        '--bootstrap', '0'], env={**full_env, **env}, capture_output=True,
-                       text=True, timeout=300)
+
+    def bench(**more):
+        return subprocess.run(['bash', os.path.join(ROOT, 'bench_nih.sh'), '--use_tensorboard',
+                               'false', '--bootstrap', '0'], env={**full_env, **env, **more},
+                              capture_output=True, text=True, timeout=300)
+    # TEST=0: train and print the validation table; the test set is not scored.
+    r = bench(TEST='0')
+    assert r.returncode == 0, r.stderr
+    assert 'Validation AUROC' in r.stdout and 'best single: iteration 2' in r.stdout
+    assert os.path.isfile(tmp_path / 'run' / 'models' / 'validation.json')
+    assert not os.path.exists(tmp_path / 'run' / 'results')
+    r = bench()  # then test the trained run once
     assert r.returncode == 0, r.stderr
     metrics = json.load(open(tmp_path / 'run' / 'results' / 'metrics.json'))
     assert (metrics['n_normal'], metrics['n_anomalous']) == (50, 50)
@@ -117,7 +134,8 @@ def test_bench_nih_script_defaults_to_the_shipped_images(tmp_path):
     assert baselines['n_fit'] == 160  # the 200 shipped healthy images less HOLDOUT's 40
     # the shipped mixed_truth.csv labels the held-out mixed images: a validation AUROC
     record = json.loads(open(tmp_path / 'run' / 'models' / 'aucp.jsonl').readline())
-    assert 0 <= record['val_AUROC'] <= 1 and record['n_mixed_anomalous'] > 0
+    # stratified: a fifth of mixed/'s 60 diseased images (the plain hold-out drew 5)
+    assert 0 <= record['val_AUROC'] <= 1 and record['n_mixed_anomalous'] == 12
     assert 'validation AUROC' in r.stdout
 
 

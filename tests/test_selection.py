@@ -14,7 +14,7 @@ import main as cli
 import metrics
 from conftest import tiny_args
 from healthygan.errors import CheckpointError
-from healthygan.selection import best_aucp_iters, read_aucp_log
+from healthygan.selection import best_aucp_iters, ensemble_val_auroc, read_aucp_log
 
 
 def test_hold_out_depends_on_names_only():
@@ -29,6 +29,36 @@ def test_hold_out_depends_on_names_only():
     assert len(data_loader.hold_out(paths[:1], 0.9)[0]) == 1  # never everything
     with pytest.raises(data_loader.DataError, match='holdout_fraction'):
         data_loader.hold_out(paths, 1.0)
+
+
+def test_stratified_hold_out_takes_the_fraction_of_each_label():
+    paths = [f'/a/img_{k}.png' for k in range(40)]
+    labels = [1 if k % 4 == 0 else 0 for k in range(40)]  # 10 diseased, 30 normal
+    kept, out = data_loader.hold_out(paths, 0.2, labels)
+    held = [labels[paths.index(p)] for p in out]
+    assert held.count(1) == 2 and held.count(0) == 6 and len(kept) == 32
+    assert not set(kept) & set(out) and set(kept) | set(out) == set(paths)
+    # Within a label the same name-based order as the plain hold-out.
+    normals = [p for p, y in zip(paths, labels) if y == 0]
+    assert sorted(p for p in out if labels[paths.index(p)] == 0) == \
+        sorted(data_loader.hold_out(normals, 0.2)[1])
+    # Each label keeps at least one image for training.
+    assert len(data_loader.hold_out(paths[:3], 0.9, [0, 0, 1])[0]) == 2
+
+
+def test_stratify_holds_out_diseased_mixed_images_and_needs_labels(tmp_path):
+    root, truth = labelled_layout(tmp_path / 'data')
+    parser = cli.build_parser()
+    split = data_loader.resolve_split(parser.parse_args(tiny_args(
+        tmp_path, root, '--holdout_fraction', '0.34', '--holdout_stratify', 'true',
+        '--holdout_labels', str(root / 'mixed_truth.csv'))), 'train')
+    held = [truth[os.path.basename(p)] for p in split['holdout_mixed']]
+    assert held.count('anomalous') == 1 and held.count('normal') == 2  # 0.34 of 3 and of 6
+    assert len(split['holdout_healthy']) == 3 and len(split['mixed']) == 6
+    with pytest.raises(data_loader.DataError, match='--holdout_stratify true needs '
+                                                    '--holdout_labels'):
+        data_loader.resolve_split(parser.parse_args(tiny_args(
+            tmp_path, root, '--holdout_fraction', '0.34', '--holdout_stratify', 'true')), 'train')
 
 
 def test_aucp_matches_sklearn():
@@ -184,7 +214,7 @@ def test_truth_labels_are_read_by_relative_path_or_name_and_refused_when_missing
     paths = [str(root / 'mixed' / 'mixed_0.png'), str(root / 'mixed' / 'mixed_1.png')]
     assert data_loader.read_truth_labels(str(root / 'mixed_truth.csv'), paths,
                                          str(root / 'mixed')) == [1, 0]
-    with pytest.raises(data_loader.DataError, match='no label for the held-out image'):
+    with pytest.raises(data_loader.DataError, match='no label for the image'):
         data_loader.read_truth_labels(str(root / 'mixed_truth.csv'),
                                       [str(root / 'mixed' / 'other.png')], str(root / 'mixed'))
     (tmp_path / 'bad.csv').write_text('file,label\nmixed_0.png,maybe\n')
@@ -224,6 +254,23 @@ def test_validation_auroc_is_logged_and_best_val_tested_and_training_never_sees_
         assert 0 <= rec['val_AUROC'] <= 1 and rec['val_AUROC'] == rec['val_AUROC_by_variant']['mean']
     flipped_records = read_aucp_log(str(tmp_path / 'flipped' / 'run' / 'models'))
     assert all(flipped_records[i]['AUCp'] == records[i]['AUCp'] for i in records)
+    # The per-image validation scores give each checkpoint's AUROC again, and the ensemble's.
+    for i, rec in records.items():
+        assert rec['val_truth'] == [0] * rec['n_healthy'] + [
+            int(truth[os.path.basename(p)] == 'anomalous') for p in split['holdout_mixed']]
+        for v, auroc in rec['val_AUROC_by_variant'].items():
+            assert ensemble_val_auroc(str(models), i, 1, v) == pytest.approx(auroc, abs=1e-6)
+    pair = [np.mean([records[i]['val_scores']['lung'][k] for i in (2, 4)])
+            for k in range(len(records[4]['val_truth']))]
+    assert ensemble_val_auroc(str(models), 4, 2, 'lung') == pytest.approx(
+        roc_auc_score(records[4]['val_truth'], pair))
+    from tools import validation
+    table = validation.main(['--model_save_dir', str(models), '--ensemble', '2'])
+    assert [r['iter'] for r in table['checkpoints']] == [2, 4]
+    assert table['checkpoints'][0]['ensemble'] == {}  # one checkpoint up to 2: no pair
+    assert table['checkpoints'][1]['ensemble']['lung'] == pytest.approx(
+        roc_auc_score(records[4]['val_truth'], pair))
+    assert os.path.isfile(models / 'validation.json')
     # Make iteration 2 the best by validation AUROC, then let testAUC pick it.
     with open(models / 'aucp.jsonl', 'a') as f:
         f.write(json.dumps({'iter': 2, 'AUCp': 0.0, 'val_AUROC': 2.0}) + '\n')

@@ -147,6 +147,11 @@ def build_parser():
     g.add_argument('--holdout_fraction', type=float, default=0.0,
                    help="leave out of the fit the images main.py's --holdout_fraction holds out "
                         "of training (0: fit on the whole set)")
+    g.add_argument('--holdout_stratify', type=cli.str2bool, default=False,
+                   help="as main.py's: hold out that fraction of each label of --holdout_labels "
+                        'among the mixed images')
+    g.add_argument('--holdout_labels', type=str, default=None,
+                   help="the mixed images' true labels (mixed_truth.csv), for --holdout_stratify")
     g.add_argument('--device', type=str, default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
                    help='for the autoencoder; auto picks cuda, then mps, then cpu')
     return p
@@ -163,6 +168,7 @@ def project_config(args):
     # need no held-out images. --holdout_fraction as in the HealthyGAN run fits them on exactly
     # the images that run trained on, for a side-by-side comparison on the same data.
     config.holdout_fraction = args.holdout_fraction
+    config.holdout_stratify, config.holdout_labels = args.holdout_stratify, args.holdout_labels
     # Every image is read once here, so the uint8 cache gains nothing; without it nothing is
     # written beside the data. Both paths give the same floats (data_loader).
     config.data_cache = 'off'

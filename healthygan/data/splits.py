@@ -108,7 +108,15 @@ def resolve_split(config, mode='all'):
                         f'{" and ".join(empty)} set is empty; every set needs images')
     fraction = getattr(config, 'holdout_fraction', 0.0)
     for name in ('healthy', 'mixed'):
-        split[name], split[f'holdout_{name}'] = hold_out(split[name], fraction)
+        strata = None
+        if name == 'mixed' and split[name] and fraction > 0 and getattr(config, 'holdout_stratify',
+                                                                        False):
+            if not config.holdout_labels:
+                raise DataError('--holdout_stratify true needs --holdout_labels (the mixed '
+                                "images' true labels, e.g. mixed_truth.csv)")
+            strata = read_truth_labels(config.holdout_labels, split[name],
+                                       os.path.join(config.image_dir, 'mixed'))
+        split[name], split[f'holdout_{name}'] = hold_out(split[name], fraction, strata)
     return split
 
 
@@ -126,19 +134,25 @@ def _stable_key(path):
     return hashlib.sha1(os.path.basename(path).encode('utf-8')).hexdigest()
 
 
-def hold_out(paths, fraction):
+def hold_out(paths, fraction, strata=None):
     """Split paths into (kept, held_out) with round(fraction * n) held out.
 
     Added for label-free checkpoint selection (AUCp): held-out healthy and mixed images are never
     trained on and are scored at every checkpoint. The choice depends only on the file names, so
     every run (any seed, resumed or not) holds out the same images; at least one image is kept.
+    With strata (a label per path), round(fraction * n) of each stratum is held out, so that a
+    validation set holds its share of the rare class and training keeps the folder's mixture.
     """
     if not 0 <= fraction < 1:
         raise DataError(f'--holdout_fraction {fraction}: expected a fraction in [0, 1)')
-    n_out = min(int(round(fraction * len(paths))), len(paths) - 1)
-    if n_out <= 0:
-        return list(paths), []
-    chosen = set(sorted(paths, key=_stable_key)[:n_out])
+    if strata is None:
+        groups = [list(paths)]
+    else:
+        groups = [[p for p, s in zip(paths, strata) if s == value] for value in sorted(set(strata))]
+    chosen = set()
+    for group in groups:  # each keeps at least one image
+        n_out = min(int(round(fraction * len(group))), len(group) - 1)
+        chosen.update(sorted(group, key=_stable_key)[:max(n_out, 0)])
     return [p for p in paths if p not in chosen], [p for p in paths if p in chosen]
 
 
@@ -217,7 +231,7 @@ def read_truth_labels(csv_path, paths, root):
         rel = os.path.normpath(os.path.relpath(path, root))
         found = table.get(rel, table.get(os.path.basename(path)))
         if found is None:
-            raise DataError(f'--holdout_labels {csv_path} has no label for the held-out image '
-                            f'{path}; it should list every image of {root}')
+            raise DataError(f'--holdout_labels {csv_path} has no label for the image {path}; '
+                            f'it should list every image of {root}')
         labels.append(found)
     return labels

@@ -1,0 +1,90 @@
+"""The table over seeds of `bench_nih.sh` runs (added): each run's test AUROC with its interval,
+its paired lead over the best global image statistic and over the best pixel reference, the
+residual AUROC after the global statistics, and the mean and spread over the runs.
+
+    python tools/seed_table.py nih_seed0 nih_seed1 nih_seed2
+
+reads <run>/results/metrics.json and <run>/baselines/baselines.json (both written by
+`bash bench_nih.sh`), prints a Markdown table and writes nothing.
+"""
+import argparse
+import json
+import os
+import statistics
+
+GLOBAL_STATISTICS = ('global_mean', 'global_contrast', 'global_sharpness')
+PIXEL_REFERENCES = ('pca', 'knn', 'autoencoder')
+
+
+def read_run(out):
+    """One run's numbers: {'run', 'AUROC', 'ci', 'stat', 'lead_stat', 'ref', 'lead_ref',
+    'residual'}; the best reference of each kind is the one with the highest test AUROC."""
+    paths = [os.path.join(out, 'results', 'metrics.json'),
+             os.path.join(out, 'baselines', 'baselines.json')]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise SystemExit(f'error: {path} not found; run `OUT={out} bash bench_nih.sh` first')
+    with open(paths[0]) as f:
+        result = json.load(f)
+    with open(paths[1]) as f:
+        baselines = json.load(f)
+    methods, compare = baselines['methods'], baselines.get('compare', {}).get('methods', {})
+    row = {'run': out, 'AUROC': result['image_AUROC'], 'ci': result.get('image_AUROC_ci95'),
+           'residual': baselines.get('explain', {}).get('residual_AUROC')}
+    for kind, names in (('stat', GLOBAL_STATISTICS), ('ref', PIXEL_REFERENCES)):
+        present = [n for n in names if n in methods and n in compare]
+        if not present:
+            row[kind] = row[f'lead_{kind}'] = None
+            continue
+        best = max(present, key=lambda n: methods[n]['image_AUROC'])
+        row[kind] = (best, methods[best]['image_AUROC'])
+        row[f'lead_{kind}'] = (compare[best]['AUROC_difference'], compare[best].get('ci95'))
+    return row
+
+
+def _interval(ci):
+    return f' [{ci[0]:.3f}, {ci[1]:.3f}]' if ci else ''
+
+
+def _lead(lead):
+    if lead is None:
+        return '-'
+    value, ci = lead
+    return f'{value:+.3f}' + (f' [{ci[0]:+.3f}, {ci[1]:+.3f}]' if ci else '')
+
+
+def table(rows):
+    """The Markdown lines: a row per run, then the mean and standard deviation."""
+    lines = ['| run | test AUROC [95% CI] | lead over the best global statistic | lead over '
+             'the best of PCA/kNN/autoencoder | residual AUROC after the global statistics |',
+             '|---|---|---|---|---|']
+    for r in rows:
+        stat = f"{r['stat'][0]} {r['stat'][1]:.3f}: " if r['stat'] else ''
+        ref = f"{r['ref'][0]} {r['ref'][1]:.3f}: " if r['ref'] else ''
+        residual = f"{r['residual']:.3f}" if r['residual'] is not None else '-'
+        lines.append(f"| {r['run']} | {r['AUROC']:.3f}{_interval(r['ci'])} | {stat}"
+                     f"{_lead(r['lead_stat'])} | {ref}{_lead(r['lead_ref'])} | {residual} |")
+    if len(rows) > 1:
+        def spread(values):
+            values = [v for v in values if v is not None]
+            if len(values) < 2:
+                return '-'
+            return f'{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}'
+        lines.append(f"| mean ± sd over {len(rows)} | {spread([r['AUROC'] for r in rows])} | "
+                     f"{spread([r['lead_stat'][0] if r['lead_stat'] else None for r in rows])} | "
+                     f"{spread([r['lead_ref'][0] if r['lead_ref'] else None for r in rows])} | "
+                     f"{spread([r['residual'] for r in rows])} |")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('runs', nargs='+', help="bench_nih.sh's OUT folders")
+    args = p.parse_args(argv)
+    rows = [read_run(out) for out in args.runs]
+    print('\n'.join(table(rows)))
+    return rows
+
+
+if __name__ == '__main__':
+    main()
