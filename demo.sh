@@ -22,10 +22,13 @@ MODEL_SAVE_STEP=${MODEL_SAVE_STEP:-1000}
 SAMPLE_STEP=${SAMPLE_STEP:-1000}
 # Loss weights and learning rates for a short CPU run (the original's defaults, tuned for
 # 400,000 iterations, learn far too slowly here): stronger identity and reconstruction terms,
-# no zero-one mask term, a faster critic.
+# no zero-one mask term, a faster critic, and a stronger small-mask term: without it the mask
+# saturates at 1 and the translation is G's whole output (an autoencoder's); with it the mask
+# stays on the lungs and the translation is the input elsewhere (docs/results.md).
 LAMBDA_ID=${LAMBDA_ID:-10}
 LAMBDA_REC=${LAMBDA_REC:-10}
 LAMBDA_MASK=${LAMBDA_MASK:-0.1}
+LAMBDA_MSMALL=${LAMBDA_MSMALL:-30}
 LAMBDA_MZERONE=${LAMBDA_MZERONE:-0}
 G_LR=${G_LR:-0.0002}
 D_LR=${D_LR:-0.0005}
@@ -54,7 +57,7 @@ if ls "$OUT"/models/*-G.ckpt >/dev/null 2>&1; then RESUME=(--resume_iters latest
 
 python main.py --mode train "${COMMON[@]}" "${RESUME[@]}" --batch_size "$BATCH_SIZE" \
     --lambda_id "$LAMBDA_ID" --lambda_rec "$LAMBDA_REC" --lambda_mask "$LAMBDA_MASK" \
-    --lambda_mzerone "$LAMBDA_MZERONE" --g_lr "$G_LR" --d_lr "$D_LR" \
+    --lambda_msmall "$LAMBDA_MSMALL" --lambda_mzerone "$LAMBDA_MZERONE" --g_lr "$G_LR" --d_lr "$D_LR" \
     --num_iters "$NUM_ITERS" --model_save_step "$MODEL_SAVE_STEP" --sample_step "$SAMPLE_STEP" \
     --log_step 50 "$@"
 python main.py --mode testAUC "${COMMON[@]}" --test_iters latest --batch_size 16 "$@"
