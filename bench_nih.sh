@@ -19,7 +19,7 @@ HOLDOUT=${HOLDOUT:-0.2}              # of healthy and of mixed, never trained on
 # The held-out mixed images' true labels, for a validation AUROC at every checkpoint (choices
 # made on it, never on test/); training never reads them. Empty: none.
 HOLDOUT_LABELS=${HOLDOUT_LABELS-$DATA/mixed_truth.csv}
-HOLDOUT_STRATIFY=${HOLDOUT_STRATIFY:-true}  # HOLDOUT of each label of mixed/ (false: of mixed/ as a whole)
+HOLDOUT_STRATIFY=${HOLDOUT_STRATIFY:-true}  # HOLDOUT of each label of mixed/ (false: of all)
 IMAGE_SIZE=${IMAGE_SIZE:-128}      # 64 px: 3x faster, lower AUROC (docs/results.md)
 G_CONV_DIM=${G_CONV_DIM:-16}
 D_CONV_DIM=${D_CONV_DIM:-16}
@@ -34,7 +34,7 @@ MODEL_SAVE_STEP=${MODEL_SAVE_STEP:-500}   # the ensemble's members: the last ENS
 LAMBDA_ID=${LAMBDA_ID:-10}
 LAMBDA_REC=${LAMBDA_REC:-10}
 LAMBDA_MASK=${LAMBDA_MASK:-0.1}
-LAMBDA_MSMALL=${LAMBDA_MSMALL:-30}  # weight of (mean m)^2 in the mask term (original: 1, the mask saturates)
+LAMBDA_MSMALL=${LAMBDA_MSMALL:-30}  # weight of (mean m)^2 (original: 1; the mask saturates)
 LAMBDA_MZERONE=${LAMBDA_MZERONE:-0}
 G_LR=${G_LR:-0.0002}
 D_LR=${D_LR:-0.0005}

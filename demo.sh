@@ -57,7 +57,8 @@ if ls "$OUT"/models/*-G.ckpt >/dev/null 2>&1; then RESUME=(--resume_iters latest
 
 python main.py --mode train "${COMMON[@]}" "${RESUME[@]}" --batch_size "$BATCH_SIZE" \
     --lambda_id "$LAMBDA_ID" --lambda_rec "$LAMBDA_REC" --lambda_mask "$LAMBDA_MASK" \
-    --lambda_msmall "$LAMBDA_MSMALL" --lambda_mzerone "$LAMBDA_MZERONE" --g_lr "$G_LR" --d_lr "$D_LR" \
+    --lambda_msmall "$LAMBDA_MSMALL" --lambda_mzerone "$LAMBDA_MZERONE" \
+    --g_lr "$G_LR" --d_lr "$D_LR" \
     --num_iters "$NUM_ITERS" --model_save_step "$MODEL_SAVE_STEP" --sample_step "$SAMPLE_STEP" \
     --log_step 50 "$@"
 python main.py --mode testAUC "${COMMON[@]}" --test_iters latest --batch_size 16 "$@"
