@@ -20,6 +20,11 @@ BATCH_SIZE=${BATCH_SIZE:-1}
 NUM_WORKERS=${NUM_WORKERS:-2}
 DEVICE=${DEVICE:-auto}
 
+# No split lists in $LIST_DIR: build them from the label files in data/covidnet_labels/
+# (COVIDX_TRAIN_LABELS / COVIDX_TEST_LABELS name others; see datasets/README.md).
+source tools/covid_lists.sh
+ensure_covid_lists "$LIST_DIR"
+
 python main.py --mode testAUC --dataset Covid \
     --image_dir "$IMAGE_DIR" --list_dir "$LIST_DIR" \
     --image_size "$IMAGE_SIZE" --g_conv_dim "$G_CONV_DIM" --g_repeat_num "$G_REPEAT_NUM" \

@@ -23,6 +23,11 @@ if [ ! -f "$CKPT" ]; then
     exit 1
 fi
 
+# No split lists in $LIST_DIR: build them from the label files in data/covidnet_labels/
+# (COVIDX_TRAIN_LABELS / COVIDX_TEST_LABELS name others; see datasets/README.md).
+source tools/covid_lists.sh
+ensure_covid_lists "$LIST_DIR"
+
 python main.py --mode testAUC --dataset Covid \
     --image_dir "$IMAGE_DIR" --list_dir "$LIST_DIR" \
     --image_size "$IMAGE_SIZE" --test_iters "$TEST_ITERS" \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train HealthyGAN on COVIDx as in the paper: 256 px, 400,000 iterations, batch 16.
 # Data: images in $IMAGE_DIR/train and $IMAGE_DIR/test, split lists in $LIST_DIR
-# (see datasets/README.md). Edit the values below; extra flags are passed on to main.py.
+# (see datasets/README.md; built from the shipped label files when absent). Edit the values
+# below; extra flags are passed on to main.py.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,6 +31,11 @@ SEED=${SEED:-0}
 HOLDOUT_FRACTION=${HOLDOUT_FRACTION:-0}  # as the original: train on every listed image
 DEVICE=${DEVICE:-auto}
 LAUNCH=${LAUNCH:-python}             # train_covid_ddp.sh sets a torchrun command here
+
+# No split lists in $LIST_DIR: build them from the label files in data/covidnet_labels/
+# (COVIDX_TRAIN_LABELS / COVIDX_TEST_LABELS name others; see datasets/README.md).
+source tools/covid_lists.sh
+ensure_covid_lists "$LIST_DIR"
 
 $LAUNCH main.py --mode train --dataset Covid \
     --image_dir "$IMAGE_DIR" --list_dir "$LIST_DIR" \

@@ -265,3 +265,69 @@ def test_prepare_nih_test_list_and_missing(tmp_path, capsys):
     assert all(int(f[:8]) >= 12 for f in train_files)
     c = json.loads((out / 'split.json').read_text())['counts']
     assert abs(c['mixed_anomalous'] / c['mixed'] - 0.3) < 1.5 / c['mixed']
+
+
+# ------------------------------------------------------------------------------------------------ #
+#                          --lists_out: the Covid layout's five lists                              #
+# ------------------------------------------------------------------------------------------------ #
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data',
+                       'covidnet_labels')
+
+
+def _shipped_counts():
+    """COVIDX_COUNTS_SHIPPED as tools/covid_lists.sh (the scripts' check) states it."""
+    with open(os.path.join(os.path.dirname(SHIPPED), '..', 'tools', 'covid_lists.sh')) as f:
+        line = next(line for line in f if line.startswith('COVIDX_COUNTS_SHIPPED='))
+    return line.split('=')[1].split()[0]
+
+
+def test_lists_out_from_the_shipped_label_files(tmp_path, capsys):
+    out = tmp_path / 'covid'
+    argv = ['--train_labels', os.path.join(SHIPPED, 'train_COVIDx7B.txt'),
+            '--test_labels', os.path.join(SHIPPED, 'test_COVIDx7B.txt'), '--lists_out', str(out)]
+    assert pc.main(argv + ['--expect_counts', _shipped_counts()]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.count('\n') == 0 and 'healthy 9897, mixed 5567 (1670 COVID-positive)' in printed
+    lists = {n: data_loader.safe_load_list(str(out / f'{n}.pickle')) for n in pc.LIST_NAMES}
+    assert pc.list_counts(lists) == (9897, 5567, 100, 100)
+    train, test = pc.parse_label_file(argv[1]), pc.parse_label_file(argv[3])
+    label = {r.filename: pc.is_positive(r.label) for r in train + test}
+    assert all(label[f] for f in lists['train_pos'] + lists['test_pos'])
+    assert not any(label[f] for n in ('train_neg', 'train_neg_mixed', 'test_neg') for f in lists[n])
+    patient = {r.filename: r.patient for r in train}
+    healthy = {patient[f] for f in lists['train_neg']}
+    assert not healthy & {patient[f] for f in lists['train_pos'] + lists['train_neg_mixed']}
+    assert json.loads((out / 'split.json').read_text())['train_labels'] == 'train_COVIDx7B.txt'
+    # lists already there are never replaced (they may be the original's)
+    before = (out / 'train_neg.pickle').read_bytes()
+    assert pc.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'already holds train_neg.pickle' in err
+    assert (out / 'train_neg.pickle').read_bytes() == before
+
+
+def test_lists_out_test_sets_are_the_originals(tmp_path):
+    original = pc.load_lists(shared_path('reference', 'original_lists'))
+    lists = pc.lists_from_records(pc.parse_label_file(os.path.join(SHIPPED, 'train_COVIDx7B.txt')),
+                                  pc.parse_label_file(os.path.join(SHIPPED, 'test_COVIDx7B.txt')))
+    assert set(lists['test_neg']) == set(original['test_neg'])
+    assert set(lists['test_pos']) == set(original['test_pos'])
+
+
+def test_lists_out_count_mismatch_stops_in_one_line(tmp_path, capsys):
+    labels = tmp_path / 'train.txt'
+    labels.write_text('p1 a.png positive s\np2 b.png negative s\np3 c.png negative s\n'
+                      'p4 d.png negative s\np5 e.png negative s\n')
+    argv = ['--train_labels', str(labels), '--test_labels', str(labels),
+            '--lists_out', str(tmp_path / 'lists'), '--n_test_per_class', '1']
+    assert pc.main(argv + ['--expect_counts', '9897,5567,100,100']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'healthy 2, mixed 3, test 1 + 1' in err, err
+    assert not (tmp_path / 'lists').exists()
+    assert pc.main(argv + ['--expect_counts', '2,3']) == 2
+    assert 'give four numbers' in capsys.readouterr().err
+    assert pc.main(argv + ['--expect_counts', '2,3,1,1']) == 0
+    sizes = [len(data_loader.safe_load_list(str(tmp_path / 'lists' / f'{n}.pickle')))
+             for n in pc.LIST_NAMES]
+    assert sizes == [2, 1, 2, 1, 1]

@@ -154,3 +154,56 @@ def test_check_resume_gpu_script_on_the_cpu(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().splitlines()[-1] == \
         'default            losses identical to 20; max |weight diff| at 20: 0', r.stdout
+
+
+def _covidx_stand_in(root):
+    """A COVIDx-shaped tree: train/ and test/ hold every image the shipped label files name,
+    each a link to one tiny PNG (images are only decoded, and cheaply so)."""
+    import numpy as np
+    from PIL import Image
+    from tools import prepare_covidx as pc
+    os.makedirs(root)
+    tiny = root / 'tiny.png'
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tiny)
+    for sub in ('train', 'test'):
+        os.makedirs(root / sub)
+        labels = os.path.join(ROOT, 'data', 'covidnet_labels', f'{sub}_COVIDx7B.txt')
+        for r in pc.parse_label_file(labels):
+            os.symlink(tiny, root / sub / r.filename)
+    return root
+
+
+@pytest.mark.slow
+def test_covid_scripts_build_the_missing_split_lists(tmp_path):
+    # A fresh clone: no split lists, only the COVIDx images and the label files the project ships.
+    images = _covidx_stand_in(tmp_path / 'covidx')
+    lists = tmp_path / 'data' / 'covid'
+    env = {**TINY, 'IMAGE_DIR': str(images), 'LIST_DIR': str(lists), 'OUT': str(tmp_path / 'out'),
+           'NUM_ITERS': '2', 'MODEL_SAVE_STEP': '2', 'SAMPLE_STEP': '2'}
+    r = run_script('train_covid.sh', env, '--use_tensorboard', 'false')
+    assert r.returncode == 0, r.stderr
+    built = [line for line in r.stdout.splitlines() if 'built them' in line]
+    assert len(built) == 1 and 'healthy 9897, mixed 5567' in built[0], r.stdout
+    assert os.path.exists(tmp_path / 'out' / 'models' / '2-G.ckpt')
+    import data_loader
+    sizes = {n: len(data_loader.safe_load_list(str(lists / f'{n}.pickle')))
+             for n in ('train_neg', 'train_pos', 'train_neg_mixed', 'test_neg', 'test_pos')}
+    assert sizes == {'train_neg': 9897, 'train_pos': 1670, 'train_neg_mixed': 3897,
+                     'test_neg': 100, 'test_pos': 100}
+    # the lists now exist: testing uses them as they are, without building them again
+    r = run_script('test_covid.sh', env)
+    assert r.returncode == 0, r.stderr
+    assert 'built them' not in r.stdout
+    metrics = json.load(open(tmp_path / 'out' / 'results' / 'metrics.json'))
+    assert metrics['iteration'] == 2 and metrics['n_normal'] == 100
+
+
+def test_covid_scripts_stop_in_one_line_on_bad_label_files(tmp_path):
+    # Other label files (another COVIDx version) are named by variables; one that is absent
+    # stops the script before training, in one line, and leaves no lists behind.
+    env = {'LIST_DIR': str(tmp_path / 'lists'), 'OUT': str(tmp_path / 'out'),
+           'COVIDX_TRAIN_LABELS': str(tmp_path / 'train_COVIDx9.txt')}
+    r = run_script('train_covid.sh', env)
+    assert r.returncode == 2
+    assert r.stderr.strip().count('\n') == 0 and 'train_COVIDx9.txt' in r.stderr, r.stderr
+    assert not (tmp_path / 'lists').exists() and not (tmp_path / 'out').exists()

@@ -4,10 +4,14 @@
         --train_dir COVIDx/train --test_dir COVIDx/test --out datasets/covidx
     python tools/prepare_covidx.py --lists data/covid --train_dir COVIDx/train \
         --test_dir COVIDx/test --out datasets/covidx          # the original's exact split
+    python tools/prepare_covidx.py --train_labels train_COVIDx7B.txt --test_labels test_COVIDx7B.txt \
+        --lists_out data/covid                     # the five lists that --dataset Covid reads
 
 Writes <out>/healthy/, <out>/mixed/, <out>/test/normal/, <out>/test/anomalous/ (symlinks, or
 copies with --copy), <out>/mixed_truth.csv (file,label: the hidden labels of mixed/, for analysis
 only) and <out>/split.json (counts, seed, inputs). Train with --dataset Folder --image_dir <out>.
+With --lists_out DIR it writes the same split from the label files as the five pickled lists of
+file names that --dataset Covid --list_dir DIR reads, plus DIR/split.json; no image is needed.
 Exit code 2 on a data problem (missing images, malformed label line, unsafe pickle), never a
 traceback.
 """
@@ -15,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import pickle
 import shutil
 import sys
 from collections import OrderedDict, namedtuple
@@ -25,7 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from data_loader import DataError, safe_load_list  # noqa: E402
+# Not data_loader (it imports torch): the COVIDx scripts run this tool before training.
+from healthygan.errors import DataError  # noqa: E402
 
 Record = namedtuple('Record', 'patient filename label source line')
 
@@ -173,7 +179,89 @@ def plan_from_lists(lists, train_dir, test_dir):
 
 def load_lists(list_dir):
     """The original's five pickled lists, read with data_loader.safe_load_list only."""
+    from data_loader import safe_load_list
     return {name: safe_load_list(os.path.join(list_dir, name + '.pickle')) for name in LIST_NAMES}
+
+
+def lists_from_records(train_records, test_records, mixed_fraction=0.3, seed=0,
+                       n_test_per_class=100):
+    """{list name: [file names]}: the five lists of the Covid layout, from label-file records."""
+    split = split_covidx(train_records, mixed_fraction, seed)
+    split.update(select_test(test_records, n_test_per_class, seed))
+    names = lambda recs, pos: [r.filename for r in recs if is_positive(r.label) == pos]  # noqa: E731
+    return OrderedDict([('train_neg', names(split['healthy'], False)),
+                        ('train_pos', names(split['mixed'], True)),
+                        ('train_neg_mixed', names(split['mixed'], False)),
+                        ('test_neg', names(split['test_normal'], False)),
+                        ('test_pos', names(split['test_anomalous'], True))])
+
+
+def list_counts(lists):
+    """(healthy, mixed, test negative, test positive) of the five lists."""
+    return (len(lists['train_neg']), len(lists['train_pos']) + len(lists['train_neg_mixed']),
+            len(lists['test_neg']), len(lists['test_pos']))
+
+
+def parse_counts(text):
+    """'H,M,TN,TP' -> a tuple of four ints, or DataError."""
+    try:
+        counts = tuple(int(v) for v in text.split(','))
+    except ValueError:
+        counts = ()
+    if len(counts) != 4:
+        raise DataError(f'--expect_counts {text!r}: give four numbers, healthy,mixed,'
+                        f'test_negative,test_positive (e.g. 9897,5567,100,100)')
+    return counts
+
+
+def check_counts(counts, expected, source):
+    """Stop (DataError) when the split's counts are not the expected ones."""
+    if tuple(counts) != tuple(expected):
+        fmt = lambda c: 'healthy {}, mixed {}, test {} + {}'.format(*c)  # noqa: E731
+        raise DataError(f'the split from {source} has {fmt(counts)}, not the expected '
+                        f'{fmt(expected)}: these are not the label files the counts were made '
+                        f'for; nothing written')
+
+
+def write_lists(lists, list_dir, info):
+    """The five lists as plain pickles of file names in list_dir, plus split.json (last).
+
+    Lists already there are never replaced: they may be the original's.
+    """
+    present = [n for n in LIST_NAMES if os.path.lexists(os.path.join(list_dir, n + '.pickle'))]
+    if present:
+        raise DataError(f'--lists_out {list_dir} already holds {present[0]}.pickle; remove the '
+                        f'lists there to build them again, or choose another folder')
+    os.makedirs(list_dir, exist_ok=True)
+    for name in LIST_NAMES:  # each file appears whole or not at all
+        path = os.path.join(list_dir, name + '.pickle')
+        with open(path + '.tmp', 'wb') as f:
+            pickle.dump(list(lists[name]), f, protocol=2)
+        os.replace(path + '.tmp', path)
+    meta = OrderedDict(info)
+    meta['counts'] = OrderedDict((n, len(lists[n])) for n in LIST_NAMES)
+    with open(os.path.join(list_dir, 'split.json'), 'w') as f:
+        json.dump(meta, f, indent=2)
+
+
+def build_lists(args):
+    """--lists_out: write the Covid layout's five lists from the label files. Returns 0."""
+    lists = lists_from_records(parse_label_file(args.train_labels),
+                               parse_label_file(args.test_labels), args.mixed_fraction,
+                               args.seed, args.n_test_per_class)
+    counts = list_counts(lists)
+    source = f'{args.train_labels} + {args.test_labels}'
+    if args.expect_counts:
+        check_counts(counts, parse_counts(args.expect_counts), source)
+    info = OrderedDict([('source', 'labels'), ('train_labels', os.path.basename(args.train_labels)),
+                        ('test_labels', os.path.basename(args.test_labels)),
+                        ('mixed_fraction', args.mixed_fraction), ('seed', args.seed),
+                        ('n_test_per_class', args.n_test_per_class)])
+    write_lists(lists, args.lists_out, info)
+    print(f'{args.lists_out}: no split lists there, built them from {source} with '
+          f'tools/prepare_covidx.py: healthy {counts[0]}, mixed {counts[1]} '
+          f'({len(lists["train_pos"])} COVID-positive), test {counts[2]} + {counts[3]}')
+    return 0
 
 
 def find_missing(plan):
@@ -293,9 +381,15 @@ def build_parser():
     p.add_argument('--lists', metavar='DIR',
                    help="folder with the original's five pickled lists (train_neg, train_pos, "
                         'train_neg_mixed, test_neg, test_pos); replaces the label files')
-    p.add_argument('--train_dir', required=True, help='COVIDx training images')
-    p.add_argument('--test_dir', required=True, help='COVIDx test images')
-    p.add_argument('--out', required=True, help='output folder (Folder layout)')
+    p.add_argument('--train_dir', help='COVIDx training images (with --out)')
+    p.add_argument('--test_dir', help='COVIDx test images (with --out)')
+    p.add_argument('--out', help='output folder (Folder layout)')
+    p.add_argument('--lists_out', metavar='DIR',
+                   help='write the five pickled lists that --dataset Covid --list_dir DIR reads '
+                        '(from the label files; reads no image) instead of --out')
+    p.add_argument('--expect_counts', metavar='H,M,TN,TP',
+                   help='with --lists_out: stop, writing nothing, unless the split has these '
+                        'healthy, mixed, test-negative and test-positive counts')
     p.add_argument('--mixed_fraction', type=float, default=0.3,
                    help='COVID-positive fraction of the mixed set (default 0.3)')
     add_common_arguments(p)
@@ -314,6 +408,16 @@ def add_common_arguments(p):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if args.lists_out:
+            if args.lists or not (args.train_labels and args.test_labels):
+                print('error: --lists_out needs --train_labels and --test_labels (not --lists)',
+                      file=sys.stderr)
+                return 2
+            return build_lists(args)
+        if not (args.train_dir and args.test_dir and args.out):
+            print('error: give --train_dir, --test_dir and --out (or --lists_out)',
+                  file=sys.stderr)
+            return 2
         if args.lists:
             plan = plan_from_lists(load_lists(args.lists), args.train_dir, args.test_dir)
             info = OrderedDict([('source', 'lists'), ('lists', os.path.abspath(args.lists))])
