@@ -32,9 +32,9 @@ LAMBDA_MSMALL=${LAMBDA_MSMALL:-30}
 LAMBDA_MZERONE=${LAMBDA_MZERONE:-0}
 G_LR=${G_LR:-0.0002}
 D_LR=${D_LR:-0.0005}
-# Held out of training for the label-free AUCp (main.py's default is 0.05). The demo trains on
-# every image, as the original: its 400 + 400 images are few, and at 5% held out (20 + 20) the
-# AUCp is too noisy to choose checkpoints by (docs/results.md). HOLDOUT=0.1 logs it.
+# Held out of training for the label-free AUCp (main.py's default is 0: no hold-out). The demo
+# trains on every image, as the original: its 400 + 400 images are few, and at 5% held out
+# (20 + 20) the AUCp is too noisy to choose checkpoints by (docs/results.md). HOLDOUT=0.1 logs it.
 HOLDOUT=${HOLDOUT:-0}
 NUM_WORKERS=${NUM_WORKERS:-0}        # decoding small PNGs is cheap: keep both cores for training
 DEVICE=${DEVICE:-auto}

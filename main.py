@@ -67,7 +67,7 @@ def build_parser():
     """The argparse parser: the original's 36 flags first, in its groups and with its defaults,
     then the flags this project added, grouped by what they change; every added flag's default
     keeps the original's behaviour."""
-    p = argparse.ArgumentParser(description='HealthyGAN: train, test and testAUC.',
+    p = argparse.ArgumentParser(description='HealthyGAN: train, test, testAUC and score.',
                                 formatter_class=DefaultsFormatter)
 
     g = p.add_argument_group('Model configuration')
