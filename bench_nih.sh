@@ -19,6 +19,10 @@ HOLDOUT=${HOLDOUT:-0.2}              # of healthy and of mixed, never trained on
 # The held-out mixed images' true labels, for a validation AUROC at every checkpoint (choices
 # made on it, never on test/); training never reads them. Empty: none.
 HOLDOUT_LABELS=${HOLDOUT_LABELS-$DATA/mixed_truth.csv}
+# Labelled validation radiographs of other patients (normal/, anomalous/): with the held-out
+# images, where checkpoints, ensembles and scores are compared (tools/score_study.py), and where
+# testAUC's threshold is chosen. Empty or absent: the held-out images alone (tools/validation.py).
+VAL_DIR=${VAL_DIR-$DATA/validation}
 HOLDOUT_STRATIFY=${HOLDOUT_STRATIFY:-true}  # HOLDOUT of each label of mixed/ (false: of all)
 IMAGE_SIZE=${IMAGE_SIZE:-128}      # 64 px: 3x faster, lower AUROC (docs/results.md)
 G_CONV_DIM=${G_CONV_DIM:-16}
@@ -66,6 +70,8 @@ if [ -n "$HOLDOUT_LABELS" ] && [ -f "$HOLDOUT_LABELS" ]; then
     LABELS=(--holdout_labels "$HOLDOUT_LABELS" --holdout_stratify "$HOLDOUT_STRATIFY")
 fi
 
+VAL=()
+if [ -n "$VAL_DIR" ] && [ -d "$VAL_DIR/normal" ]; then VAL=(--val_dir "$VAL_DIR"); fi
 RESUME=()
 if ls "$OUT"/models/*-G.ckpt >/dev/null 2>&1; then RESUME=(--resume_iters latest); fi
 
@@ -79,14 +85,20 @@ python main.py --mode train "${COMMON[@]}" "${RESUME[@]}" "${LABELS[@]}" --batch
     --sample_step "$MODEL_SAVE_STEP" --log_step 50 "$@"
 echo "Training took $(( $(date +%s) - start )) s."
 if [ ${#LABELS[@]} -gt 0 ]; then
-    python tools/validation.py --model_save_dir "$OUT/models" --ensemble "$ENSEMBLE"
+    if [ ${#VAL[@]} -gt 0 ]; then
+        python tools/score_study.py --model_save_dir "$OUT/models" --val_dir "$VAL_DIR" \
+            --ensemble "$ENSEMBLE"
+    else
+        python tools/validation.py --model_save_dir "$OUT/models" --ensemble "$ENSEMBLE"
+    fi
 fi
 if [ "$TEST" = 0 ]; then
-    echo "TEST=0: the test set was not scored. Results: $OUT/models/validation.json"
+    echo "TEST=0: the test set was not scored. Results: $OUT/models/validation*.json"
     exit 0
 fi
 python main.py --mode testAUC "${COMMON[@]}" --test_iters "$TEST_ITERS" \
-    --score_variant "$SCORE_VARIANT" --ensemble "$ENSEMBLE" --batch_size 16 "$@"
+    --score_variant "$SCORE_VARIANT" --ensemble "$ENSEMBLE" --batch_size 16 \
+    "${VAL[@]}" "$@"
 METHODS=mean_intensity,global_mean,global_contrast,global_sharpness,pca,knn
 if [ "$AE_ITERS" -gt 0 ]; then METHODS=$METHODS,autoencoder; fi
 python tools/baselines.py --dataset Folder --image_dir "$DATA" --image_size "$IMAGE_SIZE" \

@@ -223,9 +223,13 @@ class Evaluation:
         source = (f"validation set {where} ({n_normal} normal, {n_anomalous} anomalous; the "
                   f"original's rule, |TPR - (1 - FPR)| minimal, applied to it)")
         thresholds = {v: metrics.original_threshold(labels, s)[0] for v, s in scores.items()}
+        c = self.config
+        at = {v: metrics.image_metrics(labels, s, n_bootstrap=c.bootstrap, seed=c.bootstrap_seed)
+              for v, s in scores.items()}
         info = {'dir': where, 'n_normal': n_normal, 'n_anomalous': n_anomalous,
-                'image_AUROC': {v: metrics.image_metrics(labels, s)['image_AUROC']
-                                for v, s in scores.items()}}
+                'image_AUROC': {v: m['image_AUROC'] for v, m in at.items()}}
+        if c.bootstrap > 0:
+            info['image_AUROC_ci95'] = {v: m['image_AUROC_ci95'] for v, m in at.items()}
         return thresholds, source, info
 
     def draw_panels(self, dataset, indices, names, panel_dir, vmax, gt_masks=None, captions=None):
@@ -519,6 +523,12 @@ def print_test_result(result, c):
             f"F1 {result['F1']:.4f}")
     print('variants: ' + ', '.join(f"{v} {r['image_AUROC']:.4f}"
                                    for v, r in result['variants'].items()))
+    val = result.get('validation')
+    if val:
+        vci = val.get('image_AUROC_ci95', {}).get(c.score_variant)
+        print(f"validation {val['dir']} ({val['n_normal']} normal, {val['n_anomalous']} "
+              f"anomalous): AUROC {val['image_AUROC'][c.score_variant]:.4f}"
+              + (f' (95% CI {vci[0]:.4f} - {vci[1]:.4f})' if vci else ''))
     if 'pixel_AUROC' in result:
         print(f"pixel AUROC {result['pixel_AUROC']:.4f}; Dice {result['pixel_Dice']:.4f} "
               f"({result['pixel_threshold_source']}); G's mask alone: pixel AUROC "

@@ -125,13 +125,16 @@ def test_bench_nih_script_defaults_to_the_shipped_images(tmp_path):
     # TEST=0: train and print the validation table; the test set is not scored.
     r = bench(TEST='0')
     assert r.returncode == 0, r.stderr
-    assert 'Validation AUROC' in r.stdout and 'best single: iteration 2' in r.stdout
-    assert os.path.isfile(tmp_path / 'run' / 'models' / 'validation.json')
+    # the shipped validation/ radiographs and the held-out mixed images, by their labels
+    assert 'Validation AUROC' in r.stdout and 'residual AUROC' in r.stdout
+    table = json.load(open(tmp_path / 'run' / 'models' / 'validation_images.json'))
+    assert (table['n_normal'], table['n_anomalous']) == (27 + 28, 240 + 12)
     assert not os.path.exists(tmp_path / 'run' / 'results')
     r = bench()  # then test the trained run once
     assert r.returncode == 0, r.stderr
     metrics = json.load(open(tmp_path / 'run' / 'results' / 'metrics.json'))
     assert (metrics['n_normal'], metrics['n_anomalous']) == (50, 50)
+    assert metrics['threshold_source'].startswith('validation set datasets/nih-cxr-mini/validation')
     baselines = json.load(open(tmp_path / 'run' / 'baselines' / 'baselines.json'))
     assert baselines['image_dir'] == 'datasets/nih-cxr-mini'
     assert baselines['n_fit'] == 160  # the 200 shipped healthy images less HOLDOUT's 40
