@@ -61,10 +61,9 @@ def best_aucp_iters(model_save_dir, flag='--test_iters', variant='mean', key='AU
     """The checkpoint with the highest AUCp (key 'AUCp') or validation AUROC (key 'val_AUROC')
     among those still on disk (ties: the later one), under the score variant to be tested."""
     found = set(available_iters(model_save_dir))
-    values = {i: aucp_of(r, variant, key) for i, r in read_aucp_log(model_save_dir).items()
-              if i in found}
-    values = {i: v for i, v in values.items() if v is not None}
     records = read_aucp_log(model_save_dir)
+    values = {i: aucp_of(r, variant, key) for i, r in records.items() if i in found}
+    values = {i: v for i, v in values.items() if v is not None}
     if not values and key == 'val_AUROC' and any(r.get('n_mixed_anomalous') == 0
                                                  for r in records.values()):
         raise CheckpointError(

@@ -69,11 +69,14 @@ def nonfinite_advice(bad, config):
     weights = [(flag, getattr(config, flag)) for net in nets for flag in LOSS_WEIGHTS[net]]
     named = ', '.join(f'--{f} {v:g}' for f, v in weights)
     large = [f'--{f} {v:g}' for f, v in weights if not abs(v) <= LARGE_WEIGHT]
+    rates = f'--g_lr {config.g_lr:g}, --d_lr {config.d_lr:g}'
     if large:
         return (f'Lower {", ".join(large)}: a loss weight this large overflows the gradients '
                 f'(the {" and ".join(nets)} loss weights: {named}).')
-    return (f'Try lower learning rates (--g_lr {config.g_lr:g}, --d_lr {config.d_lr:g}) or loss '
-            f'weights (the {" and ".join(nets)} loss weights: {named}).')
+    if not nets:
+        return f'Try lower learning rates ({rates}).'
+    return (f'Try lower learning rates ({rates}) or loss weights (the {" and ".join(nets)} loss '
+            f'weights: {named}).')
 
 
 def denorm(x):
@@ -247,7 +250,7 @@ class Training:
 
         # Position in the epoch's order, in pairs of the global batch (all ranks together), so
         # that a run can resume with another number of ranks.
-        self.accepted_changes, self.speed_changes = {}, {}
+        self.accepted_changes, self.speed_changes, self.data_overlap = {}, {}, {}
         self.run_id = runfiles.new_run_id()  # a resume takes the run's own (load_training_state)
         if run.main_rank:  # training on test images, or one image in both sets: said, not silent
             lines, self.data_overlap = check_training_overlap(
@@ -300,7 +303,7 @@ class Training:
             self.metadata['accepted_changes'] = self.accepted_changes
         if self.speed_changes:  # speed switches changed on resume: {switch: [saved, now]}
             self.metadata['speed_changes'] = self.speed_changes
-        if getattr(self, 'data_overlap', None):  # {what: count} of the overlap warnings
+        if self.data_overlap:  # {what: count} of the overlap warnings
             self.metadata['data_overlap'] = self.data_overlap
         name = ('run_config.json' if run.start_iters == 0
                 else f'run_config-resume{run.start_iters}.json')

@@ -75,8 +75,8 @@ def check_training_overlap(config, split):
         pairs = shared_files(training, paths)
         if pairs:
             counts[f'train_{name}'] = len(pairs)
-            lines.append(describe(pairs, 'training', name) + f': this run trains on images its '
-                         f'{name} then scores, so the {name} result is not independent of '
+            lines.append(describe(pairs, 'training', name) + f': the {name} set would score '
+                         f'images this run trains on, so its result is not independent of '
                          f'training; remove them from the training folders or lists')
     healthy = split['healthy'] + split.get('holdout_healthy', [])
     mixed = split['mixed'] + split.get('holdout_mixed', [])
