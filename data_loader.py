@@ -5,7 +5,8 @@ The work is done in healthygan/data/, one job per module:
 - splits.py: which images a mode reads (Covid lists, Folder layout, held-out images, lesion masks);
 - decode.py: reading and preprocessing images (PNG, JPEG, TIFF, DICOM), unreadable ones found early;
 - cache.py: the uint8 cache of preprocessed images and the store batches are drawn from;
-- datasets.py: the datasets, the resumable epoch sampler and the cached loader.
+- datasets.py: the datasets, the resumable epoch sampler and the cached loader;
+- overlap.py: training images that are also test, validation or other-set images (warned about).
 The names other code uses are re-exported here, so ``data_loader.X`` keeps working.
 """
 import os

@@ -27,5 +27,8 @@ class JsonlLogger:
         self.path = path
 
     def write(self, record):
-        with open(self.path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+        try:
+            with open(self.path, 'a') as f:
+                f.write(json.dumps(record) + '\n')
+        except OSError as e:  # a full disk: name the file (a write's error names none)
+            raise OSError(e.errno, e.strerror, self.path) from None

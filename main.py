@@ -350,6 +350,37 @@ def parse(argv):
     return parser, config
 
 
+OUTPUT_FLAGS = ('model_save_dir', 'log_dir', 'sample_dir', 'result_dir')
+
+
+def disk_full_line(e, config):
+    """A full disk's one line: the file and the folder flag it was written under, and what to
+    do next (resume only where a complete checkpoint set exists to resume from)."""
+    filename = e.filename if isinstance(e.filename, str) else None
+    # the folder the file was written into (the file itself may be a link elsewhere)
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(filename))) if filename else None
+    flags = [f for f in OUTPUT_FLAGS if parent and (parent + os.sep).startswith(
+        os.path.realpath(getattr(config, f)) + os.sep)]
+    if filename:
+        where = f' writing {e.filename}'
+        if flags:
+            where += f' (under --{flags[0]} {getattr(config, flags[0])})'
+    else:
+        where = ' writing into ' + ', '.join(f'--{f} {getattr(config, f)}'
+                                             for f in OUTPUT_FLAGS if config.mode != 'train'
+                                             or f != 'result_dir')
+    fix = f'free space on it (or choose another --{flags[0]})' if flags else \
+        'free space (or choose other output folders)'
+    if config.mode != 'train':
+        return f'{e.strerror}{where}; {fix}, then run the command again'
+    done = runfiles.complete_iters(config.model_save_dir)
+    if done:
+        return (f'{e.strerror}{where}; {fix}, then resume with --resume_iters latest (the last '
+                f'complete checkpoint set is {done[-1]} in {config.model_save_dir})')
+    return (f'{e.strerror}{where}; {fix}, then start the run again with --overwrite true: no '
+            f'checkpoint was saved yet, so there is nothing to resume')
+
+
 def main(argv=None):
     """Parse flags and run the chosen mode; returns testAUC's metrics dict, else None."""
     parser, config = parse(argv)
@@ -392,9 +423,7 @@ def main(argv=None):
             raise
         # A full disk or quota while writing a log, sample or record: one line; the checkpoint
         # sets written before are whole (runfiles.save_checkpoint_set).
-        where = f' writing {e.filename}' if e.filename else ''
-        fail(f'{e.strerror}{where}; free space (or choose other output folders), then resume '
-             f'with --resume_iters latest')
+        fail(disk_full_line(e, config))
     finally:
         if lock is not None:
             lock.release()

@@ -87,6 +87,12 @@ def load_checked(path, what='checkpoint'):
 def load_state_dict_checked(model, path, name):
     """Load a bare state dict (weights_only) into model, with errors that say what is wrong."""
     state = load_checked(path)
+    foreign = [k for k, v in state.items() if not torch.is_tensor(v)]
+    if foreign:  # no architecture can be read from it, so none should be suggested
+        k = foreign[0]
+        raise CheckpointError(f'{path} holds {len(foreign)} non-tensor value(s) (e.g. {k!r}: a '
+                              f'{type(state[k]).__name__}), so it is not a {name} state dict; '
+                              f'use a checkpoint HealthyGAN saved')
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -170,12 +176,14 @@ class Checkpointing:
 
     def load_training_state(self, iters):
         """Restore optimizers, RNG and data position from <iters>-state.pt, if it exists."""
-        path = os.path.join(self.config.model_save_dir, f'{iters}-state.pt')
+        d = self.config.model_save_dir
+        path = os.path.join(d, f'{iters}-state.pt')
+        folder_id = runfiles.folder_run_id(d)
         if not os.path.exists(path):
             print(f'warning: {path} not found: resuming from the weights only (optimizer '
                   f'state and data order start afresh, as in the original)')
-            self.check_resume_config(runfiles.saved_run_config(self.config.model_save_dir,
-                                                               iters), path)
+            self.check_resume_config(runfiles.saved_run_record(d, iters), path)
+            self.run_id = folder_id or runfiles.new_run_id()
             return None
         state = runfiles.load_weights_only(path, 'training state')
         if not isinstance(state, dict) or 'g_optimizer' not in state:
@@ -185,7 +193,19 @@ class Checkpointing:
                                   f'not {iters}: it belongs to another run; remove it or '
                                   f'resume from its own checkpoints')
         meta = state.get('metadata') or {}
-        self.check_resume_config((meta.get('config'), meta.get('world_size', 1)), path)
+        # The flags alone cannot tell another run's state resumed with that run's --seed: the
+        # run id made at the first start (run_config.json) and kept in every state can.
+        if folder_id and meta.get('run_id') and meta['run_id'] != folder_id:
+            differ = runfiles.config_changes(meta.get('config') or {}, meta.get('world_size', 1),
+                                             vars(self.config), world_size(), meta.get('paths'))
+            flags = ''.join(f', --{k} {old!r} there, {new!r} here' for k, (old, new) in
+                            list(differ.items())[:3])
+            raise CheckpointError(
+                f'{path} was written by another run (run id {meta["run_id"]}{flags}; the run that '
+                f'started in {d} is {folder_id}, run_config.json): resuming from it would mix two '
+                f'runs. Remove it, or resume from a set this run saved')
+        self.check_resume_config(meta, path)
+        self.run_id = meta.get('run_id') or folder_id or runfiles.new_run_id()
         for opt, model, name in ((state['g_optimizer'], self.G, 'G'),
                                  (state['d_optimizer'], self.D, 'D')):
             unfit = runfiles.check_optimizer_fits(opt, model, name)
@@ -204,19 +224,29 @@ class Checkpointing:
             torch.cuda.set_rng_state_all(state['rng_cuda'])
         return state
 
-    def check_resume_config(self, saved, path):
+    def check_resume_config(self, saved_meta, path):
         """Refuse a resume whose flags change the run (runfiles.RUN_FLAGS) unless
-        --allow_changes names them; the accepted changes go into the run's metadata."""
-        saved_config, saved_world = saved
+        --allow_changes names them; the accepted changes go into the run's metadata. A changed
+        speed switch is allowed with a warning (and recorded): it changes the rounding."""
+        saved_meta = saved_meta or {}
+        saved_config = saved_meta.get('config')
         if not saved_config:
             return
         c = self.config
         allowed = runfiles.parse_allowed(c.allow_changes)
         try:
             self.accepted_changes = runfiles.check_resume_config(
-                saved_config, saved_world, vars(c), world_size(), allowed)
+                saved_config, saved_meta.get('world_size', 1), vars(c), world_size(), allowed,
+                saved_meta.get('paths'))
         except ConfigError as e:
             raise ConfigError(f'{e} [saved in {path}]') from None
+        speed = runfiles.speed_changes(saved_config, vars(c))
+        if speed:
+            self.speed_changes = {k: list(v) for k, v in speed.items()}
+            runfiles.warn('resume changes the speed switch(es) ' + ', '.join(
+                f'--{k} from {old!r} to {new!r}' for k, (old, new) in speed.items())
+                + f' (saved in {path}): the floating-point rounding changes, so the resumed run '
+                f'is not bit for bit the run it continues; recorded in its run config')
 
     def save_checkpoint(self, iters, sampler, pairs_done):
         """G/D in the original format and the training state, written as one set (rank 0

@@ -15,6 +15,7 @@ from tqdm import tqdm
 import data_loader
 import metrics
 import report
+from healthygan import runfiles
 from healthygan.checkpoints import load_checked, resolve_iters, save_atomic
 from healthygan.distributed import is_main
 from healthygan.errors import ConfigError
@@ -106,6 +107,14 @@ class Evaluation:
         N checkpoints' weights up to it."""
         c = self.config
         iters = resolve_iters(c.test_iters, c.model_save_dir, '--test_iters', c.score_variant)
+        trained = (runfiles.saved_run_record(c.model_save_dir, iters) or {}).get('config') or {}
+        if trained.get('image_size') not in (None, c.image_size):
+            # G is fully convolutional, so it runs at any size, but on other features than
+            # those it learnt: the scores are not the trained model's.
+            runfiles.warn(f'--image_size {c.image_size}, but {self.checkpoint_path(iters)} was '
+                          f'trained at --image_size {trained["image_size"]} (its run record in '
+                          f'{c.model_save_dir}): its scores at another size are not the trained '
+                          f'model\'s; pass --image_size {trained["image_size"]}')
         members = ensemble_members(c.model_save_dir, iters, c.ensemble)
         self.ensemble_states = []
         for member in members:  # the tested checkpoint last, so that it stays loaded

@@ -167,8 +167,9 @@ class RunLock:
     """A lock file in the run folder holding {"pid", "host"}: a second run into the folder is
     refused; a lock whose process has died (same host) is stale and taken over with a warning."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, flag='--model_save_dir'):
         self.path = os.path.join(folder, LOCK)
+        self.flag = flag
         self.held = False
 
     def acquire(self):
@@ -182,9 +183,9 @@ class RunLock:
                                           or pid_alive(int(other.get('pid', -1)))):
                     where = '' if other.get('host') == me['host'] else f" on {other.get('host')}"
                     raise errors.ConfigError(
-                        f'--model_save_dir {os.path.dirname(self.path)} is in use by another '
+                        f'{self.flag} {os.path.dirname(self.path)} is in use by another '
                         f"run (process {other.get('pid')}{where}, lock file {self.path}); wait "
-                        f'for it or choose another --model_save_dir (delete the lock file only '
+                        f'for it or choose another {self.flag} (delete the lock file only '
                         f'if that run is gone)')
                 warn(f'taking over the stale lock {self.path} of a run that is no longer '
                      f'running (process {other.get("pid") if other else "unknown"})')
@@ -216,6 +217,62 @@ class RunLock:
                 pass
 
 
+class RunLocks:
+    """One RunLock in each folder a run writes (--model_save_dir, --log_dir, --sample_dir;
+    a folder named twice is locked once): two runs sharing any of them would interleave their
+    logs or overwrite each other's sample grids. All are taken, or none."""
+
+    FLAGS = ('model_save_dir', 'log_dir', 'sample_dir')
+
+    def __init__(self, config):
+        self.locks, seen = [], set()
+        for flag in self.FLAGS:
+            folder = getattr(config, flag)
+            if os.path.realpath(folder) not in seen:
+                seen.add(os.path.realpath(folder))
+                self.locks.append(RunLock(folder, f'--{flag}'))
+
+    def acquire(self):
+        taken = []
+        try:
+            for lock in self.locks:
+                taken.append(lock.acquire())
+        except BaseException:
+            for lock in taken:
+                lock.release()
+            raise
+        return self
+
+    def release(self):
+        for lock in self.locks:
+            lock.release()
+
+
+# What a run writes beside its checkpoints: TensorBoard event files in --log_dir, translation
+# grids in --sample_dir. --overwrite true moves them aside with the old run's checkpoints (else
+# TensorBoard would draw both runs' curves as one, and old grids would sit among new ones).
+EVENTS = re.compile(r'^events\.out\.tfevents\.')
+SAMPLE = re.compile(r'^\d+-images\.jpg$')
+
+
+def move_logs_aside(config, dest):
+    """Move the old run's stats.jsonl and TensorBoard events into dest, its sample grids into
+    dest/samples/; returns how many files moved."""
+    moves = []
+    for folder, pattern, into in ((config.log_dir, EVENTS, dest),
+                                  (config.sample_dir, SAMPLE, os.path.join(dest, 'samples'))):
+        if os.path.isdir(folder):
+            moves += [(os.path.join(folder, n), os.path.join(into, n))
+                      for n in sorted(os.listdir(folder)) if pattern.match(n)]
+    stats = os.path.join(config.log_dir, 'stats.jsonl')
+    if os.path.exists(stats):  # the old run's losses, not the new one's
+        moves.append((stats, os.path.join(dest, 'stats.jsonl')))
+    for src, dst in moves:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.move(src, dst)
+    return len(moves)
+
+
 def check_new_run(model_save_dir, overwrite, move=True):
     """A new run (no --resume_iters) into a folder holding another run's files: refuse, or
     with --overwrite true move them aside. Returns the folder they went to, or None."""
@@ -237,9 +294,10 @@ def check_new_run(model_save_dir, overwrite, move=True):
     return dest
 
 
-def check_resume_point(model_save_dir, iters, num_iters, overwrite, move=True):
-    """Resuming from set `iters`: refuse an incomplete set, a --num_iters with nothing left to
-    train, and later sets that the resumed run would mix with its own (or move them aside)."""
+def check_resume_point(model_save_dir, iters, num_iters, overwrite, move=True, asked=None):
+    """Resuming from set `iters` (asked: the --resume_iters given): refuse an incomplete set, a
+    --num_iters with nothing left to train, and later sets that the resumed run would mix with
+    its own (or move them aside)."""
     have = set_members(model_save_dir).get(iters, set())
     if 'G' in have and 'D' not in have:
         raise errors.ConfigError(
@@ -251,6 +309,13 @@ def check_resume_point(model_save_dir, iters, num_iters, overwrite, move=True):
             f'--num_iters {num_iters} is below the resumed iteration '
             f'{iters}: nothing to train; raise --num_iters')
     later = later_files(model_save_dir, iters)
+    if later and not overwrite and asked == 'latest':
+        # latest skipped newer incomplete sets: "resume from latest" would be this same advice
+        raise errors.ConfigError(
+            f'--resume_iters latest is set {iters}, the newest complete one, but {model_save_dir} '
+            f'holds files of later, incomplete sets ({", ".join(later[:4])}'
+            f'{", ..." if len(later) > 4 else ""}) that this run would mix with its own; pass '
+            f'--overwrite true to move them aside into replaced-<time>/ (nothing is deleted)')
     if later and not overwrite:
         raise errors.ConfigError(
             f'--resume_iters {iters}: {model_save_dir} holds later checkpoints '
@@ -293,8 +358,20 @@ def _same(a, b):
     return a == b
 
 
-def config_changes(saved, saved_world, current, current_world):
-    """{flag: (saved, now)} for the run flags a resume would change (pure)."""
+# Folder flags compared as the folders they name: 'data/', './data' and its absolute path are
+# the same data. The run records the resolved paths at its start (run_paths).
+PATH_FLAGS = ('image_dir', 'list_dir')
+
+
+def run_paths(config):
+    """{flag: resolved path} of the folder flags, recorded in the run's metadata."""
+    return {flag: os.path.realpath(getattr(config, flag)) for flag in PATH_FLAGS}
+
+
+def config_changes(saved, saved_world, current, current_world, saved_paths=None):
+    """{flag: (saved, now)} for the run flags a resume would change (pure, but for resolving
+    the folder flags: saved_paths, the saved run's resolved folders, else the saved strings
+    resolved from here)."""
     changes = {}
     for flag in RUN_FLAGS:
         if flag not in saved:
@@ -302,15 +379,28 @@ def config_changes(saved, saved_world, current, current_world):
         old, new = saved[flag], current.get(flag)
         if flag == 'batch_size':
             old, new = old * (saved_world or 1), new * (current_world or 1)
+        if flag in PATH_FLAGS and isinstance(old, str) and isinstance(new, str):
+            resolved = (saved_paths or {}).get(flag) or os.path.realpath(old)
+            if resolved == os.path.realpath(new):
+                continue
         if not _same(old, new):
             changes[flag] = (old, new)
     return changes
 
 
-def check_resume_config(saved, saved_world, current, current_world, allowed):
+def speed_changes(saved, current):
+    """{switch: (saved, now)} for the speed switches (fast.SPEED_FLAGS, as resolved) a resume
+    changes. They are allowed (a resume on a faster machine), but each changes the floating-point
+    rounding, so the resumed run is no longer bit for bit the one it continues (pure)."""
+    from healthygan.fast import SPEED_FLAGS
+    return {k: (saved[k], current.get(k)) for k in SPEED_FLAGS
+            if k in saved and saved[k] != current.get(k)}
+
+
+def check_resume_config(saved, saved_world, current, current_world, allowed, saved_paths=None):
     """Refuse a resume that changes the run, naming the flag and both values, unless the
     change is in `allowed`; returns the accepted changes {flag: [saved, now]} to record."""
-    changes = config_changes(saved, saved_world, current, current_world)
+    changes = config_changes(saved, saved_world, current, current_world, saved_paths)
     refused = {k: v for k, v in changes.items() if k not in allowed}
     if refused:
         flag, (old, new) = next(iter(refused.items()))
@@ -391,9 +481,9 @@ def repair_jsonl(path):
     return cut
 
 
-def saved_run_config(model_save_dir, iters):
-    """(config, processes) of the run record that wrote set `iters`: the newest
-    run_config-resume<K>.json with K < iters, else run_config.json; (None, 1) when absent."""
+def saved_run_record(model_save_dir, iters):
+    """The metadata (config, world_size, run_id, ...) of the run record that wrote set `iters`:
+    the newest run_config-resume<K>.json with K < iters, else run_config.json; None when absent."""
     resumes = sorted(int(m.group(1)) for m in (re.match(r'^run_config-resume(\d+)\.json$', n)
                                                for n in run_files(model_save_dir)) if m)
     names = [f'run_config-resume{k}.json' for k in reversed(resumes) if k < iters]
@@ -403,11 +493,33 @@ def saved_run_config(model_save_dir, iters):
             try:
                 with open(path) as f:
                     meta = json.load(f)
-                return meta.get('config'), meta.get('world_size', 1)
+                return meta if isinstance(meta, dict) else None
             except (OSError, ValueError):
                 warn(f'{path} is not readable JSON; the resume is not compared with it')
-                return None, 1
-    return None, 1
+                return None
+    return None
+
+
+def saved_run_config(model_save_dir, iters):
+    """(config, processes) of the run record that wrote set `iters`; (None, 1) when absent."""
+    meta = saved_run_record(model_save_dir, iters) or {}
+    return meta.get('config'), meta.get('world_size', 1)
+
+
+def folder_run_id(model_save_dir):
+    """The run id of the run that started in the folder (its run_config.json), or None."""
+    path = os.path.join(model_save_dir, 'run_config.json')
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return meta.get('run_id') if isinstance(meta, dict) else None
+
+
+def new_run_id():
+    """A random hex id, made when a run first starts and kept by every resume of it."""
+    return os.urandom(8).hex()
 
 
 def available_iters(model_save_dir, suffix='-G.ckpt'):
@@ -419,11 +531,11 @@ def available_iters(model_save_dir, suffix='-G.ckpt'):
 
 
 def prepare_run_folder(config):
-    """Train mode: lock --model_save_dir, clear temporaries of a killed save, and refuse (or,
-    --overwrite true, move aside) another run's files. Returns the lock, or None."""
+    """Train mode: lock the folders the run writes, clear temporaries of a killed save, and
+    refuse (or, --overwrite true, move aside) another run's files. Returns the locks, or None."""
     lock = None
     if is_main():
-        lock = RunLock(config.model_save_dir).acquire()
+        lock = RunLocks(config).acquire()
     try:
         if is_main():
             remove_stale_temporaries(config.model_save_dir)
@@ -431,9 +543,11 @@ def prepare_run_folder(config):
         if config.resume_iters is None:
             dest = check_new_run(config.model_save_dir, config.overwrite,
                                           move=is_main())
-            stats = os.path.join(config.log_dir, 'stats.jsonl')
-            if dest and os.path.exists(stats):  # the old run's losses, not the new one's
-                shutil.move(stats, os.path.join(dest, 'stats.jsonl'))
+            if dest:
+                moved = move_logs_aside(config, dest)
+                if moved:
+                    warn(f'--overwrite true: moved the earlier run\'s logs and sample grids '
+                         f'({moved} files) to {dest}')
     except BaseException:
         if lock is not None:
             lock.release()

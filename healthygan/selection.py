@@ -61,9 +61,16 @@ def best_aucp_iters(model_save_dir, flag='--test_iters', variant='mean', key='AU
     """The checkpoint with the highest AUCp (key 'AUCp') or validation AUROC (key 'val_AUROC')
     among those still on disk (ties: the later one), under the score variant to be tested."""
     found = set(available_iters(model_save_dir))
-    values = {i: aucp_of(r, variant, key) for i, r in read_aucp_log(model_save_dir).items()
-              if i in found}
+    records = read_aucp_log(model_save_dir)
+    values = {i: aucp_of(r, variant, key) for i, r in records.items() if i in found}
     values = {i: v for i, v in values.items() if v is not None}
+    if not values and key == 'val_AUROC' and any(r.get('n_mixed_anomalous') == 0
+                                                 for r in records.values()):
+        raise CheckpointError(
+            f'{flag} {BEST[key]}: the run was trained with --holdout_labels, but its held-out '
+            f'mixed images held no anomalous image (n_mixed_anomalous 0 in {AUCP_LOG} in '
+            f'{model_save_dir}), so no validation AUROC was logged; use --test_iters best_aucp, '
+            f'or train with a larger --holdout_fraction or --holdout_stratify true')
     if not values:
         how = ('--holdout_fraction > 0' if key == 'AUCp'
                else '--holdout_fraction > 0 and --holdout_labels')
@@ -119,9 +126,15 @@ class AUCpLogging:
             mixed = [p for p, lab in zip(loader.dataset.paths, loader.dataset.labels) if lab == 1]
             holdout.truth = data_loader.read_truth_labels(
                 c.holdout_labels, mixed, os.path.join(c.image_dir, 'mixed'))
-            print(f'Validation: the held-out mixed images hold {sum(holdout.truth)} anomalous by '
-                  f'--holdout_labels; validation AUROC on {len(holdout.healthy)} healthy + '
-                  f'{len(holdout.mixed)} mixed images at every checkpoint')
+            if sum(holdout.truth) == 0:  # one class only: no AUROC can be computed
+                runfiles.warn(f'--holdout_labels {c.holdout_labels}: the {len(holdout.mixed)} '
+                              f'held-out mixed images hold no anomalous image, so no validation '
+                              f'AUROC is logged (AUCp still is); raise --holdout_fraction or '
+                              f'pass --holdout_stratify true')
+            else:
+                print(f'Validation: the held-out mixed images hold {sum(holdout.truth)} anomalous '
+                      f'by --holdout_labels; validation AUROC on {len(holdout.healthy)} healthy + '
+                      f'{len(holdout.mixed)} mixed images at every checkpoint')
         return holdout
 
     @torch.no_grad()
@@ -182,8 +195,12 @@ class AUCpLogging:
         record.update(per_image)
         if holdout.truth is not None:
             record['n_mixed_anomalous'] = sum(holdout.truth)
-        with open(os.path.join(self.config.model_save_dir, AUCP_LOG), 'a') as f:
-            f.write(json.dumps(record) + '\n')
+        path = os.path.join(self.config.model_save_dir, AUCP_LOG)
+        try:
+            with open(path, 'a') as f:
+                f.write(json.dumps(record) + '\n')
+        except OSError as e:  # a full disk: name the file (a write's error names none)
+            raise OSError(e.errno, e.strerror, path) from None
         tqdm.write(f'AUCp at iteration {iters}: {record["AUCp"]:.4f} [' + ', '.join(
             f'{k} {v:.3f}' for k, v in record['AUCp_by_variant'].items()) + ']'
             + (f'; validation AUROC {record["val_AUROC"]:.4f}' if 'val_AUROC' in record else ''),

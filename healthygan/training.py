@@ -17,6 +17,7 @@ from tqdm import tqdm
 import data_loader
 from healthygan import runfiles
 from healthygan.checkpoints import last_good, resolve_iters, run_metadata
+from healthygan.data.overlap import check_training_overlap
 from healthygan.distributed import (all_reduce_mean, any_rank, average_gradients, broadcast_params,
                                     dist, gp_alpha, is_main, sync_rng_state, world_size)
 from healthygan.errors import ConfigError, NonFiniteLossError
@@ -53,6 +54,29 @@ class StopFlag:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+# The loss weights behind each network's loss (training.d_step / g_step).
+LOSS_WEIGHTS = {'D': ('lambda_gp',),
+                'G': ('lambda_rec', 'lambda_id', 'lambda_mask', 'lambda_msmall', 'lambda_mzerone')}
+LARGE_WEIGHT = 1e3  # the paper's weights are 10 at most; far above, gradients overflow float32
+
+
+def nonfinite_advice(bad, config):
+    """What to lower after the non-finite terms `bad` (e.g. ['D/loss_gp', 'D weights']): the
+    weights of the losses of the networks concerned, the large ones first, else the rates."""
+    nets = sorted({name[0] for name in bad if name[:1] in LOSS_WEIGHTS})
+    weights = [(flag, getattr(config, flag)) for net in nets for flag in LOSS_WEIGHTS[net]]
+    named = ', '.join(f'--{f} {v:g}' for f, v in weights)
+    large = [f'--{f} {v:g}' for f, v in weights if not abs(v) <= LARGE_WEIGHT]
+    rates = f'--g_lr {config.g_lr:g}, --d_lr {config.d_lr:g}'
+    if large:
+        return (f'Lower {", ".join(large)}: a loss weight this large overflows the gradients '
+                f'(the {" and ".join(nets)} loss weights: {named}).')
+    if not nets:
+        return f'Try lower learning rates ({rates}).'
+    return (f'Try lower learning rates ({rates}) or loss weights (the {" and ".join(nets)} loss '
+            f'weights: {named}).')
 
 
 def denorm(x):
@@ -226,12 +250,18 @@ class Training:
 
         # Position in the epoch's order, in pairs of the global batch (all ranks together), so
         # that a run can resume with another number of ranks.
-        self.accepted_changes = {}
+        self.accepted_changes, self.speed_changes, self.data_overlap = {}, {}, {}
+        self.run_id = runfiles.new_run_id()  # a resume takes the run's own (load_training_state)
+        if run.main_rank:  # training on test images, or one image in both sets: said, not silent
+            lines, self.data_overlap = check_training_overlap(
+                c, self.split or data_loader.resolve_split(c, 'train'))
+            for line in lines:
+                runfiles.warn(line)
         if c.resume_iters is not None:
             run.start_iters = resolve_iters(c.resume_iters, c.model_save_dir, '--resume_iters')
             # read-only on every rank (all stop together); only rank 0 moves files aside
             runfiles.check_resume_point(c.model_save_dir, run.start_iters, c.num_iters,
-                                        c.overwrite, move=run.main_rank)
+                                        c.overwrite, move=run.main_rank, asked=c.resume_iters)
             self.restore_model(run.start_iters)
             state = self.load_training_state(run.start_iters)
             if state is not None:
@@ -267,8 +297,14 @@ class Training:
         # A resumed run keeps the first run's record and adds its own beside it.
         self.metadata = run_metadata(c)
         self.metadata['world_size'] = world_size()  # processes; --batch_size is per process
+        self.metadata['run_id'] = self.run_id  # compared with every state file on resume
+        self.metadata['paths'] = runfiles.run_paths(c)  # the folders, resolved
         if self.accepted_changes:  # --allow_changes: {flag: [saved, now]}
             self.metadata['accepted_changes'] = self.accepted_changes
+        if self.speed_changes:  # speed switches changed on resume: {switch: [saved, now]}
+            self.metadata['speed_changes'] = self.speed_changes
+        if self.data_overlap:  # {what: count} of the overlap warnings
+            self.metadata['data_overlap'] = self.data_overlap
         name = ('run_config.json' if run.start_iters == 0
                 else f'run_config-resume{run.start_iters}.json')
         if run.main_rank:
@@ -299,8 +335,7 @@ class Training:
                 raise NonFiniteLossError(
                     f'non-finite {", ".join(bad)} at iteration {step} (first seen within the '
                     f'last {c.log_step} iterations). Nothing was saved after it; '
-                    f'{last_good(run.last_saved, c.model_save_dir)}. Try lower learning rates '
-                    f'(--g_lr, --d_lr).')
+                    f'{last_good(run.last_saved, c.model_save_dir)}. {nonfinite_advice(bad, c)}')
         run.loss.update(step_loss)
         if step % c.log_step == 0 or step % c.sample_step == 0:
             run.loss = all_reduce_mean(run.loss)  # several ranks: log the mean over ranks
@@ -310,7 +345,10 @@ class Training:
             with torch.no_grad():
                 grid = translation_grid(self.G, *run.fixed)
             path = os.path.join(c.sample_dir, f'{step}-images.jpg')
-            save_image(denorm(grid.cpu()), path, nrow=1, padding=0)
+            try:
+                save_image(denorm(grid.cpu()), path, nrow=1, padding=0)
+            except OSError as e:  # a full disk: name the file (a write's error names none)
+                raise OSError(e.errno, e.strerror, path) from None
             elapsed = str(datetime.timedelta(seconds=int(time.time() - run.start_time)))
             log = f'Elapsed [{elapsed}], Iteration [{step}/{c.num_iters}]'
             log += ''.join(f', {tag}: {float(v):.4f}' for tag, v in run.loss.items())

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import pickle
+import stat
 
 import numpy as np
 from PIL import Image
@@ -46,10 +47,29 @@ def safe_load_list(path):
     return obj
 
 
+def what_is(path):
+    """What a path that is not the expected folder or image file is, in words (for messages)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f'a link to {os.readlink(path)}, which does not exist'
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return 'missing'
+    kinds = ((stat.S_ISREG, 'a regular file'), (stat.S_ISDIR, 'a folder'),
+             (stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISCHR, 'a character device'),
+             (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'))
+    kind = next((name for test, name in kinds if test(mode)), 'not a regular file')
+    if os.path.islink(path):
+        return f'a link to {os.path.realpath(path)}, {kind}'
+    return kind
+
+
 def list_images(folder):
     """Sorted image files under a folder (recursively, following linked sub-folders; a link
     back to a folder already searched is not entered again)."""
     if not os.path.isdir(folder):
+        if os.path.lexists(folder):
+            raise DataError(f'image folder {folder} is {what_is(folder)}, not a folder')
         raise DataError(f'image folder not found: {folder}')
     found, seen = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
@@ -86,6 +106,9 @@ def resolve_split(config, mode='all'):
     wanted = MODE_SETS[mode]
     split = {name: [] for name in FOLDER_SETS}
     if config.dataset == 'Covid':
+        if os.path.lexists(config.image_dir) and not os.path.isdir(config.image_dir):
+            raise DataError(f'--image_dir {config.image_dir} is {what_is(config.image_dir)}, not '
+                            f'a folder; it should hold train/ and test/ (the Covid layout)')
         for name in wanted:
             sub, lists = COVID_LISTS[name]
             folder = os.path.join(config.image_dir, sub)
@@ -96,8 +119,11 @@ def resolve_split(config, mode='all'):
                 split[name] += [os.path.join(folder, f) for f in entries]
     elif config.dataset == 'Folder':
         if not os.path.isdir(config.image_dir):
-            raise DataError(f'--image_dir {config.image_dir} does not exist; it should hold '
-                            f'healthy/, mixed/, test/normal/ and test/anomalous/.')
+            what = what_is(config.image_dir) if os.path.lexists(config.image_dir) else None
+            raise DataError(f'--image_dir {config.image_dir} '
+                            f'{f"is {what}, not a folder" if what else "does not exist"}; it '
+                            f'should be a folder holding healthy/, mixed/, test/normal/ and '
+                            f'test/anomalous/.')
         for name in wanted:
             split[name] = list_images(os.path.join(config.image_dir, FOLDER_SETS[name]))
     else:
@@ -157,11 +183,17 @@ def hold_out(paths, fraction, strata=None):
 
 
 def check_files_exist(paths, what):
-    """Fail before any work if listed images are missing: count and examples."""
-    missing = [p for p in paths if not os.path.isfile(p)]
+    """Fail before any work if listed images are missing or are not regular files (a FIFO or
+    a device would block or never end when read): count and examples."""
+    bad = [p for p in paths if not os.path.isfile(p)]
+    missing = [p for p in bad if not os.path.lexists(p)]
     if missing:
         examples = ', '.join(missing[:3])
         raise DataError(f'{len(missing)} of {len(paths)} {what} images are missing, e.g. {examples}')
+    if bad:
+        raise DataError(f'{len(bad)} of {len(paths)} {what} images are not regular files, e.g. '
+                        f'{bad[0]} is {what_is(bad[0])}; remove them or replace them by the '
+                        f'image files')
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -203,6 +235,36 @@ def load_mask(mask_path, image_path, image_size):
 TRUTH_LABELS = {'0': 0, 'normal': 0, 'healthy': 0, '1': 1, 'anomalous': 1, 'diseased': 1}
 
 
+def truth_table(csv_path):
+    """{normalised file: label} of a labels CSV (file, label). A spreadsheet's UTF-8 byte-order
+    mark and CRLF line ends are read as such; a file given two different labels is refused."""
+    import csv
+    try:
+        with open(csv_path, newline='', encoding='utf-8-sig') as f:
+            reader = csv.DictReader(f)
+            reader.fieldnames = [(n or '').strip() for n in reader.fieldnames or []]
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, 'strerror', None) or 'not UTF-8 text'
+        raise DataError(f'--holdout_labels {csv_path}: cannot read it ({why})') from None
+    if not rows or not {'file', 'label'} <= set(rows[0]):
+        raise DataError(f'--holdout_labels {csv_path}: expected a CSV with columns file and label '
+                        f'(as mixed_truth.csv)')
+    table, line_of = {}, {}
+    for line, row in enumerate(rows, 2):  # line 1 is the header
+        label = TRUTH_LABELS.get(str(row['label']).strip().lower())
+        if label is None:
+            raise DataError(f'--holdout_labels {csv_path}: label {row["label"]!r} of '
+                            f'{row["file"]} is not one of {", ".join(TRUTH_LABELS)}')
+        key = os.path.normpath(str(row['file']).strip())
+        if key in table and table[key] != label:
+            raise DataError(f'--holdout_labels {csv_path}: {row["file"]} has two labels, '
+                            f'{table[key]} (line {line_of[key]}) and {label} (line {line}); '
+                            f'keep the one that is right')
+        table[key], line_of[key] = label, line
+    return table
+
+
 def read_truth_labels(csv_path, paths, root):
     """The true label (0 normal, 1 anomalous) of each of `paths` from a CSV with columns file
     and label, as a dataset's mixed_truth.csv: file is the path below `root` (or the name).
@@ -210,22 +272,7 @@ def read_truth_labels(csv_path, paths, root):
     Added for validation carved from the training folders: only held-out images are looked up,
     and no label ever reaches training.
     """
-    import csv
-    try:
-        with open(csv_path, newline='') as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise DataError(f'--holdout_labels {csv_path}: cannot read it ({e.strerror})') from None
-    if not rows or not {'file', 'label'} <= set(rows[0]):
-        raise DataError(f'--holdout_labels {csv_path}: expected a CSV with columns file and label '
-                        f'(as mixed_truth.csv)')
-    table = {}
-    for row in rows:
-        label = TRUTH_LABELS.get(str(row['label']).strip().lower())
-        if label is None:
-            raise DataError(f'--holdout_labels {csv_path}: label {row["label"]!r} of '
-                            f'{row["file"]} is not one of {", ".join(TRUTH_LABELS)}')
-        table[os.path.normpath(row['file'])] = label
+    table = truth_table(csv_path)
     labels = []
     for path in paths:
         rel = os.path.normpath(os.path.relpath(path, root))
