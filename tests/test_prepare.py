@@ -275,10 +275,10 @@ SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
                        'covidnet_labels')
 
 
-def _shipped_counts():
-    """COVIDX_COUNTS_SHIPPED as tools/covid_lists.sh (the scripts' check) states it."""
+def _covid_lists_sh(name):
+    """A variable's value as tools/covid_lists.sh (the scripts' check) states it."""
     with open(os.path.join(os.path.dirname(SHIPPED), '..', 'tools', 'covid_lists.sh')) as f:
-        line = next(line for line in f if line.startswith('COVIDX_COUNTS_SHIPPED='))
+        line = next(line for line in f if line.startswith(name + '='))
     return line.split('=')[1].split()[0]
 
 
@@ -286,11 +286,18 @@ def test_lists_out_from_the_shipped_label_files(tmp_path, capsys):
     out = tmp_path / 'covid'
     argv = ['--train_labels', os.path.join(SHIPPED, 'train_COVIDx7B.txt'),
             '--test_labels', os.path.join(SHIPPED, 'test_COVIDx7B.txt'), '--lists_out', str(out)]
-    assert pc.main(argv + ['--expect_counts', _shipped_counts()]) == 0
+    # the scripts' check is the original's counts (datasets/README.md), as issue 31 asks
+    assert _covid_lists_sh('COVIDX_COUNTS_SHIPPED') == '10031,5233,100,100'
+    scripts = ['--train_leave_out', _covid_lists_sh('COVIDX_LEAVE_OUT')]
+    expect = ['--expect_counts', _covid_lists_sh('COVIDX_COUNTS_SHIPPED')]
+    assert pc.main(argv + scripts + expect) == 0
     printed = capsys.readouterr().out.strip()
-    assert printed.count('\n') == 0 and 'healthy 9897, mixed 5567 (1670 COVID-positive)' in printed
+    assert printed.count('\n') == 0 and 'healthy 10031, mixed 5233 (1570 COVID-positive)' in printed
+    assert '100 + 100 training images left out' in printed
     lists = {n: data_loader.safe_load_list(str(out / f'{n}.pickle')) for n in pc.LIST_NAMES}
-    assert pc.list_counts(lists) == (9897, 5567, 100, 100)
+    assert pc.list_counts(lists) == (10031, 5233, 100, 100)
+    left_out = json.loads((out / 'split.json').read_text())['left_out']
+    assert len(left_out) == 200 and not set(left_out) & {f for v in lists.values() for f in v}
     train, test = pc.parse_label_file(argv[1]), pc.parse_label_file(argv[3])
     label = {r.filename: pc.is_positive(r.label) for r in train + test}
     assert all(label[f] for f in lists['train_pos'] + lists['test_pos'])
@@ -298,6 +305,9 @@ def test_lists_out_from_the_shipped_label_files(tmp_path, capsys):
     patient = {r.filename: r.patient for r in train}
     healthy = {patient[f] for f in lists['train_neg']}
     assert not healthy & {patient[f] for f in lists['train_pos'] + lists['train_neg_mixed']}
+    assert not {patient[f] for f in left_out} & {patient[f] for n in pc.LIST_NAMES[:3]
+                                                  for f in lists[n]}
+    assert sum(label[f] for f in left_out) == 100
     assert json.loads((out / 'split.json').read_text())['train_labels'] == 'train_COVIDx7B.txt'
     # lists already there are never replaced (they may be the original's)
     before = (out / 'train_neg.pickle').read_bytes()
@@ -305,6 +315,14 @@ def test_lists_out_from_the_shipped_label_files(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count('\n') == 0 and 'already holds train_neg.pickle' in err
     assert (out / 'train_neg.pickle').read_bytes() == before
+    # without --train_leave_out the tool keeps every training image (its own split's counts),
+    # which the scripts' count check refuses in one line, writing nothing
+    fresh = tmp_path / 'fresh'
+    argv[-1] = str(fresh)
+    assert pc.main(argv + expect) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'healthy 9897, mixed 5567, test 100 + 100' in err
+    assert not fresh.exists()
 
 
 def test_lists_out_test_sets_are_the_originals(tmp_path):
@@ -313,6 +331,11 @@ def test_lists_out_test_sets_are_the_originals(tmp_path):
                                   pc.parse_label_file(os.path.join(SHIPPED, 'test_COVIDx7B.txt')))
     assert set(lists['test_neg']) == set(original['test_neg'])
     assert set(lists['test_pos']) == set(original['test_pos'])
+    # with the scripts' leave-out, every list has the original's length (not its images)
+    lists = pc.lists_from_records(pc.parse_label_file(os.path.join(SHIPPED, 'train_COVIDx7B.txt')),
+                                  pc.parse_label_file(os.path.join(SHIPPED, 'test_COVIDx7B.txt')),
+                                  leave_out=100)
+    assert {n: len(lists[n]) for n in pc.LIST_NAMES} == {n: len(original[n]) for n in pc.LIST_NAMES}
 
 
 def test_lists_out_count_mismatch_stops_in_one_line(tmp_path, capsys):

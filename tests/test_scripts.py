@@ -159,9 +159,24 @@ def test_check_resume_gpu_script_on_the_cpu(tmp_path):
         'default            losses identical to 20; max |weight diff| at 20: 0', r.stdout
 
 
-def _covidx_stand_in(root):
-    """A COVIDx-shaped tree: train/ and test/ hold every image the shipped label files name,
-    each a link to one tiny PNG (images are only decoded, and cheaply so)."""
+def _fresh_clone(dest):
+    """The project's files as a clone has them (git's tracked and not-ignored files, as they are
+    in the working tree): no data/covid/, no ../shared beside it, no run outputs."""
+    listed = subprocess.run(['git', '-C', ROOT, 'ls-files', '-z', '--cached', '--others',
+                             '--exclude-standard'], capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip('needs a git checkout to tell which files are the project')
+    for rel in filter(None, listed.stdout.decode().split('\0')):
+        src = os.path.join(ROOT, rel)
+        if os.path.isfile(src) or os.path.islink(src):
+            os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dest, rel), follow_symlinks=False)
+    return dest
+
+
+def _covidx_stand_in(root, labels_dir):
+    """A COVIDx-shaped tree: train/ and test/ hold every image the label files in labels_dir
+    name, each a link to one tiny PNG (images are only decoded, and cheaply so)."""
     import numpy as np
     from PIL import Image
     from tools import prepare_covidx as pc
@@ -170,34 +185,42 @@ def _covidx_stand_in(root):
     Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tiny)
     for sub in ('train', 'test'):
         os.makedirs(root / sub)
-        labels = os.path.join(ROOT, 'data', 'covidnet_labels', f'{sub}_COVIDx7B.txt')
-        for r in pc.parse_label_file(labels):
+        for r in pc.parse_label_file(os.path.join(labels_dir, f'{sub}_COVIDx7B.txt')):
             os.symlink(tiny, root / sub / r.filename)
     return root
 
 
 @pytest.mark.slow
 def test_covid_scripts_build_the_missing_split_lists(tmp_path):
-    # A fresh clone: no split lists, only the COVIDx images and the label files the project ships.
-    images = _covidx_stand_in(tmp_path / 'covidx')
-    lists = tmp_path / 'data' / 'covid'
-    env = {**TINY, 'IMAGE_DIR': str(images), 'LIST_DIR': str(lists), 'OUT': str(tmp_path / 'out'),
-           'NUM_ITERS': '2', 'MODEL_SAVE_STEP': '2', 'SAMPLE_STEP': '2'}
-    r = run_script('train_covid.sh', env, '--use_tensorboard', 'false')
+    # A fresh clone (a copy of the project's files, nothing beside it) plus the README's dataset
+    # step (COVIDx train/ and test/ under datasets/covid): bash train_covid.sh and bash
+    # test_covid.sh with their default folders, nothing else fetched.
+    clone = _fresh_clone(tmp_path / 'clone')
+    assert not os.path.exists(clone / 'data' / 'covid')
+    assert not os.path.exists(tmp_path / 'shared')  # the development workspace's ../shared
+    _covidx_stand_in(clone / 'datasets' / 'covid', clone / 'data' / 'covidnet_labels')
+    unset = ('IMAGE_DIR', 'LIST_DIR', 'OUT', 'COVIDX_TRAIN_LABELS', 'COVIDX_TEST_LABELS')
+    env = {**{k: v for k, v in os.environ.items() if k not in unset}, **TINY,
+           'NUM_ITERS': '2', 'MODEL_SAVE_STEP': '2', 'SAMPLE_STEP': '2'}  # default folders
+    r = subprocess.run(['bash', 'train_covid.sh', '--use_tensorboard', 'false'], cwd=clone,
+                       env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     built = [line for line in r.stdout.splitlines() if 'built them' in line]
-    assert len(built) == 1 and 'healthy 9897, mixed 5567' in built[0], r.stdout
-    assert os.path.exists(tmp_path / 'out' / 'models' / '2-G.ckpt')
+    assert len(built) == 1, r.stdout
+    assert 'healthy 10031, mixed 5233 (1570 COVID-positive), test 100 + 100' in built[0]
+    assert os.path.exists(clone / 'covid' / 'models' / '2-G.ckpt')
     import data_loader
+    lists = clone / 'data' / 'covid'
     sizes = {n: len(data_loader.safe_load_list(str(lists / f'{n}.pickle')))
              for n in ('train_neg', 'train_pos', 'train_neg_mixed', 'test_neg', 'test_pos')}
-    assert sizes == {'train_neg': 9897, 'train_pos': 1670, 'train_neg_mixed': 3897,
-                     'test_neg': 100, 'test_pos': 100}
+    assert sizes == {'train_neg': 10031, 'train_pos': 1570, 'train_neg_mixed': 3663,
+                     'test_neg': 100, 'test_pos': 100}  # the original's counts
     # the lists now exist: testing uses them as they are, without building them again
-    r = run_script('test_covid.sh', env)
+    r = subprocess.run(['bash', 'test_covid.sh'], cwd=clone, env=env, capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert 'built them' not in r.stdout
-    metrics = json.load(open(tmp_path / 'out' / 'results' / 'metrics.json'))
+    metrics = json.load(open(clone / 'covid' / 'results' / 'metrics.json'))
     assert metrics['iteration'] == 2 and metrics['n_normal'] == 100
 
 

@@ -6,7 +6,12 @@
 # count check below holds for the shipped files only, so it is left out for others.
 COVIDX_TRAIN_LABELS_SHIPPED=data/covidnet_labels/train_COVIDx7B.txt
 COVIDX_TEST_LABELS_SHIPPED=data/covidnet_labels/test_COVIDx7B.txt
-COVIDX_COUNTS_SHIPPED=9897,5567,100,100  # healthy, mixed, test negative, test positive
+# The original's counts (datasets/README.md): healthy 10,031, mixed 5,233 (1,570
+# COVID-positive), test 100 + 100. The tool reaches them from COVIDx 7B by leaving whole patients
+# holding 100 positive and 100 negative training images out, as the original's lists leave 100 +
+# 100 out; the images in each set are the tool's seeded, patient-disjoint draw, not the original's.
+COVIDX_COUNTS_SHIPPED=10031,5233,100,100  # healthy, mixed, test negative, test positive
+COVIDX_LEAVE_OUT=100
 
 ensure_covid_lists() {
     local dir=$1 name
@@ -22,5 +27,5 @@ ensure_covid_lists() {
         expect=(--expect_counts "$COVIDX_COUNTS_SHIPPED")
     fi
     python tools/prepare_covidx.py --train_labels "$train" --test_labels "$test" \
-        --lists_out "$dir" ${expect[@]+"${expect[@]}"}
+        --train_leave_out "$COVIDX_LEAVE_OUT" --lists_out "$dir" ${expect[@]+"${expect[@]}"}
 }

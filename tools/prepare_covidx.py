@@ -95,21 +95,49 @@ def _dedupe(records, what):
     return list(seen.values())
 
 
-def split_covidx(records, mixed_fraction=0.3, seed=0):
+def _leave_out(by_patient, n, seed):
+    """Whole patients taken out of `by_patient` (in place): n images of patients whose images are
+    all COVID-positive and n of patients whose images are all negative, in an order drawn from
+    `seed` (a patient that would overshoot is passed over). Returns the records taken out."""
+    out = []
+    for k, want_pos in enumerate((True, False)):
+        pool = [p for p, recs in by_patient.items()
+                if all(is_positive(r.label) == want_pos for r in recs)]
+        need = n
+        for j in np.random.default_rng([seed, 2, k]).permutation(len(pool)):
+            recs = by_patient[pool[j]]
+            if need == 0:
+                break
+            if len(recs) <= need:
+                out += by_patient.pop(pool[j])
+                need -= len(recs)
+        if need:
+            raise DataError(f'--train_leave_out {n}: not enough single-label '
+                            f'{"COVID-positive" if want_pos else "COVID-negative"} patients to '
+                            f'leave {n} images out ({need} short)')
+    return sorted(out, key=lambda r: r.filename)
+
+
+def split_covidx(records, mixed_fraction=0.3, seed=0, leave_out=0):
     """Healthy and mixed training sets from training-label records, patient-disjoint.
 
-    Every patient with a COVID-positive image goes to mixed whole; then whole COVID-negative
-    patients, in an order drawn from `seed`, join mixed until it holds
+    With leave_out N, whole patients holding N COVID-positive and N COVID-negative images are
+    first left out of both sets (the original's lists leave 100 + 100 of COVIDx 7B's training
+    list out). Every other patient with a COVID-positive image goes to mixed whole; then whole
+    COVID-negative patients, in an order drawn from `seed`, join mixed until it holds
     round(n_pos * (1 - f) / f) negatives (a patient that would overshoot is passed over);
-    every other patient is healthy. Returns {'healthy': [Record], 'mixed': [Record]}, each sorted
-    by file name.
+    every other patient is healthy. Returns {'healthy': [Record], 'mixed': [Record],
+    'left_out': [Record]}, each sorted by file name.
     """
     if not 0 < mixed_fraction < 1:
         raise DataError(f'--mixed_fraction must lie strictly between 0 and 1, not {mixed_fraction}')
+    if leave_out < 0:
+        raise DataError(f'--train_leave_out must be 0 or more, not {leave_out}')
     records = _dedupe(records, 'training labels')
     by_patient = OrderedDict()
     for r in sorted(records, key=lambda r: (r.patient, r.filename)):
         by_patient.setdefault(r.patient, []).append(r)
+    left_out = _leave_out(by_patient, leave_out, seed) if leave_out else []
     mixed, healthy = [], []
     negative_patients = []
     for patient, recs in by_patient.items():
@@ -133,7 +161,8 @@ def split_covidx(records, mixed_fraction=0.3, seed=0):
         raise DataError(f'not enough COVID-negative patients to reach a positive fraction of '
                         f'{mixed_fraction} in mixed ({need} negatives short)')
     key = lambda r: r.filename  # noqa: E731
-    return {'healthy': sorted(healthy, key=key), 'mixed': sorted(mixed, key=key)}
+    return {'healthy': sorted(healthy, key=key), 'mixed': sorted(mixed, key=key),
+            'left_out': left_out}
 
 
 def select_test(records, n_per_class=100, seed=0):
@@ -154,9 +183,9 @@ def select_test(records, n_per_class=100, seed=0):
 
 
 def plan_from_records(train_records, test_records, train_dir, test_dir,
-                      mixed_fraction=0.3, seed=0, n_test_per_class=100):
+                      mixed_fraction=0.3, seed=0, n_test_per_class=100, leave_out=0):
     """{set: [(source path, anomalous?)]} for the four sets, from label-file records."""
-    split = split_covidx(train_records, mixed_fraction, seed)
+    split = split_covidx(train_records, mixed_fraction, seed, leave_out)
     split.update(select_test(test_records, n_test_per_class, seed))
     plan = OrderedDict()
     for name in SETS:
@@ -184,16 +213,18 @@ def load_lists(list_dir):
 
 
 def lists_from_records(train_records, test_records, mixed_fraction=0.3, seed=0,
-                       n_test_per_class=100):
-    """{list name: [file names]}: the five lists of the Covid layout, from label-file records."""
-    split = split_covidx(train_records, mixed_fraction, seed)
+                       n_test_per_class=100, leave_out=0):
+    """{list name: [file names]}: the five lists of the Covid layout, from label-file records
+    (plus 'left_out': the training images in none of them, see split_covidx)."""
+    split = split_covidx(train_records, mixed_fraction, seed, leave_out)
     split.update(select_test(test_records, n_test_per_class, seed))
     names = lambda recs, pos: [r.filename for r in recs if is_positive(r.label) == pos]  # noqa: E731
     return OrderedDict([('train_neg', names(split['healthy'], False)),
                         ('train_pos', names(split['mixed'], True)),
                         ('train_neg_mixed', names(split['mixed'], False)),
                         ('test_neg', names(split['test_normal'], False)),
-                        ('test_pos', names(split['test_anomalous'], True))])
+                        ('test_pos', names(split['test_anomalous'], True)),
+                        ('left_out', [r.filename for r in split['left_out']])])
 
 
 def list_counts(lists):
@@ -210,7 +241,7 @@ def parse_counts(text):
         counts = ()
     if len(counts) != 4:
         raise DataError(f'--expect_counts {text!r}: give four numbers, healthy,mixed,'
-                        f'test_negative,test_positive (e.g. 9897,5567,100,100)')
+                        f'test_negative,test_positive (e.g. 10031,5233,100,100)')
     return counts
 
 
@@ -248,7 +279,8 @@ def build_lists(args):
     """--lists_out: write the Covid layout's five lists from the label files. Returns 0."""
     lists = lists_from_records(parse_label_file(args.train_labels),
                                parse_label_file(args.test_labels), args.mixed_fraction,
-                               args.seed, args.n_test_per_class)
+                               args.seed, args.n_test_per_class, args.train_leave_out)
+    left_out = lists.pop('left_out')
     counts = list_counts(lists)
     source = f'{args.train_labels} + {args.test_labels}'
     if args.expect_counts:
@@ -256,11 +288,14 @@ def build_lists(args):
     info = OrderedDict([('source', 'labels'), ('train_labels', os.path.basename(args.train_labels)),
                         ('test_labels', os.path.basename(args.test_labels)),
                         ('mixed_fraction', args.mixed_fraction), ('seed', args.seed),
-                        ('n_test_per_class', args.n_test_per_class)])
+                        ('n_test_per_class', args.n_test_per_class),
+                        ('train_leave_out', args.train_leave_out), ('left_out', left_out)])
     write_lists(lists, args.lists_out, info)
+    left = (f'; {args.train_leave_out} + {args.train_leave_out} training images left out'
+            if args.train_leave_out else '')
     print(f'{args.lists_out}: no split lists there, built them from {source} with '
           f'tools/prepare_covidx.py: healthy {counts[0]}, mixed {counts[1]} '
-          f'({len(lists["train_pos"])} COVID-positive), test {counts[2]} + {counts[3]}')
+          f'({len(lists["train_pos"])} COVID-positive), test {counts[2]} + {counts[3]}{left}')
     return 0
 
 
@@ -392,6 +427,10 @@ def build_parser():
                         'healthy, mixed, test-negative and test-positive counts')
     p.add_argument('--mixed_fraction', type=float, default=0.3,
                    help='COVID-positive fraction of the mixed set (default 0.3)')
+    p.add_argument('--train_leave_out', type=int, default=0, metavar='N',
+                   help='leave whole patients holding N COVID-positive and N COVID-negative '
+                        'training images out of both training sets (the COVIDx scripts: 100, '
+                        "the original's counts from COVIDx 7B; default 0)")
     add_common_arguments(p)
     return p
 
@@ -428,12 +467,13 @@ def main(argv=None):
             plan = plan_from_records(parse_label_file(args.train_labels),
                                      parse_label_file(args.test_labels),
                                      args.train_dir, args.test_dir, args.mixed_fraction,
-                                     args.seed, args.n_test_per_class)
+                                     args.seed, args.n_test_per_class, args.train_leave_out)
             info = OrderedDict([('source', 'labels'),
                                 ('train_labels', os.path.abspath(args.train_labels)),
                                 ('test_labels', os.path.abspath(args.test_labels)),
                                 ('mixed_fraction', args.mixed_fraction),
-                                ('n_test_per_class', args.n_test_per_class)])
+                                ('n_test_per_class', args.n_test_per_class),
+                                ('train_leave_out', args.train_leave_out)])
         info['seed'] = args.seed
         info['train_dir'] = os.path.abspath(args.train_dir)
         info['test_dir'] = os.path.abspath(args.test_dir)
