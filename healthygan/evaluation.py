@@ -12,13 +12,13 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-import data_loader
-import metrics
-import report
-from healthygan import runfiles
+from healthygan import metrics, report, runfiles
+from healthygan.data.cache import mean_image, same_content
+from healthygan.data.loaders import folder_loader, get_loader
+from healthygan.data.splits import find_mask, list_images, load_mask, resolve_split
 from healthygan.checkpoints import load_checked, resolve_iters, save_atomic
 from healthygan.distributed import is_main
-from healthygan.errors import ConfigError
+from healthygan.errors import ConfigError, DataError
 from healthygan.fast import generate_amp
 from healthygan.selection import ensemble_members
 from healthygan.training import denorm, translation_grid
@@ -66,8 +66,8 @@ class Evaluation:
         """metrics.lung_prior of the mean healthy training image ([1, 1, H, W], CPU)."""
         try:
             split = self.split if self.split and self.split.get('healthy') else \
-                data_loader.resolve_split(self.config, 'train')
-        except data_loader.DataError as e:
+                resolve_split(self.config, 'train')
+        except DataError as e:
             if not required:
                 raise
             raise ConfigError(f'--score_variant lung needs the lung prior: '
@@ -75,7 +75,7 @@ class Evaluation:
                               f'images cannot be read ({e}); choose another --score_variant') \
                 from None
         # read from the training set's cache (training builds it; no second decode)
-        mean = data_loader.mean_image(split['healthy'], self.config,
+        mean = mean_image(split['healthy'], self.config,
                                       among=split['mixed'] + split['healthy'])
         return metrics.lung_prior(mean)
 
@@ -149,7 +149,7 @@ class Evaluation:
         c = self.config
         iters = self.load_for_test()
         os.makedirs(c.result_dir, exist_ok=True)
-        loader = data_loader.get_loader(c, 'test', self.split, self.device)
+        loader = get_loader(c, 'test', self.split, self.device)
         for k, (x_A, x_B) in enumerate(tqdm(loader, desc='test', file=sys.stdout)):
             self.G.train()
             with torch.no_grad():
@@ -203,14 +203,14 @@ class Evaluation:
         if not where:
             return None
         if not os.path.isdir(where):
-            raise data_loader.DataError(f'--val_dir {where} does not exist; it should hold '
+            raise DataError(f'--val_dir {where} does not exist; it should hold '
                                         f'normal/ and anomalous/ (as test/ does)')
-        normal = data_loader.list_images(os.path.join(where, 'normal'))
-        anomalous = data_loader.list_images(os.path.join(where, 'anomalous'))
+        normal = list_images(os.path.join(where, 'normal'))
+        anomalous = list_images(os.path.join(where, 'anomalous'))
         # the same files by path (links resolved) or by content (a copy of the test set)
         shared = {os.path.realpath(p) for p in normal + anomalous} & \
             {os.path.realpath(p) for p in test_paths}
-        shared = sorted(shared) or [a for a, _ in data_loader.same_content(normal + anomalous,
+        shared = sorted(shared) or [a for a, _ in same_content(normal + anomalous,
                                                                          list(test_paths))]
         if shared:
             raise ConfigError(f'{len(set(shared))} validation images in {where} are also test '
@@ -222,10 +222,10 @@ class Evaluation:
     def validation_thresholds(self, val):
         """The original's threshold rule applied to the validation scores of every variant."""
         paths, labels, where = val
-        loader = data_loader.folder_loader(self.config, paths, labels)
+        loader = folder_loader(self.config, paths, labels)
         scores, _, errors = self.score_pass(loader, desc='validation')
         if errors:
-            raise data_loader.DataError(
+            raise DataError(
                 f'{len(errors)} validation images cannot be read, e.g. '
                 f'{next(iter(errors.values()))}; remove them from {where}')
         n_normal, n_anomalous = labels.count(0), labels.count(1)
@@ -318,7 +318,7 @@ class Evaluation:
         metrics.json and (--report true) pictures and report.html in result_dir."""
         c = self.config
         iters = self.start_scoring()
-        loader = data_loader.get_loader(c, 'testAUC', self.split, self.device)
+        loader = get_loader(c, 'testAUC', self.split, self.device)
         paths, labels = list(loader.dataset.paths), np.asarray(loader.dataset.labels, dtype=int)
         names = report.output_names(paths)
         gt_masks, pixel_keys = self.lesion_masks(paths, labels)
@@ -359,9 +359,9 @@ class Evaluation:
         c = self.config
         gt_masks = {}
         for k, p in enumerate(paths):
-            found = data_loader.find_mask(p, c.image_dir)
+            found = find_mask(p, c.image_dir)
             if found:
-                gt_masks[k] = data_loader.load_mask(found, p, c.image_size)
+                gt_masks[k] = load_mask(found, p, c.image_size)
         pixel_keys = set()
         if any(labels[k] == 1 for k in gt_masks):
             pixel_keys = set(gt_masks) | {k for k in range(len(paths)) if labels[k] == 0}
@@ -404,7 +404,7 @@ class Evaluation:
         paths = self.folder_paths()
         iters = self.start_scoring()
         names = report.output_names(paths, root=c.score_dir)
-        loader = data_loader.folder_loader(c, paths)
+        loader = folder_loader(c, paths)
         s = self.score_all(loader, names, desc='score')
         ok = [k for k in range(len(paths)) if k not in s.errors]
         selected = s.scores[c.score_variant]
@@ -454,13 +454,13 @@ class Evaluation:
         if not c.score_dir:
             raise ConfigError('--mode score needs --score_dir DIR, the folder of images to score')
         if not os.path.isdir(c.score_dir):
-            raise data_loader.DataError(f'--score_dir {c.score_dir} does not exist')
+            raise DataError(f'--score_dir {c.score_dir} does not exist')
         # A result_dir inside score_dir must not have its own maps and panels scored.
         results = os.path.abspath(c.result_dir) + os.sep
-        paths = [p for p in data_loader.list_images(c.score_dir)
+        paths = [p for p in list_images(c.score_dir)
                  if not os.path.abspath(p).startswith(results)]
         if not paths:
-            raise data_loader.DataError(f'no images in --score_dir {c.score_dir} outside '
+            raise DataError(f'no images in --score_dir {c.score_dir} outside '
                                         f'--result_dir {c.result_dir}')
         return paths
 

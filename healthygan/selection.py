@@ -8,9 +8,9 @@ import types
 import torch
 from tqdm import tqdm
 
-import data_loader
-import metrics
-from healthygan import runfiles
+from healthygan import metrics, runfiles
+from healthygan.data.loaders import get_loader
+from healthygan.data.splits import read_truth_labels, resolve_split
 from healthygan.errors import CheckpointError
 from healthygan.runfiles import available_iters
 from healthygan.losses import generate
@@ -108,12 +108,12 @@ class AUCpLogging:
         """The held-out images as CPU tensors (healthy, mixed) and, with --holdout_labels, the
         mixed ones' true labels; None when none are held out."""
         c = self.config
-        split = self.split or data_loader.resolve_split(c, 'train')
+        split = self.split or resolve_split(c, 'train')
         if not split.get('holdout_healthy') or not split.get('holdout_mixed'):
             print('AUCp: no held-out images (--holdout_fraction 0 or sets too small): '
                   'checkpoints are not scored')
             return None
-        loader = data_loader.get_loader(c, 'holdout', split)
+        loader = get_loader(c, 'holdout', split)
         x, labels = [], []
         for batch, label, _ in loader:
             x.append(batch.cpu())
@@ -124,7 +124,7 @@ class AUCpLogging:
               f'out of training')
         if c.holdout_labels:
             mixed = [p for p, lab in zip(loader.dataset.paths, loader.dataset.labels) if lab == 1]
-            holdout.truth = data_loader.read_truth_labels(
+            holdout.truth = read_truth_labels(
                 c.holdout_labels, mixed, os.path.join(c.image_dir, 'mixed'))
             if sum(holdout.truth) == 0:  # one class only: no AUROC can be computed
                 runfiles.warn(f'--holdout_labels {c.holdout_labels}: the {len(holdout.mixed)} '

@@ -14,8 +14,9 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-import data_loader
 from healthygan import runfiles
+from healthygan.data.loaders import get_loader
+from healthygan.data.splits import resolve_split
 from healthygan.checkpoints import last_good, resolve_iters, run_metadata
 from healthygan.data.overlap import check_training_overlap
 from healthygan.distributed import (all_reduce_mean, any_rank, average_gradients, broadcast_params,
@@ -27,7 +28,7 @@ from healthygan.losses import (d_loss_fake_fn, d_loss_real_fn, g_adv_loss, gener
                                mask_loss, nonfinite_terms, penalty_of_gradient,
                                reconstruction_loss)
 from healthygan.selection import AUCP_LOG
-from model import count_parameters
+from healthygan.networks import count_parameters
 
 
 class StopFlag:
@@ -238,7 +239,7 @@ class Training:
         for d in (c.model_save_dir, c.sample_dir, c.log_dir):
             os.makedirs(d, exist_ok=True)
         run = types.SimpleNamespace(main_rank=is_main(), loss={}, pairs_done=0, start_iters=0)
-        run.loader = data_loader.get_loader(c, 'train', self.split, self.device)
+        run.loader = get_loader(c, 'train', self.split, self.device)
         run.sampler = run.loader.sampler
         n_pairs = len(run.loader.dataset)
         if n_pairs < c.batch_size:  # the batch would silently be cut to the data
@@ -254,7 +255,7 @@ class Training:
         self.run_id = runfiles.new_run_id()  # a resume takes the run's own (load_training_state)
         if run.main_rank:  # training on test images, or one image in both sets: said, not silent
             lines, self.data_overlap = check_training_overlap(
-                c, self.split or data_loader.resolve_split(c, 'train'))
+                c, self.split or resolve_split(c, 'train'))
             for line in lines:
                 runfiles.warn(line)
         if c.resume_iters is not None:
@@ -287,9 +288,9 @@ class Training:
         """TensorBoard, stats.jsonl and the run record (run_config[-resume<N>].json)."""
         c = self.config
         if c.use_tensorboard and run.main_rank:
-            from logger import Logger
+            from healthygan.logs import Logger
             self.logger = Logger(c.log_dir)
-        from logger import JsonlLogger
+        from healthygan.logs import JsonlLogger
         run.stats = JsonlLogger(os.path.join(c.log_dir, 'stats.jsonl'))
         if run.main_rank:  # a torn last line (a kill, a full disk) is cut before appending
             runfiles.repair_jsonl(run.stats.path)

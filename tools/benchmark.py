@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import main as cli  # noqa: E402
+from healthygan import cli  # noqa: E402
 from healthygan import errors, fast, limits, losses  # noqa: E402
 from healthygan.training import mask_stats  # noqa: E402
 from solver import Solver  # noqa: E402
