@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from healthygan import limits, runfiles
-from healthygan.checkpoints import resumed_seed
 from healthygan.data.splits import resolve_split
 from healthygan.distributed import broadcast_object, init_distributed, is_main
 from healthygan.errors import ConfigError, DataError
-from healthygan.fast import add_speed_flags, resolve_device
+from healthygan.selection import resolve_iters
+from healthygan.device import resolve_device
+from healthygan.fast import add_speed_flags
 from healthygan.flags import (DefaultsFormatter, iters_or_latest, positive_int,  # noqa: F401
                               str2bool)
 from healthygan.solver import Solver
@@ -301,6 +302,21 @@ def fail(message):
     """A problem the user must fix: one line on stderr, exit status 2, no traceback."""
     print(f'error: {message}', file=sys.stderr)
     raise SystemExit(2)
+
+
+def resumed_seed(config):
+    """--resume_iters without --seed: the seed of the run being resumed (its data order and
+    flips follow it), or None when no record holds one."""
+    iters = resolve_iters(config.resume_iters, config.model_save_dir, '--resume_iters')
+    path = os.path.join(config.model_save_dir, f'{iters}-state.pt')
+    saved = None
+    if os.path.exists(path):
+        state = runfiles.load_weights_only(path, 'training state')
+        saved = ((state.get('metadata') or {}).get('config') or {}) if isinstance(state, dict) \
+            else {}
+    if not saved:
+        saved = runfiles.saved_run_config(config.model_save_dir, iters)[0] or {}
+    return saved.get('seed')
 
 
 def parse(argv):

@@ -1,4 +1,4 @@
-"""The device, and the opt-in fast paths of the training step (added), each a flag.
+"""The opt-in fast paths of the training step (added), each a flag.
 
 The original runs an eager fp32 step. Each fast path is off unless asked for (then the step
 computes the original's losses, bit for bit); --fast true turns on those measured to help on the
@@ -14,21 +14,6 @@ import torch
 from healthygan.errors import ConfigError
 from healthygan.flags import str2bool
 from healthygan.losses import blend, mask_from_logit
-
-
-def resolve_device(name):
-    """'auto' picks cuda, then mps, then cpu; an unavailable device is a clear error."""
-    mps = getattr(torch.backends, 'mps', None)
-    mps_ok = mps is not None and mps.is_available()
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'mps' if mps_ok else 'cpu')
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise ConfigError('--device cuda was asked for but CUDA is not available '
-                           '(use --device cpu or auto)')
-    if name == 'mps' and not mps_ok:
-        raise ConfigError('--device mps was asked for but MPS is not available '
-                           '(use --device cpu or auto)')
-    return torch.device(name)
 
 
 SPEED_FLAGS = ('amp', 'channels_last', 'compile', 'adam_impl', 'reuse_fake', 'merge_critic',

@@ -48,7 +48,7 @@ from data_loader import DataError  # noqa: E402
 from model import Generator, count_parameters  # noqa: E402
 from healthygan.checkpoints import load_state_dict_checked, save_atomic  # noqa: E402
 from healthygan.errors import ConfigError  # noqa: E402
-from healthygan.fast import resolve_device  # noqa: E402
+from healthygan.device import resolve_device  # noqa: E402
 from tools.explain import print_explain, read_score_tables, run_explain  # noqa: E402
 # The analysis's parts, as tests and scripts reach them through this module.
 from tools.explain import crossfit_residuals, explain_score, stratified_auroc  # noqa: E402,F401
