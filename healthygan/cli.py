@@ -58,15 +58,23 @@ SHARED_FLAGS = {
              'among the mixed images, so that the validation set holds its share of '
              'diseased images and training keeps the folder\'s mixture; the labels '
              'choose which images are held out, no label reaches training (added)'),
+    '--beta1': dict(
+        type=float, default=0.5, help='beta1 for Adam optimizer'),
+    '--beta2': dict(
+        type=float, default=0.999, help='beta2 for Adam optimizer'),
     '--device': dict(
         type=str, default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
         help='auto picks cuda, then mps, then cpu (added)'),
 }
 
 
-def add_shared_flag(group, name):
-    """Add one of SHARED_FLAGS to an argument group."""
-    group.add_argument(name, **SHARED_FLAGS[name])
+def add_shared_flag(group, name, help=None):
+    """Add one of SHARED_FLAGS to an argument group; a tool may say in help what it means there
+    (the type, choices and default stay main.py's)."""
+    spec = dict(SHARED_FLAGS[name])
+    if help is not None:
+        spec['help'] = help
+    group.add_argument(name, **spec)
 
 
 def build_parser():
@@ -121,8 +129,8 @@ def add_training_flags(p):
     g.add_argument('--d_lr', type=float, default=0.0001, help='learning rate for D')
     g.add_argument('--n_critic', type=positive_int, default=2,
                    help='number of D updates per each G update')
-    g.add_argument('--beta1', type=float, default=0.5, help='beta1 for Adam optimizer')
-    g.add_argument('--beta2', type=float, default=0.999, help='beta2 for Adam optimizer')
+    add_shared_flag(g, '--beta1')
+    add_shared_flag(g, '--beta2')
     g.add_argument('--resume_iters', type=iters_or_latest, default=None,
                    help="resume training from this step ('latest' for the newest checkpoint)")
 

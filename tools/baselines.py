@@ -104,8 +104,8 @@ def build_parser():
     g.add_argument('--ae_batch_size', type=cli.positive_int, default=16)
     g.add_argument('--ae_lr', type=float, default=0.0001,
                    help='Adam learning rate (betas --beta1, --beta2), as --g_lr of main.py')
-    g.add_argument('--beta1', type=float, default=0.5)
-    g.add_argument('--beta2', type=float, default=0.999)
+    cli.add_shared_flag(g, '--beta1')
+    cli.add_shared_flag(g, '--beta2')
     g.add_argument('--ae_flip', type=cli.str2bool, default=True,
                    help='random horizontal flips, drawn per item as in HealthyGAN training')
     g.add_argument('--ae_checkpoint', type=str, default=None,
@@ -142,10 +142,17 @@ def build_parser():
                         'bootstrap')
     g.add_argument('--bootstrap', type=non_negative_int, default=1000,
                    help='bootstrap resamples of the test set for the AUROC CI (0: no CI)')
-    cli.add_shared_flag(g, '--holdout_fraction')
-    cli.add_shared_flag(g, '--holdout_stratify')
-    cli.add_shared_flag(g, '--holdout_labels')
-    cli.add_shared_flag(g, '--device')
+    cli.add_shared_flag(g, '--holdout_fraction',
+                        help="leave out of the fit the images main.py's --holdout_fraction holds "
+                             "out of training (0: fit on the whole set)")
+    cli.add_shared_flag(g, '--holdout_stratify',
+                        help="as main.py's: hold out that fraction of each label of "
+                             '--holdout_labels among the mixed images')
+    cli.add_shared_flag(g, '--holdout_labels',
+                        help="the mixed images' true labels (mixed_truth.csv), for "
+                             '--holdout_stratify')
+    cli.add_shared_flag(g, '--device',
+                        help='for the autoencoder; auto picks cuda, then mps, then cpu')
     return p
 
 
