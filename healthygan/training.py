@@ -172,7 +172,8 @@ class Trainer:
         if run.main_rank:  # the 'lung' score's region, saved so that testing needs no training image
             self.lung.save()
         run.holdout = self.aucp.load_holdout() if run.main_rank else None  # only rank 0 scores it
-        print(f'G: {count_parameters(self.nets.G):,} parameters; D: {count_parameters(self.nets.D):,}; '
+        G, D = self.nets.G, self.nets.D
+        print(f'G: {count_parameters(G):,} parameters; D: {count_parameters(D):,}; '
               f'{n_pairs} pairs an epoch; device {self.device}')
         if dist.is_initialized():
             print(f'{world_size()} processes ({dist.get_backend()}), --batch_size {c.batch_size} '
