@@ -1,85 +1,9 @@
 """Solver: builds G and D and drives them: train (WGAN-GP with the identity, reconstruction and
 mask terms), test (translation grids) and testAUC (anomaly scores and AUROC).
 
-The class reads as the original's: the networks and optimizers are built here; the training
-loop is in healthygan/training.py, the checkpoint files in healthygan/checkpoints.py, the
-label-free checkpoint score in healthygan/selection.py and testing in healthygan/evaluation.py.
+The class lives in healthygan/solver.py, so that the ``healthygan`` command finds it inside the
+package; this file keeps the original's ``from solver import Solver``.
 """
-import torch
+from healthygan.solver import Solver
 
-from healthygan.checkpoints import Checkpointing
-from healthygan.errors import ConfigError
-from healthygan.evaluation import Evaluation
-from healthygan.fast import (apply_backend_switches, keep_adam_impl, match_state_layout,
-                             maybe_compile, resolve_device, resolve_speed)
-from healthygan.fast_critic import FastCritic
-from healthygan.selection import AUCpLogging
-from healthygan.training import Training
-from model import Generator
-
-
-class Solver(Training, Checkpointing, AUCpLogging, Evaluation):
-    """Solver for training and testing HealthyGAN; keeps the parsed flags as one config."""
-
-    def __init__(self, config, split=None):
-        self.config = config
-        self.device = resolve_device(config.device)
-        self.split = split  # the image sets of the mode (data_loader.resolve_split)
-        self.build_model()
-        self.logger = None
-        self.ensemble_states, self.ensemble_iters = [], []  # --ensemble, set by load_for_test
-
-    def build_model(self):
-        """Create G, D and their Adam optimizers, with the fast paths the flags ask for."""
-        c = self.config
-        s = self.speed = resolve_speed(c, self.device)
-        for name, value in s.items():  # run_config.json then records what actually ran
-            setattr(c, name, value)
-        apply_backend_switches(s, c.deterministic)
-        self.G = Generator(c.g_conv_dim, 0, c.g_repeat_num).to(self.device)
-        # The paper's PatchGAN critic; FastCritic only adds the opt-in fast paths' passes.
-        self.D = FastCritic(c.image_size, c.d_conv_dim, 0, c.d_repeat_num).to(self.device)
-        if s['channels_last']:
-            self.G.to(memory_format=torch.channels_last)
-            self.D.to(memory_format=torch.channels_last)
-        self.D.matmul_side = FastCritic.MATMUL_SIDE if s['critic_matmul'] else 0
-        adam = {'default': {}, 'foreach': {'foreach': True}, 'fused': {'fused': True}}
-        try:
-            self.g_optimizer = torch.optim.Adam(self.G.parameters(), c.g_lr, (c.beta1, c.beta2),
-                                                **adam[s['adam_impl']])
-            self.d_optimizer = torch.optim.Adam(self.D.parameters(), c.d_lr, (c.beta1, c.beta2),
-                                                **adam[s['adam_impl']])
-        except (RuntimeError, ValueError) as e:
-            raise ConfigError(f'--adam_impl {s["adam_impl"]} is not available on '
-                              f'{self.device.type}: {e}; use --adam_impl default') from None
-        for optimizer in (self.g_optimizer, self.d_optimizer):
-            keep_adam_impl(optimizer)
-            match_state_layout(optimizer)
-        self.amp_dtype = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[s['amp']]
-        # fp16 needs loss scaling; disabled (bf16, fp32) the scaler passes everything through.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=s['amp'] == 'fp16')
-        # Compiled modules share G's and D's parameters; self.G / self.D stay the plain modules
-        # (checkpoints, grids, the gradient penalty's double backward, which compiled graphs
-        # do not support).
-        self.G_run, self.D_run = self.G, self.D
-        if s['compile']:
-            # On the CPU the compiled critic's LeakyReLU runs in place: its backward then reads
-            # the sign of the output, which the next layer keeps anyway, instead of a bool mask
-            # of the input, which inductor's CPU code writes slowly. For a positive slope the
-            # signs are the same, so the gradients are too, bit for bit (tests/test_fast.py).
-            # Not on GPUs, where the compiled step that was timed stays as it was.
-            self.D.set_inplace_activations(self.device.type == 'cpu')
-            self.G_run = maybe_compile(self.G, 'G', self.device)
-            self.D_run = maybe_compile(self.D, 'D', self.device)
-        self.kept_fake = None  # --reuse_fake: the critic step's translation, for the G step
-
-    def to_layout(self, x):
-        """x in the memory format the networks use (channels-last under --channels_last)."""
-        return x.contiguous(memory_format=torch.channels_last) if self.speed['channels_last'] \
-            else x
-
-    def set_lr(self, g_lr, d_lr):
-        for group in self.g_optimizer.param_groups:
-            group['lr'] = g_lr
-        for group in self.d_optimizer.param_groups:
-            group['lr'] = d_lr
+__all__ = ['Solver']

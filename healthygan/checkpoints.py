@@ -1,5 +1,5 @@
-"""Checkpoint files: the original's bare G/D state dicts, the training state beside them, and
-which iteration a flag names."""
+"""Checkpoint files: the original's bare G/D state dicts and the training state beside them
+(which iteration a flag names is selection.resolve_iters)."""
 import datetime
 import os
 import platform
@@ -12,7 +12,6 @@ from healthygan import runfiles
 from healthygan.distributed import average_buffers, barrier, is_main, world_size
 from healthygan.errors import CheckpointError, ConfigError
 from healthygan.runfiles import available_iters
-from healthygan.selection import BEST, best_aucp_iters
 
 
 def save_atomic(obj, path):
@@ -25,34 +24,6 @@ def save_atomic(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
-
-def resolve_iters(value, model_save_dir, flag, variant='mean'):
-    """An iteration number, 'latest' (the newest complete checkpoint set in model_save_dir),
-    'best_aucp' or 'best_val' (the checkpoint with the highest AUCp or validation AUROC)."""
-    found = available_iters(model_save_dir)
-    if value in BEST.values():
-        if flag == '--resume_iters':
-            raise ConfigError(f'--resume_iters {value}: resume from a number or latest')
-        key = next(k for k, name in BEST.items() if name == value)
-        return best_aucp_iters(model_save_dir, flag, variant, key)
-    if value == 'latest':
-        # the newest complete set (G with its D); a G left alone by a cut-short save is skipped
-        complete = runfiles.complete_iters(model_save_dir)
-        newer = [i for i in runfiles.incomplete_iters(model_save_dir)
-                 if not complete or i > complete[-1]]
-        if newer:
-            runfiles.warn(f'{flag} latest: skipping the incomplete checkpoint set(s) '
-                          f'{", ".join(map(str, newer))} in {model_save_dir} (no -D.ckpt)')
-        if not complete:
-            raise CheckpointError(f'{flag} latest: no complete checkpoint set (<N>-G.ckpt with '
-                                  f'<N>-D.ckpt) in {model_save_dir}')
-        return complete[-1]
-    if int(value) not in found:
-        listing = ', '.join(map(str, found)) if found else 'none'
-        raise CheckpointError(f'{flag} {value}: {os.path.join(model_save_dir, f"{value}-G.ckpt")} '
-                              f'does not exist. Checkpoints in {model_save_dir}: {listing}')
-    return int(value)
 
 
 def last_good(last_saved, model_save_dir):
@@ -134,20 +105,30 @@ def run_metadata(config):
     }
 
 
-class Checkpointing:
-    """The Solver's checkpoint files: G and D in the original's format, and the training state
-    (optimizers, RNG, data position) that makes a resume exact."""
+class CheckpointStore:
+    """A run's checkpoint files (--model_save_dir): G and D of the networks (build.Networks) in
+    the original's format, and the training state (optimizers, RNG, data position) that makes a
+    resume exact. A resume's checks leave here the run id and the changes they accepted."""
+
+    def __init__(self, config, nets):
+        self.config, self.nets = config, nets
+        self.start_run()
+
+    def start_run(self):
+        """A new run's id and no accepted changes; a resume (load_training_state) replaces them."""
+        self.run_id = runfiles.new_run_id()
+        self.accepted_changes, self.speed_changes = {}, {}  # {flag: [saved, now]}
 
     def restore_model(self, iters, load_D=True):
         """Load <iters>-G.ckpt (and -D.ckpt when asked and present) from model_save_dir."""
         d = self.config.model_save_dir
         print(f'Loading the trained models from step {iters}...')
-        load_state_dict_checked(self.G, os.path.join(d, f'{iters}-G.ckpt'), 'Generator')
+        load_state_dict_checked(self.nets.G, os.path.join(d, f'{iters}-G.ckpt'), 'Generator')
         D_path = os.path.join(d, f'{iters}-D.ckpt')
         if load_D and os.path.exists(D_path):
-            load_state_dict_checked(self.D, D_path, 'Discriminator')
+            load_state_dict_checked(self.nets.D, D_path, 'Discriminator')
 
-    def training_state(self, iters, sampler, pairs_done):
+    def training_state(self, iters, sampler, pairs_done, metadata):
         """<iters>-state.pt: both optimizers, RNG states and the data position, for exact resume.
 
         Written beside the original-format <iters>-G/D.ckpt (which it does not replace); the
@@ -155,16 +136,16 @@ class Checkpointing:
         """
         return {
             'iteration': iters,
-            'g_optimizer': self.g_optimizer.state_dict(),
-            'd_optimizer': self.d_optimizer.state_dict(),
-            'scaler': self.scaler.state_dict(),  # --amp fp16's loss scale ({} otherwise)
+            'g_optimizer': self.nets.g_optimizer.state_dict(),
+            'd_optimizer': self.nets.d_optimizer.state_dict(),
+            'scaler': self.nets.scaler.state_dict(),  # --amp fp16's loss scale ({} otherwise)
             'rng_torch': torch.get_rng_state(),
             'rng_cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             # Position in the epoch's order in pairs of the global batch (every rank's batch
             # together): another number of ranks resumes at the same pair.
             'data_epoch': sampler.epoch, 'data_pairs_done': pairs_done,
             'world_size': world_size(),
-            'metadata': self.metadata,
+            'metadata': metadata,
         }
 
     def prune_states(self):
@@ -206,17 +187,17 @@ class Checkpointing:
                 f'runs. Remove it, or resume from a set this run saved')
         self.check_resume_config(meta, path)
         self.run_id = meta.get('run_id') or folder_id or runfiles.new_run_id()
-        for opt, model, name in ((state['g_optimizer'], self.G, 'G'),
-                                 (state['d_optimizer'], self.D, 'D')):
+        for opt, model, name in ((state['g_optimizer'], self.nets.G, 'G'),
+                                 (state['d_optimizer'], self.nets.D, 'D')):
             unfit = runfiles.check_optimizer_fits(opt, model, name)
             if unfit:
                 raise CheckpointError(f'{path} does not fit the networks built from the flags '
                                       f'({unfit}): it was written by another architecture')
         try:
-            self.g_optimizer.load_state_dict(state['g_optimizer'])
-            self.d_optimizer.load_state_dict(state['d_optimizer'])
+            self.nets.g_optimizer.load_state_dict(state['g_optimizer'])
+            self.nets.d_optimizer.load_state_dict(state['d_optimizer'])
             if state.get('scaler'):
-                self.scaler.load_state_dict(state['scaler'])
+                self.nets.scaler.load_state_dict(state['scaler'])
         except Exception as e:
             raise CheckpointError(f'cannot use training state {path}: {e}') from None
         torch.set_rng_state(state['rng_torch'])
@@ -248,28 +229,14 @@ class Checkpointing:
                 + f' (saved in {path}): the floating-point rounding changes, so the resumed run '
                 f'is not bit for bit the run it continues; recorded in its run config')
 
-    def save_checkpoint(self, iters, sampler, pairs_done):
-        """G/D in the original format and the training state, written as one set (rank 0
-        only; every rank calls): runfiles.save_checkpoint_set."""
-        average_buffers(self.G)  # several ranks: the global batch's running statistics
+    def save_checkpoint(self, iters, sampler, pairs_done, metadata):
+        """G/D in the original format and the training state with the run's record (metadata),
+        written as one set (rank 0 only; every rank calls): runfiles.save_checkpoint_set."""
+        G, D = self.nets.G, self.nets.D
+        average_buffers(G)  # several ranks: the global batch's running statistics
         if is_main():
-            files = {f'{iters}-G.ckpt': self.G.state_dict(), f'{iters}-D.ckpt': self.D.state_dict()}
-            files[f'{iters}-state.pt'] = self.training_state(iters, sampler, pairs_done)
+            files = {f'{iters}-G.ckpt': G.state_dict(), f'{iters}-D.ckpt': D.state_dict()}
+            files[f'{iters}-state.pt'] = self.training_state(iters, sampler, pairs_done, metadata)
             runfiles.save_checkpoint_set(files, self.config.model_save_dir, iters)
             self.prune_states()
         barrier()
-
-
-def resumed_seed(config):
-    """--resume_iters without --seed: the seed of the run being resumed (its data order and
-    flips follow it), or None when no record holds one."""
-    iters = resolve_iters(config.resume_iters, config.model_save_dir, '--resume_iters')
-    path = os.path.join(config.model_save_dir, f'{iters}-state.pt')
-    saved = None
-    if os.path.exists(path):
-        state = runfiles.load_weights_only(path, 'training state')
-        saved = ((state.get('metadata') or {}).get('config') or {}) if isinstance(state, dict) \
-            else {}
-    if not saved:
-        saved = runfiles.saved_run_config(config.model_save_dir, iters)[0] or {}
-    return saved.get('seed')

@@ -11,7 +11,7 @@ import os
 import torch
 
 from healthygan.errors import ConfigError
-from healthygan.fast import resolve_device
+from healthygan.device import resolve_device
 
 dist = torch.distributed
 

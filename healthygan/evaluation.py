@@ -1,7 +1,7 @@
-"""Testing (the original's test and testAUC modes) and scoring unlabelled folders (added): one
-scoring path, the lung prior, thresholds, metrics and the files they write."""
+"""Testing (the original's test and testAUC modes) and scoring unlabelled folders (added):
+thresholds, metrics and the files they write; the scores come from scoring.py, the pictures
+from reporting.py."""
 import csv
-import datetime
 import json
 import os
 import sys
@@ -12,95 +12,26 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-import data_loader
-import metrics
-import report
-from healthygan import runfiles
-from healthygan.checkpoints import load_checked, resolve_iters, save_atomic
-from healthygan.distributed import is_main
-from healthygan.errors import ConfigError
-from healthygan.fast import generate_amp
-from healthygan.selection import ensemble_members
-from healthygan.training import denorm, translation_grid
-
-LUNG_PRIOR_FILE = 'lung_prior.pt'  # beside the checkpoints: the 'lung' score's region
+from healthygan import metrics, report, runfiles
+from healthygan.data.cache import same_content
+from healthygan.data.loaders import folder_loader, get_loader
+from healthygan.data.splits import find_mask, list_images, load_mask
+from healthygan.errors import ConfigError, DataError
+from healthygan.images import denorm, translation_grid
+from healthygan.reporting import ReportWriter
+from healthygan.selection import ensemble_members, resolve_iters
 
 
-class Evaluation:
-    """The Solver's test modes: translation grids, anomaly scores, AUROC and reports."""
+class Evaluator:
+    """The test modes: translation grids (test), anomaly scores, AUROC and reports (testAUC) and
+    the scores of an unlabelled folder (score), of the checkpoint --test_iters names, loaded
+    into the networks by the checkpoint store and scored by the scorer (scoring.Scorer)."""
 
-    def lung_region(self):
-        """The 'lung' score's region, or None (then self.lung_note says why it is left out).
-
-        Training computes it (metrics.lung_prior of the mean healthy training image) and saves
-        it beside the checkpoints; testing reads it from there, so that, as in the original,
-        testing needs no training image. Only where --score_variant lung asks for it and no
-        saved prior exists is it computed from the training images, when they are at hand.
-        """
-        if not hasattr(self, '_lung_region'):
-            self.lung_note = None
-            prior = self.read_lung_prior()
-            if prior is None and self.config.score_variant == 'lung':
-                prior = self.compute_lung_prior(required=True)
-            self._lung_region = None if prior is None else prior.to(self.device)
-        return self._lung_region
-
-    def lung_prior_path(self):
-        return os.path.join(self.config.model_save_dir, LUNG_PRIOR_FILE)
-
-    def read_lung_prior(self):
-        """The prior saved with the run at this --image_size, else None and a note."""
-        path = self.lung_prior_path()
-        if not os.path.exists(path):
-            self.lung_note = (f'left out: {path} not found (training saves it; runs trained '
-                              f'elsewhere, e.g. the released checkpoint, have none)')
-            return None
-        saved = load_checked(path, 'lung prior')
-        if saved.get('image_size') != self.config.image_size:
-            self.lung_note = (f'left out: {path} was made at {saved.get("image_size")} px, '
-                              f'testing is at --image_size {self.config.image_size}')
-            return None
-        return saved['prior'].float()[None, None]
-
-    def compute_lung_prior(self, required=False):
-        """metrics.lung_prior of the mean healthy training image ([1, 1, H, W], CPU)."""
-        try:
-            split = self.split if self.split and self.split.get('healthy') else \
-                data_loader.resolve_split(self.config, 'train')
-        except data_loader.DataError as e:
-            if not required:
-                raise
-            raise ConfigError(f'--score_variant lung needs the lung prior: '
-                              f'{self.lung_prior_path()} is missing and the healthy training '
-                              f'images cannot be read ({e}); choose another --score_variant') \
-                from None
-        # read from the training set's cache (training builds it; no second decode)
-        mean = data_loader.mean_image(split['healthy'], self.config,
-                                      among=split['mixed'] + split['healthy'])
-        return metrics.lung_prior(mean)
-
-    def save_lung_prior(self):
-        """Compute the lung prior from this run's healthy training images and save it with
-        the run (rank 0 writes; every rank keeps it for scoring)."""
-        prior = self.compute_lung_prior()
-        if is_main():
-            save_atomic({'prior': prior[0, 0].bool(), 'image_size': self.config.image_size},
-                        self.lung_prior_path())
-        self._lung_region, self.lung_note = prior.to(self.device), None
-
-    def translate(self, x):
-        """x_hat, x_raw, mask for a test batch.
-
-        Faithful to the original, G stays in training mode: InstanceNorm normalises every image
-        with its own statistics and the running statistics stored in the checkpoint are never
-        used (calling eval() would change the released model's scores). Runs under
-        inference_mode (the original: no_grad; same values) with the --amp / --channels_last /
-        --compile fast paths the flags ask for.
-        """
-        self.G.train()
-        with torch.inference_mode():
-            x_hat, x_raw, mask, _ = generate_amp(self.G_run, self.to_layout(x), self.amp_dtype)
-        return x_hat, x_raw, mask
+    def __init__(self, config, split, device, nets, scorer, store, lung):
+        self.config, self.split, self.device = config, split, device
+        self.nets, self.scorer, self.store, self.lung = nets, scorer, store, lung
+        self.reports = ReportWriter(config, scorer, device)
+        self.ensemble_iters = []  # --ensemble: the members' iterations, set by load_for_test
 
     def load_for_test(self):
         """Resolve --test_iters and load G (D is not needed to test); with --ensemble N keep the
@@ -116,44 +47,27 @@ class Evaluation:
                           f'{c.model_save_dir}): its scores at another size are not the trained '
                           f'model\'s; pass --image_size {trained["image_size"]}')
         members = ensemble_members(c.model_save_dir, iters, c.ensemble)
-        self.ensemble_states = []
+        self.scorer.states = []
         for member in members:  # the tested checkpoint last, so that it stays loaded
-            self.restore_model(member, load_D=False)
+            self.store.restore_model(member, load_D=False)
             if len(members) > 1:
-                self.ensemble_states.append({k: v.clone() for k, v in self.G.state_dict().items()})
+                G = self.nets.G.state_dict()
+                self.scorer.states.append({k: v.clone() for k, v in G.items()})
         self.ensemble_iters = members
         if len(members) > 1:
             print(f'Snapshot ensemble of {len(members)} checkpoints: {members}')
         return iters
-
-    def translate_scored(self, x, region=None):
-        """(x_hat, mask, anomaly map [N,1,H,W], {variant: score [N]}) for a test batch.
-
-        With a snapshot ensemble (--ensemble N > 1) the map and every score are the means over
-        the N checkpoints' translations; x_hat and mask are the tested (last) checkpoint's.
-        """
-        states = self.ensemble_states or [None]
-        amap, variants = 0, {}
-        for state in states:
-            if state is not None:
-                self.G.load_state_dict(state)
-            x_hat, _, mask = self.translate(x)
-            amap = amap + metrics.anomaly_map(x, x_hat)
-            for v, s in metrics.score_variants(x, x_hat, mask, region).items():
-                variants[v] = variants.get(v, 0) + s
-        n = len(states)
-        return x_hat, mask, amap / n, {v: s / n for v, s in variants.items()}
 
     def test(self):
         """Write translation grids (input, raw, blended, mask for a mixed and a healthy image)."""
         c = self.config
         iters = self.load_for_test()
         os.makedirs(c.result_dir, exist_ok=True)
-        loader = data_loader.get_loader(c, 'test', self.split, self.device)
+        loader = get_loader(c, 'test', self.split, self.device)
         for k, (x_A, x_B) in enumerate(tqdm(loader, desc='test', file=sys.stdout)):
-            self.G.train()
+            self.nets.G.train()
             with torch.no_grad():
-                grid = translation_grid(self.G, x_A.to(self.device), x_B.to(self.device))
+                grid = translation_grid(self.nets.G, x_A.to(self.device), x_B.to(self.device))
             path = os.path.join(c.result_dir, f'{iters}-{k + 1}-images.jpg')
             save_image(denorm(grid.cpu()), path, nrow=1, padding=0)
         print(f'Saved translated images into {c.result_dir}...')
@@ -167,14 +81,14 @@ class Evaluation:
         map is written to map_dir/<names[index]> as a 16-bit PNG.
         """
         n = len(loader.dataset)
-        region = self.lung_region()
+        region = self.lung.region()
         scores = {v: np.full(n, np.nan) for v in metrics.SCORE_VARIANTS
                   if v != 'lung' or region is not None}
         kept, errors = {}, {}
         for batch in tqdm(loader, desc=desc, file=sys.stdout):
             x, index = batch[0].to(self.device), batch[2].tolist()
             bad = batch[3] if len(batch) > 3 else [''] * len(index)
-            _, mask, amap, variants = self.translate_scored(x, region)
+            _, mask, amap, variants = self.scorer.translate_scored(x, region)
             variants = {v: metrics.to_numpy(s) for v, s in variants.items()}
             amap = metrics.to_numpy(amap)[:, 0].astype(np.float32)
             mask = metrics.to_numpy(mask.float())[:, 0]
@@ -190,42 +104,13 @@ class Evaluation:
                     kept[k] = (amap[j], mask[j])
         return scores, kept, errors
 
-    def validation_set(self, test_paths=()):
-        """(paths, labels, description) of the validation images, or None.
-
-        --val_dir DIR, else (Folder layout) <image_dir>/val when it exists: normal/ and
-        anomalous/ below it, as in test/.
-        """
-        c = self.config
-        where = c.val_dir
-        if not where and c.dataset == 'Folder' and os.path.isdir(os.path.join(c.image_dir, 'val')):
-            where = os.path.join(c.image_dir, 'val')
-        if not where:
-            return None
-        if not os.path.isdir(where):
-            raise data_loader.DataError(f'--val_dir {where} does not exist; it should hold '
-                                        f'normal/ and anomalous/ (as test/ does)')
-        normal = data_loader.list_images(os.path.join(where, 'normal'))
-        anomalous = data_loader.list_images(os.path.join(where, 'anomalous'))
-        # the same files by path (links resolved) or by content (a copy of the test set)
-        shared = {os.path.realpath(p) for p in normal + anomalous} & \
-            {os.path.realpath(p) for p in test_paths}
-        shared = sorted(shared) or [a for a, _ in data_loader.same_content(normal + anomalous,
-                                                                         list(test_paths))]
-        if shared:
-            raise ConfigError(f'{len(set(shared))} validation images in {where} are also test '
-                              f'images (e.g. {shared[0]}, same path or same content): a '
-                              f'threshold chosen on them is not independent of the test set; '
-                              f'use a disjoint --val_dir')
-        return normal + anomalous, [0] * len(normal) + [1] * len(anomalous), where
-
     def validation_thresholds(self, val):
         """The original's threshold rule applied to the validation scores of every variant."""
         paths, labels, where = val
-        loader = data_loader.folder_loader(self.config, paths, labels)
+        loader = folder_loader(self.config, paths, labels)
         scores, _, errors = self.score_pass(loader, desc='validation')
         if errors:
-            raise data_loader.DataError(
+            raise DataError(
                 f'{len(errors)} validation images cannot be read, e.g. '
                 f'{next(iter(errors.values()))}; remove them from {where}')
         n_normal, n_anomalous = labels.count(0), labels.count(1)
@@ -240,27 +125,6 @@ class Evaluation:
         if c.bootstrap > 0:
             info['image_AUROC_ci95'] = {v: m['image_AUROC_ci95'] for v, m in at.items()}
         return thresholds, source, info
-
-    def draw_panels(self, dataset, indices, names, panel_dir, vmax, gt_masks=None, captions=None):
-        """Per-image panels (input, translation, mask, map; true lesion where known) as PNGs.
-
-        A second, short translation pass over these images only: the scores come from the
-        first pass, and the colour scale vmax needs every map first.
-        """
-        gt_masks, captions = gt_masks or {}, captions or {}
-        indices = list(indices)
-        for a in tqdm(range(0, len(indices), self.config.batch_size), desc='pictures',
-                      file=sys.stdout, disable=len(indices) < 50):
-            chunk = indices[a:a + self.config.batch_size]
-            x = torch.stack([dataset[k][0] for k in chunk]).to(self.device)
-            x_hat, mask, amap, _ = self.translate_scored(x)
-            x, x_hat = metrics.to_numpy(x), metrics.to_numpy(x_hat)
-            mask, amap = metrics.to_numpy(mask)[:, 0], metrics.to_numpy(amap)[:, 0]
-            for j, k in enumerate(chunk):
-                path = os.path.join(panel_dir, names[k])
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                report.panel(x[j], x_hat[j], mask[j], amap[j], vmax, gt_masks.get(k),
-                             captions.get(k, '')).save(path)
 
     def ensemble_record(self):
         """{'ensemble': the members' files} for metrics.json / summary.json; {} for one checkpoint."""
@@ -278,7 +142,7 @@ class Evaluation:
 
     def start_scoring(self):
         """Before any image is read: the lung prior's check, G (and the ensemble), result_dir."""
-        self.lung_region()  # --score_variant lung without a prior: one line, before work
+        self.lung.region()  # --score_variant lung without a prior: one line, before work
         iters = self.load_for_test()
         os.makedirs(self.config.result_dir, exist_ok=True)
         return iters
@@ -287,7 +151,7 @@ class Evaluation:
         """The scoring path testAUC and score share: every image of the loader with every score
         variant, its map written to maps/, and the thresholds chosen on the validation set
         when there is one. Returns a namespace."""
-        val = self.validation_set(test_paths)
+        val = validation_set(self.config, test_paths)
         scores, maps, errors = self.score_pass(loader, names,
                                                os.path.join(self.config.result_dir, 'maps'),
                                                keep_maps, desc)
@@ -318,10 +182,10 @@ class Evaluation:
         metrics.json and (--report true) pictures and report.html in result_dir."""
         c = self.config
         iters = self.start_scoring()
-        loader = data_loader.get_loader(c, 'testAUC', self.split, self.device)
+        loader = get_loader(c, 'testAUC', self.split, self.device)
         paths, labels = list(loader.dataset.paths), np.asarray(loader.dataset.labels, dtype=int)
         names = report.output_names(paths)
-        gt_masks, pixel_keys = self.lesion_masks(paths, labels)
+        gt_masks, pixel_keys = lesion_masks(paths, labels, c.image_dir, c.image_size)
         s = self.score_all(loader, names, paths, pixel_keys, desc='testAUC')
         result = self.test_metrics(s, labels, iters)
         if pixel_keys:
@@ -344,28 +208,12 @@ class Evaluation:
                     'image size': c.image_size, 'test images': len(labels),
                     'score variant': f"{c.score_variant}: {result['score']}",
                     'threshold source': result['threshold_source']}
-            self.write_report(s.scores, range(len(paths)), names, loader.dataset,
+            self.reports.write_report(s.scores, range(len(paths)), names, loader.dataset,
                               'HealthyGAN test report', info, report.metrics_html(result),
                               'metrics.json', labels, result['threshold'], gt_masks,
                               {v: r['image_AUROC'] for v, r in result['variants'].items()})
         print_test_result(result, c)
         return result
-
-    testAUC = test_auc  # the original's name for the mode
-
-    def lesion_masks(self, paths, labels):
-        """Ground-truth lesion masks (synthetic.py's layout) {index: mask}, and the images the
-        pixel metrics use: those with a mask and every normal image (truth: no lesion)."""
-        c = self.config
-        gt_masks = {}
-        for k, p in enumerate(paths):
-            found = data_loader.find_mask(p, c.image_dir)
-            if found:
-                gt_masks[k] = data_loader.load_mask(found, p, c.image_size)
-        pixel_keys = set()
-        if any(labels[k] == 1 for k in gt_masks):
-            pixel_keys = set(gt_masks) | {k for k in range(len(paths)) if labels[k] == 0}
-        return gt_masks, pixel_keys
 
     def test_metrics(self, s, labels, iters):
         """metrics.json's content: the headline variant's image metrics, every variant's."""
@@ -385,8 +233,8 @@ class Evaluation:
         result.update(self.ensemble_record())
         if s.validation:
             result['validation'] = s.validation
-        if self.lung_note:
-            result['notes'] = {'lung': self.lung_note}
+        if self.lung.note:
+            result['notes'] = {'lung': self.lung.note}
         result['variants'] = {v: {key: r[key] for key in (
             'description', 'image_AUROC', 'image_AUROC_ci95', 'image_AUPRC', 'threshold',
             'sensitivity', 'specificity', 'accuracy', 'F1') if key in r}
@@ -404,7 +252,7 @@ class Evaluation:
         paths = self.folder_paths()
         iters = self.start_scoring()
         names = report.output_names(paths, root=c.score_dir)
-        loader = data_loader.folder_loader(c, paths)
+        loader = folder_loader(c, paths)
         s = self.score_all(loader, names, desc='score')
         ok = [k for k in range(len(paths)) if k not in s.errors]
         selected = s.scores[c.score_variant]
@@ -415,8 +263,8 @@ class Evaluation:
                    'score_variant': c.score_variant, 'score': metrics.SCORE_VARIANTS[c.score_variant],
                    'n_images': len(ok), 'unreadable': {paths[k]: e for k, e in s.errors.items()}}
         summary.update(self.ensemble_record())
-        if self.lung_note:
-            summary['notes'] = {'lung': self.lung_note}
+        if self.lung.note:
+            summary['notes'] = {'lung': self.lung.note}
         if ok:
             v = selected[ok]
             summary['pred_score'] = {'mean': float(v.mean()), 'min': float(v.min()),
@@ -438,7 +286,7 @@ class Evaluation:
                     'folder': c.score_dir, 'images scored': len(ok),
                     'unreadable': len(summary['unreadable']),
                     'score variant': f"{c.score_variant}: {summary['score']}"}
-            self.write_report(s.scores, ok, names, loader.dataset, 'HealthyGAN: scores of a folder',
+            self.reports.write_report(s.scores, ok, names, loader.dataset, 'HealthyGAN: scores of a folder',
                               info, f'<h2>Scores</h2><p>No labels: scores and maps only. '
                                     f'Threshold: {above}.</p>', 'summary.json',
                               threshold=threshold)
@@ -454,70 +302,57 @@ class Evaluation:
         if not c.score_dir:
             raise ConfigError('--mode score needs --score_dir DIR, the folder of images to score')
         if not os.path.isdir(c.score_dir):
-            raise data_loader.DataError(f'--score_dir {c.score_dir} does not exist')
+            raise DataError(f'--score_dir {c.score_dir} does not exist')
         # A result_dir inside score_dir must not have its own maps and panels scored.
         results = os.path.abspath(c.result_dir) + os.sep
-        paths = [p for p in data_loader.list_images(c.score_dir)
+        paths = [p for p in list_images(c.score_dir)
                  if not os.path.abspath(p).startswith(results)]
         if not paths:
-            raise data_loader.DataError(f'no images in --score_dir {c.score_dir} outside '
+            raise DataError(f'no images in --score_dir {c.score_dir} outside '
                                         f'--result_dir {c.result_dir}')
         return paths
 
-    # -------------------------------------------------------------------------------------- #
-    #                        report.html: the one writer of both modes                        #
-    # -------------------------------------------------------------------------------------- #
+def validation_set(config, test_paths=()):
+    """(paths, labels, description) of the validation images, or None.
 
-    def picture_indices(self, n, order_groups):
-        """The first --num_maps images (-1: all) plus the report's examples."""
-        first = range(n) if self.config.num_maps < 0 else range(min(self.config.num_maps, n))
-        return sorted(set(first) | {k for _, ks in order_groups for k in ks})
+    --val_dir DIR, else (Folder layout) <image_dir>/val when it exists: normal/ and
+    anomalous/ below it, as in test/.
+    """
+    where = config.val_dir
+    if not where and config.dataset == 'Folder' and os.path.isdir(os.path.join(config.image_dir, 'val')):
+        where = os.path.join(config.image_dir, 'val')
+    if not where:
+        return None
+    if not os.path.isdir(where):
+        raise DataError(f'--val_dir {where} does not exist; it should hold '
+                                    f'normal/ and anomalous/ (as test/ does)')
+    normal = list_images(os.path.join(where, 'normal'))
+    anomalous = list_images(os.path.join(where, 'anomalous'))
+    # the same files by path (links resolved) or by content (a copy of the test set)
+    shared = {os.path.realpath(p) for p in normal + anomalous} & \
+        {os.path.realpath(p) for p in test_paths}
+    shared = sorted(shared) or [a for a, _ in same_content(normal + anomalous,
+                                                                     list(test_paths))]
+    if shared:
+        raise ConfigError(f'{len(set(shared))} validation images in {where} are also test '
+                          f'images (e.g. {shared[0]}, same path or same content): a '
+                          f'threshold chosen on them is not independent of the test set; '
+                          f'use a disjoint --val_dir')
+    return normal + anomalous, [0] * len(normal) + [1] * len(anomalous), where
 
-    def write_report(self, scores, rows, names, dataset, title, info, intro, record,
-                     labels=None, threshold=None, gt_masks=None, variant_auroc=None):
-        """Plots, per-image panels and report.html of the scored images `rows`. With labels
-        (testAUC): the ROC curve and examples per class; without (score): examples overall."""
-        c = self.config
-        selected, rows = scores[c.score_variant], np.asarray(list(rows), dtype=int)
-        plots = os.path.join(c.result_dir, 'plots')
-        os.makedirs(plots, exist_ok=True)
-        images = []
-        if labels is not None:
-            report.plot_roc(labels, scores, c.score_variant, threshold,
-                            os.path.join(plots, 'roc.png'), variant_auroc)
-            images.append('<img src="plots/roc.png" alt="ROC">')
-        report.plot_histogram(selected[rows], os.path.join(plots, 'score_histogram.png'),
-                              None if labels is None else labels[rows], threshold,
-                              f'anomaly score ({c.score_variant})')
-        images.append('<img src="plots/score_histogram.png" alt="histogram">')
-        sets = [('', rows)] if labels is None else [
-            (f'{name}: ', rows[labels[rows] == label]) for label, name in ((1, 'anomalous'),
-                                                                           (0, 'normal'))]
-        groups = []
-        for prefix, ks in sets:
-            order = ks[np.argsort(-selected[ks], kind='stable')]
-            groups.append((f'{prefix}most anomalous', order[:report.N_EXAMPLES].tolist()))
-            groups.append((f'{prefix}least anomalous', order[::-1][:report.N_EXAMPLES].tolist()))
-        captions = {int(k): names[k] + ('' if labels is None else
-                                        f'  label {"anomalous" if labels[k] else "normal"}')
-                    + f'  score {selected[k]:.5f}' for k in rows}
-        vmax = max(float(np.nanmax(scores['p99'])), 1e-6)
-        shown = [k for k in self.picture_indices(len(names), groups) if k in captions]
-        self.draw_panels(dataset, shown, names, os.path.join(c.result_dir, 'panels'), vmax,
-                         gt_masks, captions)
-        examples = [(title_, [(f'panels/{names[k]}', f'#{rank + 1}: {captions[k]}')
-                              for rank, k in enumerate(ks)]) for title_, ks in groups]
-        body = (intro + '\n<h2>Plots</h2><div class="plots">' + ''.join(images) + '</div>'
-                + f'\n<h2>Examples</h2><p class="note">Columns: input, translation, G\'s mask, '
-                  f'the anomaly map |x - x_hat| / 2 over the input (colours from 0 to {vmax:.4g}, '
-                  f'the largest 99th percentile of any map in this run), and the true lesion '
-                  f'where a mask exists. Ranked by the {c.score_variant} score.</p>\n'
-                + report.examples_html(examples)
-                + f'\n<p class="note">Files: <a href="{record}">{record}</a>, '
-                  '<a href="scores.csv">scores.csv</a> (one row per image, with its map in '
-                  'maps/ and, for the first --num_maps images, its panel in panels/).</p>')
-        info = {**info, 'written': datetime.datetime.now().isoformat(timespec='seconds')}
-        report.write_html(os.path.join(c.result_dir, 'report.html'), title, info, body)
+
+def lesion_masks(paths, labels, image_dir, image_size):
+    """Ground-truth lesion masks (synthetic.py's layout) {index: mask}, and the images the
+    pixel metrics use: those with a mask and every normal image (truth: no lesion)."""
+    gt_masks = {}
+    for k, p in enumerate(paths):
+        found = find_mask(p, image_dir)
+        if found:
+            gt_masks[k] = load_mask(found, p, image_size)
+    pixel_keys = set()
+    if any(labels[k] == 1 for k in gt_masks):
+        pixel_keys = set(gt_masks) | {k for k in range(len(paths)) if labels[k] == 0}
+    return gt_masks, pixel_keys
 
 
 def print_test_result(result, c):

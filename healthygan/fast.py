@@ -1,4 +1,4 @@
-"""The device, and the opt-in fast paths of the training step (added), each a flag.
+"""The opt-in fast paths of the training step (added), each a flag.
 
 The original runs an eager fp32 step. Each fast path is off unless asked for (then the step
 computes the original's losses, bit for bit); --fast true turns on those measured to help on the
@@ -12,22 +12,8 @@ import sys
 import torch
 
 from healthygan.errors import ConfigError
+from healthygan.flags import str2bool
 from healthygan.losses import blend, mask_from_logit
-
-
-def resolve_device(name):
-    """'auto' picks cuda, then mps, then cpu; an unavailable device is a clear error."""
-    mps = getattr(torch.backends, 'mps', None)
-    mps_ok = mps is not None and mps.is_available()
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'mps' if mps_ok else 'cpu')
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise ConfigError('--device cuda was asked for but CUDA is not available '
-                           '(use --device cpu or auto)')
-    if name == 'mps' and not mps_ok:
-        raise ConfigError('--device mps was asked for but MPS is not available '
-                           '(use --device cpu or auto)')
-    return torch.device(name)
 
 
 SPEED_FLAGS = ('amp', 'channels_last', 'compile', 'adam_impl', 'reuse_fake', 'merge_critic',
@@ -38,6 +24,55 @@ SPEED_FLAGS = ('amp', 'channels_last', 'compile', 'adam_impl', 'reuse_fake', 'me
 ORIGINAL_SPEED = {'amp': 'off', 'channels_last': False, 'compile': False, 'adam_impl': 'default',
                   'reuse_fake': False, 'merge_critic': False, 'critic_matmul': False,
                   'gp_explicit': False, 'cudnn_benchmark': True, 'tf32': None}
+
+
+def add_speed_flags(p):
+    """The speed flags (added): --fast, the preset, and the switches it sets, declared here beside
+    the fast paths they turn on."""
+    g = p.add_argument_group('Speed (added)')
+    g.add_argument('--fast', type=str2bool, default=False,
+                   help='true: turn on the fast paths measured to help on this device (CUDA: '
+                        'all of them; CPU: see docs/speed.md); flags given explicitly win (added)')
+
+    # Each switch left unset takes the original's behaviour, or the --fast preset's value
+    # (resolve_speed); an explicit value always wins.
+    g = p.add_argument_group("Advanced speed switches (added; each left unset takes --fast's choice)")
+    g.add_argument('--amp', type=str, default=None, choices=['off', 'bf16', 'fp16'],
+                   help='mixed precision for G and the critic passes: bf16 autocast, or fp16 '
+                        'with loss scaling; the gradient penalty stays fp32 (default off) (added)')
+    g.add_argument('--channels_last', type=str2bool, default=None,
+                   help='channels-last memory format for G, D and the batches (default false) '
+                        '(added)')
+    g.add_argument('--compile', type=str2bool, default=None,
+                   help='torch.compile G and the critic passes outside the gradient penalty '
+                        "(on the CPU the compiled critic's LeakyReLU in place: the same "
+                        'gradients); falls back to eager with a warning if compiling fails '
+                        '(default false) (added)')
+    g.add_argument('--adam_impl', type=str, default=None, choices=['default', 'foreach', 'fused'],
+                   help="Adam implementation (default: torch's choice, as the original) (added)")
+    g.add_argument('--reuse_fake', type=str2bool, default=None,
+                   help="true: the G step reuses the critic step's translation of the mixed "
+                        "batch (G is unchanged in between) instead of running G on it again "
+                        "(default false) (added)")
+    g.add_argument('--merge_critic', type=str2bool, default=None,
+                   help='true: one critic pass on real and fake together (D has no batch-'
+                        'dependent layers, so the outputs are the same) (default false) (added)')
+    g.add_argument('--critic_matmul', type=str2bool, default=None,
+                   help="true: the critic's convolutions on maps of 4x4 and smaller run as "
+                        'unfold + one matrix multiply, the same sums in another order; faster '
+                        "on the CPU, where oneDNN's kernels for them are slow (default false) "
+                        '(added)')
+    g.add_argument('--gp_explicit', type=str2bool, default=None,
+                   help="true: the gradient penalty's input gradient as an explicit backward "
+                        "pass of D (transposed convolutions) with one first-order backward, "
+                        "instead of autograd's double backward; the same sums in another order "
+                        '(default false) (added)')
+    g.add_argument('--cudnn_benchmark', type=str2bool, default=None,
+                   help='cudnn.benchmark (default true, as the original; --deterministic true '
+                        'turns it off) (added)')
+    g.add_argument('--tf32', type=str2bool, default=None,
+                   help="TF32 matmuls and convolutions on Ampere+ GPUs (default: torch's "
+                        "defaults, i.e. convolutions TF32, matmuls fp32) (added)")
 
 
 def cuda_bf16():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import Discriminator
+from healthygan.networks import Discriminator
 
 
 def weight_matrix(conv):

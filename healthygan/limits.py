@@ -7,6 +7,7 @@ import shutil
 
 import torch
 
+from healthygan.data.cache import default_cache_dir
 from healthygan.errors import ConfigError
 
 
@@ -85,7 +86,6 @@ def free_disk(path):
 def check_memory(config, split, device):
     """Refuse, with the numbers, a run whose data cache, decoding or batch cannot fit, before
     anything is allocated (an allocation that large gets some process killed, maybe another's)."""
-    import data_loader  # the cache folder's default
     n = len({p for k in ('healthy', 'mixed', 'holdout_healthy', 'holdout_mixed')
              for p in split.get(k, [])})
     cache, decode, activations = memory_needed(config, n)
@@ -106,7 +106,7 @@ def check_memory(config, split, device):
             f'--image_size {config.image_size} with --batch_size {config.batch_size}: about '
             f'{ram / gib:.1f} GiB of memory needed (decoding {decode / gib:.1f} GiB, one batch '
             f'{activations / gib:.1f} GiB) but {free / gib:.1f} GiB is available; {fix}')
-    cache_dir = data_loader.default_cache_dir(config)
+    cache_dir = default_cache_dir(config)
     built = glob.glob(os.path.join(cache_dir, f'images-{config.image_size}px-*.npy'))
     disk = free_disk(cache_dir)
     if cache and not built and disk is not None and cache > disk:

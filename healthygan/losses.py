@@ -83,6 +83,52 @@ def mask_loss(mask, lambda_msmall, lambda_mzerone):
     return lambda_msmall * small + lambda_mzerone * zero_one, small, zero_one
 
 
+# The weighted sums of the paper's two losses, shared by the training step and the benchmark's
+# copy of the original loop; each network's weights are also what the NaN guard names.
+LOSS_WEIGHTS = {'D': ('lambda_gp',),
+                'G': ('lambda_rec', 'lambda_id', 'lambda_mask', 'lambda_msmall', 'lambda_mzerone')}
+
+
+def loss_weights(config, net):
+    """{flag: value} of the loss weights of network net ('G' or 'D')."""
+    return {flag: getattr(config, flag) for flag in LOSS_WEIGHTS[net]}
+
+
+def critic_loss(out_real, out_fake, d_loss_gp, lambda_gp):
+    """The critic's WGAN-GP loss, -D(x_B) + D(x_hat_A) + lambda_gp * GP, and its logged terms."""
+    d_loss_real = d_loss_real_fn(out_real)
+    d_loss_fake = d_loss_fake_fn(out_fake)
+    d_loss = d_loss_real + d_loss_fake + lambda_gp * d_loss_gp
+    return d_loss, {'D/loss_real': d_loss_real, 'D/loss_fake': d_loss_fake, 'D/loss_gp': d_loss_gp}
+
+
+def generator_loss(x_A, x_raw_A, mask_A, out_A, x_B, x_raw_B, mask_B, out_B, lambda_rec,
+                   lambda_id, lambda_mask, lambda_msmall, lambda_mzerone):
+    """G's loss over its two paths and its logged terms; also the mask terms of each path,
+    {'OT': (small, zero-one), 'OO': ...}, for mask_stats."""
+    # Mixed path (original -> target): fool D, and leave everything outside the mask alone.
+    g_loss_fake = g_adv_loss(out_A)
+    g_loss_rec = reconstruction_loss(x_A, x_raw_A, mask_A)
+    # Healthy path (original -> original): fool D, and reproduce the image exactly.
+    g_loss_fake_id = g_adv_loss(out_B)
+    g_loss_id = identity_loss(x_B, x_raw_B)
+    # Mask terms, the two paths averaged.
+    mask_loss_A, small_A, zo_A = mask_loss(mask_A, lambda_msmall, lambda_mzerone)
+    mask_loss_B, small_B, zo_B = mask_loss(mask_B, lambda_msmall, lambda_mzerone)
+    g_loss_mask = 0.5 * mask_loss_A + 0.5 * mask_loss_B
+    g_loss = (g_loss_fake + g_loss_fake_id + lambda_id * g_loss_id
+              + lambda_rec * g_loss_rec + lambda_mask * g_loss_mask)
+    terms = {'G/loss_fake': g_loss_fake, 'G/loss_rec': g_loss_rec,
+             'G/loss_fake_id': g_loss_fake_id, 'G/loss_id': g_loss_id, 'G/loss_mask': g_loss_mask}
+    return g_loss, terms, {'OT': (small_A, zo_A), 'OO': (small_B, zo_B)}
+
+
+def mask_stats(path, mask_logit, small, zero_one):
+    """The logged mask terms of one path (OT: mixed -> target, OO: healthy -> itself)."""
+    return {f'Mask/{path}_min': mask_logit.min(), f'Mask/{path}_max': mask_logit.max(),
+            f'Mask/{path}_small': small, f'Mask/{path}_zo': zero_one}
+
+
 def learning_rate(i, lr0, num_iters, num_iters_decay, lr_update_step, schedule='original'):
     """Learning rate in force during iteration i (0-based).
 

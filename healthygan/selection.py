@@ -1,19 +1,11 @@
-"""Choosing checkpoints (added): the label-free AUCp logged at every checkpoint, and the snapshot
-ensemble of the last checkpoints."""
-import json
+"""Choosing checkpoints: which iteration --resume_iters / --test_iters name (a number, latest,
+or, added, the best label-free AUCp or validation AUROC logged at every checkpoint, aucp.py),
+and the snapshot ensemble of the last checkpoints (added)."""
 import os
-import sys
-import types
 
-import torch
-from tqdm import tqdm
-
-import data_loader
-import metrics
-from healthygan import runfiles
-from healthygan.errors import CheckpointError
+from healthygan import metrics, runfiles
+from healthygan.errors import CheckpointError, ConfigError
 from healthygan.runfiles import available_iters
-from healthygan.losses import generate
 
 
 AUCP_LOG = 'aucp.jsonl'  # beside the checkpoints: one {"iter", "AUCp", ...} line per checkpoint
@@ -80,6 +72,34 @@ def best_aucp_iters(model_save_dir, flag='--test_iters', variant='mean', key='AU
     return max(values, key=lambda i: (values[i], i))
 
 
+def resolve_iters(value, model_save_dir, flag, variant='mean'):
+    """An iteration number, 'latest' (the newest complete checkpoint set in model_save_dir),
+    'best_aucp' or 'best_val' (the checkpoint with the highest AUCp or validation AUROC)."""
+    found = available_iters(model_save_dir)
+    if value in BEST.values():
+        if flag == '--resume_iters':
+            raise ConfigError(f'--resume_iters {value}: resume from a number or latest')
+        key = next(k for k, name in BEST.items() if name == value)
+        return best_aucp_iters(model_save_dir, flag, variant, key)
+    if value == 'latest':
+        # the newest complete set (G with its D); a G left alone by a cut-short save is skipped
+        complete = runfiles.complete_iters(model_save_dir)
+        newer = [i for i in runfiles.incomplete_iters(model_save_dir)
+                 if not complete or i > complete[-1]]
+        if newer:
+            runfiles.warn(f'{flag} latest: skipping the incomplete checkpoint set(s) '
+                          f'{", ".join(map(str, newer))} in {model_save_dir} (no -D.ckpt)')
+        if not complete:
+            raise CheckpointError(f'{flag} latest: no complete checkpoint set (<N>-G.ckpt with '
+                                  f'<N>-D.ckpt) in {model_save_dir}')
+        return complete[-1]
+    if int(value) not in found:
+        listing = ', '.join(map(str, found)) if found else 'none'
+        raise CheckpointError(f'{flag} {value}: {os.path.join(model_save_dir, f"{value}-G.ckpt")} '
+                              f'does not exist. Checkpoints in {model_save_dir}: {listing}')
+    return int(value)
+
+
 def ensemble_val_auroc(model_save_dir, iters, n, variant):
     """The validation AUROC of the snapshot ensemble of the n checkpoints up to `iters` under a
     score variant: each held-out image's scores averaged over the members' log records, as
@@ -97,112 +117,3 @@ def ensemble_val_auroc(model_save_dir, iters, n, variant):
                               f'validated')
     mean = [sum(v) / len(kept) for v in zip(*(r['val_scores'][variant] for r in kept))]
     return metrics.aucp(truth, mean)
-
-
-class AUCpLogging:
-    """At every checkpoint, scores of the held-out healthy and mixed images: AUCp (healthy = 0,
-    mixed = 1), the authors' later label-free criterion (Siddiquee et al., IEEE TMI), and, with
-    --holdout_labels, the validation AUROC of the same images by their true labels."""
-
-    def load_holdout(self):
-        """The held-out images as CPU tensors (healthy, mixed) and, with --holdout_labels, the
-        mixed ones' true labels; None when none are held out."""
-        c = self.config
-        split = self.split or data_loader.resolve_split(c, 'train')
-        if not split.get('holdout_healthy') or not split.get('holdout_mixed'):
-            print('AUCp: no held-out images (--holdout_fraction 0 or sets too small): '
-                  'checkpoints are not scored')
-            return None
-        loader = data_loader.get_loader(c, 'holdout', split)
-        x, labels = [], []
-        for batch, label, _ in loader:
-            x.append(batch.cpu())
-            labels.append(label.cpu())
-        x, labels = torch.cat(x), torch.cat(labels)
-        holdout = types.SimpleNamespace(healthy=x[labels == 0], mixed=x[labels == 1], truth=None)
-        print(f'AUCp: {len(holdout.healthy)} healthy and {len(holdout.mixed)} mixed images held '
-              f'out of training')
-        if c.holdout_labels:
-            mixed = [p for p, lab in zip(loader.dataset.paths, loader.dataset.labels) if lab == 1]
-            holdout.truth = data_loader.read_truth_labels(
-                c.holdout_labels, mixed, os.path.join(c.image_dir, 'mixed'))
-            if sum(holdout.truth) == 0:  # one class only: no AUROC can be computed
-                runfiles.warn(f'--holdout_labels {c.holdout_labels}: the {len(holdout.mixed)} '
-                              f'held-out mixed images hold no anomalous image, so no validation '
-                              f'AUROC is logged (AUCp still is); raise --holdout_fraction or '
-                              f'pass --holdout_stratify true')
-            else:
-                print(f'Validation: the held-out mixed images hold {sum(holdout.truth)} anomalous '
-                      f'by --holdout_labels; validation AUROC on {len(holdout.healthy)} healthy + '
-                      f'{len(holdout.mixed)} mixed images at every checkpoint')
-        return holdout
-
-    @torch.no_grad()
-    def score_images(self, x, G=None):
-        """Every score variant (metrics.SCORE_VARIANTS) of each image in a CPU tensor: {name: [N]}."""
-        G = G or self.G
-        G.train()  # per-image InstanceNorm statistics, as in testing (see translate)
-        # Training-mode forwards move InstanceNorm's running statistics; put them back so that
-        # scoring leaves the run exactly as it was (and a resumed run equal to an unbroken one).
-        buffers = [b.clone() for b in G.buffers()]
-        scores = {}
-        for batch in torch.split(x, self.config.batch_size):
-            batch = batch.to(self.device)
-            x_hat, _, mask = generate(G, batch)
-            for name, s in metrics.score_variants(batch, x_hat, mask,
-                                                  self.lung_region()).items():
-                scores.setdefault(name, []).append(s.cpu())
-        for b, saved in zip(G.buffers(), buffers):
-            b.copy_(saved)
-        return {name: torch.cat(s) for name, s in scores.items()}
-
-    def holdout_aucp(self, holdout, G=None):
-        """{'AUCp': {variant: value}} of the held-out images and, with their true labels,
-        {'val_AUROC': {variant: value}} (held-out healthy = 0, mixed by label)."""
-        s_healthy = self.score_images(holdout.healthy, G)
-        s_mixed = self.score_images(holdout.mixed, G)
-        scores = {name: metrics.to_numpy(torch.cat([s_healthy[name], s_mixed[name]]))
-                  for name in s_healthy}
-        pseudo = [0] * len(holdout.healthy) + [1] * len(holdout.mixed)
-        result = {'AUCp': {name: metrics.aucp(pseudo, s) for name, s in scores.items()}}
-        if holdout.truth is not None and sum(holdout.truth) > 0:  # both classes present
-            truth = [0] * len(holdout.healthy) + list(holdout.truth)
-            result['val_AUROC'] = {name: metrics.aucp(truth, s) for name, s in scores.items()}
-            # Kept per image, so that a snapshot ensemble's validation AUROC can be computed
-            # later from the log alone (ensemble_val_auroc).
-            result['val_scores'] = {name: [float(f'{v:.9g}') for v in s]
-                                    for name, s in scores.items()}
-            result['val_truth'] = truth
-        return result
-
-    def log_aucp(self, iters, holdout):
-        """AUCp (and the validation AUROC) of the current G, to TensorBoard and aucp.jsonl.
-
-        'AUCp' uses --score_variant (the score testAUC reports first); every variant's value is
-        recorded too, so a score can also be chosen on these images.
-        """
-        if holdout is None:
-            return None
-        variant = self.config.score_variant
-        record = {'iter': iters, 'score_variant': variant, 'n_healthy': len(holdout.healthy),
-                  'n_mixed': len(holdout.mixed)}
-        result = self.holdout_aucp(holdout)
-        per_image = {key: result.pop(key) for key in ('val_scores', 'val_truth') if key in result}
-        for key, by_variant in result.items():
-            record.update({key: by_variant[variant], f'{key}_by_variant': by_variant})
-            if self.logger:
-                self.logger.scalar_summary(key, by_variant[variant], iters)
-        record.update(per_image)
-        if holdout.truth is not None:
-            record['n_mixed_anomalous'] = sum(holdout.truth)
-        path = os.path.join(self.config.model_save_dir, AUCP_LOG)
-        try:
-            with open(path, 'a') as f:
-                f.write(json.dumps(record) + '\n')
-        except OSError as e:  # a full disk: name the file (a write's error names none)
-            raise OSError(e.errno, e.strerror, path) from None
-        tqdm.write(f'AUCp at iteration {iters}: {record["AUCp"]:.4f} [' + ', '.join(
-            f'{k} {v:.3f}' for k, v in record['AUCp_by_variant'].items()) + ']'
-            + (f'; validation AUROC {record["val_AUROC"]:.4f}' if 'val_AUROC' in record else ''),
-            file=sys.stdout)
-        return record['AUCp']

@@ -1,5 +1,6 @@
-"""The training loop and its two steps, as in the original code: a WGAN-GP critic step every
-iteration, a generator step every n_critic iterations."""
+"""The training loop, as in the original code: a WGAN-GP critic step every iteration, a generator
+step every n_critic iterations (the steps: steps.py), with logs, grids, checkpoints and the
+AUCp of each checkpoint around them."""
 import contextlib
 import datetime
 import json
@@ -14,20 +15,18 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-import data_loader
 from healthygan import runfiles
-from healthygan.checkpoints import last_good, resolve_iters, run_metadata
+from healthygan.checkpoints import last_good, run_metadata
+from healthygan.data.loaders import get_loader
 from healthygan.data.overlap import check_training_overlap
-from healthygan.distributed import (all_reduce_mean, any_rank, average_gradients, broadcast_params,
-                                    dist, gp_alpha, is_main, sync_rng_state, world_size)
+from healthygan.data.splits import resolve_split
+from healthygan.distributed import (all_reduce_mean, any_rank, broadcast_params, dist, is_main,
+                                    sync_rng_state, world_size)
 from healthygan.errors import ConfigError, NonFiniteLossError
-from healthygan.fast import critic, frozen, generate_amp, repeat_running_stats_update, running_stats
-from healthygan.losses import (d_loss_fake_fn, d_loss_real_fn, g_adv_loss, generate,
-                               gradient_penalty, identity_loss, interpolate, learning_rate,
-                               mask_loss, nonfinite_terms, penalty_of_gradient,
-                               reconstruction_loss)
-from healthygan.selection import AUCP_LOG
-from model import count_parameters
+from healthygan.images import denorm, translation_grid
+from healthygan.losses import LOSS_WEIGHTS, learning_rate, nonfinite_terms
+from healthygan.networks import count_parameters
+from healthygan.selection import AUCP_LOG, resolve_iters
 
 
 class StopFlag:
@@ -56,9 +55,6 @@ class StopFlag:
                 signal.signal(s, h)
 
 
-# The loss weights behind each network's loss (training.d_step / g_step).
-LOSS_WEIGHTS = {'D': ('lambda_gp',),
-                'G': ('lambda_rec', 'lambda_id', 'lambda_mask', 'lambda_msmall', 'lambda_mzerone')}
 LARGE_WEIGHT = 1e3  # the paper's weights are 10 at most; far above, gradients overflow float32
 
 
@@ -79,114 +75,14 @@ def nonfinite_advice(bad, config):
             f'weights: {named}).')
 
 
-def denorm(x):
-    """[-1, 1] -> [0, 1]."""
-    return ((x + 1) / 2).clamp(0, 1)
+class Trainer:
+    """The training loop around the two steps (steps.TrainStep): data, resume, logs, grids,
+    checkpoints (checkpoints.CheckpointStore) and the AUCp of each (aucp.AUCpLog)."""
 
-
-def translation_grid(G, x_A, x_B):
-    """Columns: x_A, raw, x_hat, mask, x_B, raw, x_hat, mask (in [-1, 1]), one row per sample."""
-    columns = []
-    for x in (x_A, x_B):
-        x_hat, x_raw, mask = generate(G, x)
-        # The original drew the mask with a sigmoid here (a display bug); this shows the mask
-        # the model actually uses, (tanh + 1) / 2, mapped to [-1, 1] for display.
-        columns += [x, x_raw, x_hat, mask.expand_as(x) * 2 - 1]
-    return torch.cat(columns, dim=3)
-
-
-def mask_stats(path, mask_logit, small, zero_one):
-    """The logged mask terms of one path (OT: mixed -> target, OO: healthy -> itself)."""
-    return {f'Mask/{path}_min': mask_logit.min(), f'Mask/{path}_max': mask_logit.max(),
-            f'Mask/{path}_small': small, f'Mask/{path}_zo': zero_one}
-
-
-class Training:
-    """The Solver's training: the critic step, the generator step and the loop around them."""
-
-    def d_step(self, x_A, x_B, keep_fake=False):
-        """One critic update (WGAN-GP); returns the loss terms as tensors.
-
-        keep_fake (added): a G step on the same batch follows; with --reuse_fake the translation
-        of x_A is then kept, with its graph, for g_step instead of being recomputed there.
-        """
-        c, amp = self.config, self.amp_dtype
-        x_A_given, x_A, x_B = x_A, self.to_layout(x_A), self.to_layout(x_B)
-        keep = keep_fake and self.speed['reuse_fake']
-        stats = running_stats(self.G) if keep else None
-        keep = keep and stats is not None
-        # The original ran G here with autograd on and used only the detached output: without
-        # --reuse_fake no graph is needed; with it, the G step reuses this pass.
-        with torch.set_grad_enabled(keep):
-            fake = generate_amp(self.G_run, x_A, amp)
-        self.kept_fake = (x_A_given, fake, stats) if keep else None
-        x_hat_A = fake[0].detach()
-        out_real, out_fake = critic(self.D_run, [x_B, x_hat_A], amp, self.speed['merge_critic'])
-        d_loss_real = d_loss_real_fn(out_real)
-        d_loss_fake = d_loss_fake_fn(out_fake)
-        alpha = gp_alpha(x_B)  # torch.rand(n, 1, 1, 1); several ranks: a slice of the global draw
-        x_int = interpolate(x_B, x_hat_A, alpha)
-        # The penalty's pass stays eager and fp32 under every fast path: compiled graphs do not
-        # support autograd's double backward (the default form), and (||grad|| - 1)^2 with
-        # ||grad|| near 1 cancels most of a 16-bit gradient's precision.
-        if self.speed['gp_explicit']:  # (added) the same penalty without a double backward
-            d_loss_gp = penalty_of_gradient(self.D.input_gradient(x_int))
-        else:
-            d_loss_gp = gradient_penalty(self.D(x_int)[1], x_int)
-        d_loss = d_loss_real + d_loss_fake + c.lambda_gp * d_loss_gp
-
-        self.update(d_loss, self.D, self.d_optimizer)
-        return {'D/loss_real': d_loss_real.detach(), 'D/loss_fake': d_loss_fake.detach(),
-                'D/loss_gp': d_loss_gp.detach()}
-
-    def g_step(self, x_A, x_B):
-        """One generator update with fresh forward passes; returns the loss terms as tensors."""
-        c, amp = self.config, self.amp_dtype
-        kept, self.kept_fake = self.kept_fake, None
-        x_A_given, x_A, x_B = x_A, self.to_layout(x_A), self.to_layout(x_B)
-        if kept is not None and kept[0] is x_A_given:
-            # --reuse_fake (added): the critic step changed only D, so its pass of G on x_A is
-            # the pass the original ran again here; only the second update of the (unused)
-            # InstanceNorm running statistics is left to do.
-            x_hat_A, x_raw_A, mask_A, mask_logit_A = kept[1]
-            repeat_running_stats_update(kept[2])
-        else:
-            x_hat_A, x_raw_A, mask_A, mask_logit_A = generate_amp(self.G_run, x_A, amp)
-        x_hat_B, x_raw_B, mask_B, mask_logit_B = generate_amp(self.G_run, x_B, amp)
-        # Unlike the original, D's parameters take no gradient here: the G step's backward
-        # computed D's weight gradients only for the next critic step to zero them (the G
-        # updates are the same bit for bit: tests/test_fast.py).
-        with frozen(self.D):
-            out_A, out_B = critic(self.D_run, [x_hat_A, x_hat_B], amp, self.speed['merge_critic'])
-        # Mixed path (original -> target): fool D, and leave everything outside the mask alone.
-        g_loss_fake = g_adv_loss(out_A)
-        g_loss_rec = reconstruction_loss(x_A, x_raw_A, mask_A)
-        # Healthy path (original -> original): fool D, and reproduce the image exactly.
-        g_loss_fake_id = g_adv_loss(out_B)
-        g_loss_id = identity_loss(x_B, x_raw_B)
-        # Mask terms, the two paths averaged.
-        mask_loss_A, small_A, zo_A = mask_loss(mask_A, c.lambda_msmall, c.lambda_mzerone)
-        mask_loss_B, small_B, zo_B = mask_loss(mask_B, c.lambda_msmall, c.lambda_mzerone)
-        g_loss_mask = 0.5 * mask_loss_A + 0.5 * mask_loss_B
-        g_loss = (g_loss_fake + g_loss_fake_id + c.lambda_id * g_loss_id
-                  + c.lambda_rec * g_loss_rec + c.lambda_mask * g_loss_mask)
-
-        self.update(g_loss, self.G, self.g_optimizer)
-        terms = {'G/loss_fake': g_loss_fake, 'G/loss_rec': g_loss_rec,
-                 'G/loss_fake_id': g_loss_fake_id, 'G/loss_id': g_loss_id,
-                 'G/loss_mask': g_loss_mask, **mask_stats('OT', mask_logit_A, small_A, zo_A),
-                 **mask_stats('OO', mask_logit_B, small_B, zo_B)}
-        return {tag: t.detach() for tag, t in terms.items()}
-
-    def update(self, loss, net, optimizer):
-        """Backward of loss and one step of net's optimizer; both networks' gradients are
-        cleared first, as in the original."""
-        self.g_optimizer.zero_grad(set_to_none=True)
-        self.d_optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()  # the scaler is a no-op unless --amp fp16
-        average_gradients(net)  # several ranks (torchrun): mean over ranks; else no-op
-        self.scaler.step(optimizer)
-        self.scaler.update()
+    def __init__(self, config, split, device, nets, step, store, lung, aucp):
+        self.config, self.split, self.device = config, split, device
+        self.nets, self.step, self.store, self.lung, self.aucp = nets, step, store, lung, aucp
+        self.logger = None  # TensorBoard, opened by open_logs
 
     def train(self):
         """Train HealthyGAN on (mixed, healthy) pairs: the original's loop, resumable."""
@@ -206,14 +102,14 @@ class Training:
                 # resumed run on the schedule it would have followed.
                 run.lr = [learning_rate(i, lr0, c.num_iters, c.num_iters_decay, c.lr_update_step,
                                         c.lr_schedule) for lr0 in (c.g_lr, c.d_lr)]
-                self.set_lr(*run.lr)
+                self.nets.set_lr(*run.lr)
 
                 # 2. Train the discriminator
-                step_loss = self.d_step(x_A, x_B, keep_fake=(i + 1) % c.n_critic == 0)
+                step_loss = self.step.d_step(x_A, x_B, keep_fake=(i + 1) % c.n_critic == 0)
 
                 # 3. Train the generator
                 if (i + 1) % c.n_critic == 0:
-                    step_loss.update(self.g_step(x_A, x_B))
+                    step_loss.update(self.step.g_step(x_A, x_B))
 
                 # 4. Miscellaneous
                 step_loss = self.log_and_save(run, i, step_loss)
@@ -224,10 +120,10 @@ class Training:
         # Unlike the original, always keep the final weights, even when num_iters is not a
         # multiple of model_save_step.
         if c.num_iters > run.last_saved:
-            self.save_checkpoint(c.num_iters, run.sampler, run.pairs_done)
+            self.store.save_checkpoint(c.num_iters, run.sampler, run.pairs_done, run.metadata)
             print(f'Saved final model checkpoints ({c.num_iters}) into {c.model_save_dir}...')
             if run.main_rank:  # only rank 0 writes
-                self.log_aucp(c.num_iters, run.holdout)
+                self.aucp.log(c.num_iters, run.holdout, self.logger)
         if self.logger:
             self.logger.close()
         print(f'Training finished in {time.time() - run.start_time:.1f} s.')
@@ -238,7 +134,7 @@ class Training:
         for d in (c.model_save_dir, c.sample_dir, c.log_dir):
             os.makedirs(d, exist_ok=True)
         run = types.SimpleNamespace(main_rank=is_main(), loss={}, pairs_done=0, start_iters=0)
-        run.loader = data_loader.get_loader(c, 'train', self.split, self.device)
+        run.loader = get_loader(c, 'train', self.split, self.device)
         run.sampler = run.loader.sampler
         n_pairs = len(run.loader.dataset)
         if n_pairs < c.batch_size:  # the batch would silently be cut to the data
@@ -250,11 +146,11 @@ class Training:
 
         # Position in the epoch's order, in pairs of the global batch (all ranks together), so
         # that a run can resume with another number of ranks.
-        self.accepted_changes, self.speed_changes, self.data_overlap = {}, {}, {}
-        self.run_id = runfiles.new_run_id()  # a resume takes the run's own (load_training_state)
+        self.store.start_run()  # a resume takes the run's own id (load_training_state)
+        run.data_overlap = {}
         if run.main_rank:  # training on test images, or one image in both sets: said, not silent
-            lines, self.data_overlap = check_training_overlap(
-                c, self.split or data_loader.resolve_split(c, 'train'))
+            lines, run.data_overlap = check_training_overlap(
+                c, self.split or resolve_split(c, 'train'))
             for line in lines:
                 runfiles.warn(line)
         if c.resume_iters is not None:
@@ -262,21 +158,22 @@ class Training:
             # read-only on every rank (all stop together); only rank 0 moves files aside
             runfiles.check_resume_point(c.model_save_dir, run.start_iters, c.num_iters,
                                         c.overwrite, move=run.main_rank, asked=c.resume_iters)
-            self.restore_model(run.start_iters)
-            state = self.load_training_state(run.start_iters)
+            self.store.restore_model(run.start_iters)
+            state = self.store.load_training_state(run.start_iters)
             if state is not None:
                 run.sampler.epoch, run.pairs_done = state['data_epoch'], state['data_pairs_done']
         run.last_saved = run.start_iters
         run.sampler.start = run.pairs_done
         run.data_iter = iter(run.loader)
         # Several ranks: same weights and same RNG state (the GP's alphas) everywhere.
-        broadcast_params(self.G, self.D)
+        broadcast_params(self.nets.G, self.nets.D)
         sync_rng_state(self.device)
         self.open_logs(run)
         if run.main_rank:  # the 'lung' score's region, saved so that testing needs no training image
-            self.save_lung_prior()
-        run.holdout = self.load_holdout() if run.main_rank else None  # only rank 0 scores it
-        print(f'G: {count_parameters(self.G):,} parameters; D: {count_parameters(self.D):,}; '
+            self.lung.save()
+        run.holdout = self.aucp.load_holdout() if run.main_rank else None  # only rank 0 scores it
+        G, D = self.nets.G, self.nets.D
+        print(f'G: {count_parameters(G):,} parameters; D: {count_parameters(D):,}; '
               f'{n_pairs} pairs an epoch; device {self.device}')
         if dist.is_initialized():
             print(f'{world_size()} processes ({dist.get_backend()}), --batch_size {c.batch_size} '
@@ -287,29 +184,29 @@ class Training:
         """TensorBoard, stats.jsonl and the run record (run_config[-resume<N>].json)."""
         c = self.config
         if c.use_tensorboard and run.main_rank:
-            from logger import Logger
+            from healthygan.logs import Logger
             self.logger = Logger(c.log_dir)
-        from logger import JsonlLogger
+        from healthygan.logs import JsonlLogger
         run.stats = JsonlLogger(os.path.join(c.log_dir, 'stats.jsonl'))
         if run.main_rank:  # a torn last line (a kill, a full disk) is cut before appending
             runfiles.repair_jsonl(run.stats.path)
             runfiles.repair_jsonl(os.path.join(c.model_save_dir, AUCP_LOG))
         # A resumed run keeps the first run's record and adds its own beside it.
-        self.metadata = run_metadata(c)
-        self.metadata['world_size'] = world_size()  # processes; --batch_size is per process
-        self.metadata['run_id'] = self.run_id  # compared with every state file on resume
-        self.metadata['paths'] = runfiles.run_paths(c)  # the folders, resolved
-        if self.accepted_changes:  # --allow_changes: {flag: [saved, now]}
-            self.metadata['accepted_changes'] = self.accepted_changes
-        if self.speed_changes:  # speed switches changed on resume: {switch: [saved, now]}
-            self.metadata['speed_changes'] = self.speed_changes
-        if self.data_overlap:  # {what: count} of the overlap warnings
-            self.metadata['data_overlap'] = self.data_overlap
+        run.metadata = run_metadata(c)
+        run.metadata['world_size'] = world_size()  # processes; --batch_size is per process
+        run.metadata['run_id'] = self.store.run_id  # compared with every state file on resume
+        run.metadata['paths'] = runfiles.run_paths(c)  # the folders, resolved
+        if self.store.accepted_changes:  # --allow_changes: {flag: [saved, now]}
+            run.metadata['accepted_changes'] = self.store.accepted_changes
+        if self.store.speed_changes:  # speed switches changed on resume: {switch: [saved, now]}
+            run.metadata['speed_changes'] = self.store.speed_changes
+        if run.data_overlap:  # {what: count} of the overlap warnings
+            run.metadata['data_overlap'] = run.data_overlap
         name = ('run_config.json' if run.start_iters == 0
                 else f'run_config-resume{run.start_iters}.json')
         if run.main_rank:
             with open(os.path.join(c.model_save_dir, name), 'w') as f:
-                json.dump(self.metadata, f, indent=1)
+                json.dump(run.metadata, f, indent=1)
 
     def next_batch(self, run):
         """The next (x_A, x_B) on the device; a new epoch reshuffles."""
@@ -343,7 +240,7 @@ class Training:
             self.log_losses(run, step)
         if step % c.sample_step == 0 and run.main_rank:
             with torch.no_grad():
-                grid = translation_grid(self.G, *run.fixed)
+                grid = translation_grid(self.nets.G, *run.fixed)
             path = os.path.join(c.sample_dir, f'{step}-images.jpg')
             try:
                 save_image(denorm(grid.cpu()), path, nrow=1, padding=0)
@@ -354,11 +251,11 @@ class Training:
             log += ''.join(f', {tag}: {float(v):.4f}' for tag, v in run.loss.items())
             tqdm.write(log + f'\nSaved real and fake images into {path}...', file=sys.stdout)
         if step % c.model_save_step == 0:
-            self.save_checkpoint(step, run.sampler, run.pairs_done)
+            self.store.save_checkpoint(step, run.sampler, run.pairs_done, run.metadata)
             run.last_saved = step
             tqdm.write(f'Saved model checkpoints into {c.model_save_dir}...', file=sys.stdout)
             if run.main_rank:  # only rank 0 writes
-                self.log_aucp(step, run.holdout)
+                self.aucp.log(step, run.holdout, self.logger)
         return step_loss
 
     def log_losses(self, run, step):
@@ -392,7 +289,7 @@ class Training:
             raise NonFiniteLossError(f'interrupted at iteration {i + 1} with non-finite losses; '
                                      f'nothing saved')
         if run.last_saved != i + 1:
-            self.save_checkpoint(i + 1, run.sampler, run.pairs_done)
+            self.store.save_checkpoint(i + 1, run.sampler, run.pairs_done, run.metadata)
         stop.signal = stop.signal or signal.SIGTERM  # a rank told by another one
         print(f'\nInterrupted by {signal.Signals(stop.signal).name} at iteration {i + 1}; saved '
               f'{i + 1}-G.ckpt, {i + 1}-D.ckpt and {i + 1}-state.pt in {c.model_save_dir}. '
@@ -402,7 +299,7 @@ class Training:
     def nonfinite_weights(self):
         """['G weights'] / ['D weights'] where a parameter is NaN or infinite."""
         bad = []
-        for name, net in (('G', self.G), ('D', self.D)):
+        for name, net in (('G', self.nets.G), ('D', self.nets.D)):
             if not torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all():
                 bad.append(f'{name} weights')
         return bad

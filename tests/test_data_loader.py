@@ -99,8 +99,8 @@ def test_safe_load_list_reads_the_original_covid_lists():
 def test_folder_layout_of_the_real_nih_mini_set():
     root = NIH_MINI
 
-    class C:
-        dataset, image_dir = 'Folder', root
+    class C:  # the hold-out flags at their parser defaults (declared there alone)
+        dataset, image_dir, holdout_fraction, holdout_stratify = 'Folder', root, 0.0, False
     split = dl.resolve_split(C)
     assert {k: len(v) for k, v in split.items()} == {
         'healthy': 200, 'mixed': 200, 'test_normal': 50, 'test_anomalous': 50,

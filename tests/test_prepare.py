@@ -166,7 +166,8 @@ def test_written_layout_is_readable_by_project(tmp_path):
     out = tmp_path / 'out'
     assert pc.main(['--lists', str(tmp_path / 'lists'), '--train_dir', str(tmp_path / 'train'),
                     '--test_dir', str(tmp_path / 'test'), '--out', str(out), '--copy']) == 0
-    split = data_loader.resolve_split(SimpleNamespace(dataset='Folder', image_dir=str(out)))
+    split = data_loader.resolve_split(SimpleNamespace(dataset='Folder', image_dir=str(out),
+                                                      holdout_fraction=0.0))
     assert [os.path.basename(p) for p in split['mixed']] == ['n0.png', 'n1.png', 'p0.png']
     assert len(split['healthy']) == 2 and len(split['test_normal']) == 1
     assert [os.path.basename(p) for p in split['test_anomalous']] == ['tp.png']

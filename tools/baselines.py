@@ -42,13 +42,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import data_loader  # noqa: E402
-import main as cli  # noqa: E402
+from healthygan import cli  # noqa: E402
 import metrics  # noqa: E402
 from data_loader import DataError  # noqa: E402
 from model import Generator, count_parameters  # noqa: E402
 from healthygan.checkpoints import load_state_dict_checked, save_atomic  # noqa: E402
 from healthygan.errors import ConfigError  # noqa: E402
-from healthygan.fast import resolve_device  # noqa: E402
+from healthygan.device import resolve_device  # noqa: E402
 from tools.explain import print_explain, read_score_tables, run_explain  # noqa: E402
 # The analysis's parts, as tests and scripts reach them through this module.
 from tools.explain import crossfit_residuals, explain_score, stratified_auroc  # noqa: E402,F401
@@ -81,10 +81,8 @@ def build_parser():
     p = argparse.ArgumentParser(description='Reference anomaly detectors on the HealthyGAN test '
                                             'set (added).')
     g = p.add_argument_group('Data (as main.py)')
-    g.add_argument('--dataset', type=str, default='Covid', choices=['Covid', 'Folder'])
-    g.add_argument('--image_dir', type=str, default='datasets/covid')
-    g.add_argument('--list_dir', type=str, default='data/covid')
-    g.add_argument('--image_size', type=cli.positive_int, default=128, help='image resolution')
+    for name in ('--dataset', '--image_dir', '--list_dir', '--image_size'):
+        cli.add_shared_flag(g, name)
     g.add_argument('--result_dir', type=str, required=True,
                    help='where baselines.json, baselines_scores.csv and the autoencoder go')
 
@@ -106,8 +104,8 @@ def build_parser():
     g.add_argument('--ae_batch_size', type=cli.positive_int, default=16)
     g.add_argument('--ae_lr', type=float, default=0.0001,
                    help='Adam learning rate (betas --beta1, --beta2), as --g_lr of main.py')
-    g.add_argument('--beta1', type=float, default=0.5)
-    g.add_argument('--beta2', type=float, default=0.999)
+    cli.add_shared_flag(g, '--beta1')
+    cli.add_shared_flag(g, '--beta2')
     g.add_argument('--ae_flip', type=cli.str2bool, default=True,
                    help='random horizontal flips, drawn per item as in HealthyGAN training')
     g.add_argument('--ae_checkpoint', type=str, default=None,
@@ -144,16 +142,17 @@ def build_parser():
                         'bootstrap')
     g.add_argument('--bootstrap', type=non_negative_int, default=1000,
                    help='bootstrap resamples of the test set for the AUROC CI (0: no CI)')
-    g.add_argument('--holdout_fraction', type=float, default=0.0,
-                   help="leave out of the fit the images main.py's --holdout_fraction holds out "
-                        "of training (0: fit on the whole set)")
-    g.add_argument('--holdout_stratify', type=cli.str2bool, default=False,
-                   help="as main.py's: hold out that fraction of each label of --holdout_labels "
-                        'among the mixed images')
-    g.add_argument('--holdout_labels', type=str, default=None,
-                   help="the mixed images' true labels (mixed_truth.csv), for --holdout_stratify")
-    g.add_argument('--device', type=str, default='auto', choices=['auto', 'cpu', 'cuda', 'mps'],
-                   help='for the autoencoder; auto picks cuda, then mps, then cpu')
+    cli.add_shared_flag(g, '--holdout_fraction',
+                        help="leave out of the fit the images main.py's --holdout_fraction holds "
+                             "out of training (0: fit on the whole set)")
+    cli.add_shared_flag(g, '--holdout_stratify',
+                        help="as main.py's: hold out that fraction of each label of "
+                             '--holdout_labels among the mixed images')
+    cli.add_shared_flag(g, '--holdout_labels',
+                        help="the mixed images' true labels (mixed_truth.csv), for "
+                             '--holdout_stratify')
+    cli.add_shared_flag(g, '--device',
+                        help='for the autoencoder; auto picks cuda, then mps, then cpu')
     return p
 
 

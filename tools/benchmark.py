@@ -38,9 +38,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import main as cli  # noqa: E402
+from healthygan import cli  # noqa: E402
 from healthygan import errors, fast, limits, losses  # noqa: E402
-from healthygan.training import mask_stats  # noqa: E402
+from healthygan.device import resolve_device  # noqa: E402
 from solver import Solver  # noqa: E402
 
 # Each variant: the fast-path flags it sets on top of the command line's (None: the original
@@ -91,42 +91,35 @@ def original_cycle(solver, x_A, x_B):
     loss = {}
     for i in range(c.n_critic):
         # 2. Critic: G runs with autograd on, though only its detached output is used.
-        d_loss_real = losses.d_loss_real_fn(D(x_B)[1])
+        out_real = D(x_B)[1]
         x_fake, _, _ = losses.generate(G, x_A)
-        d_loss_fake = losses.d_loss_fake_fn(D(x_fake.detach())[1])
+        out_fake = D(x_fake.detach())[1]
         alpha = torch.rand(x_B.size(0), 1, 1, 1, device=x_B.device)
         x_int = losses.interpolate(x_B, x_fake, alpha)
         d_loss_gp = losses.gradient_penalty(D(x_int)[1], x_int)
-        d_loss = d_loss_real + d_loss_fake + c.lambda_gp * d_loss_gp
+        d_loss, terms = losses.critic_loss(out_real, out_fake, d_loss_gp, c.lambda_gp)
         solver.g_optimizer.zero_grad()
         solver.d_optimizer.zero_grad()
         d_loss.backward()
         solver.d_optimizer.step()
-        loss.update({'D/loss_real': d_loss_real.item(), 'D/loss_fake': d_loss_fake.item(),
-                     'D/loss_gp': d_loss_gp.item()})
+        loss.update({tag: t.item() for tag, t in terms.items()})
         if (i + 1) % c.n_critic == 0:
             # 3. Generator: fresh passes of G on both batches.
             image_logits, mask_logit_A = G(x_A)
             x_raw_A, mask_A = torch.tanh(image_logits), losses.mask_from_logit(mask_logit_A)
-            g_loss_fake = losses.g_adv_loss(D(losses.blend(x_A, x_raw_A, mask_A))[1])
-            g_loss_rec = losses.reconstruction_loss(x_A, x_raw_A, mask_A)
+            out_A = D(losses.blend(x_A, x_raw_A, mask_A))[1]
             image_logits, mask_logit_B = G(x_B)
             x_raw_B, mask_B = torch.tanh(image_logits), losses.mask_from_logit(mask_logit_B)
-            g_loss_fake_id = losses.g_adv_loss(D(losses.blend(x_B, x_raw_B, mask_B))[1])
-            g_loss_id = losses.identity_loss(x_B, x_raw_B)
-            mask_loss_A, small_A, zo_A = losses.mask_loss(mask_A, c.lambda_msmall, c.lambda_mzerone)
-            mask_loss_B, small_B, zo_B = losses.mask_loss(mask_B, c.lambda_msmall, c.lambda_mzerone)
-            g_loss_mask = 0.5 * mask_loss_A + 0.5 * mask_loss_B
-            g_loss = (g_loss_fake + g_loss_fake_id + c.lambda_id * g_loss_id
-                      + c.lambda_rec * g_loss_rec + c.lambda_mask * g_loss_mask)
+            out_B = D(losses.blend(x_B, x_raw_B, mask_B))[1]
+            g_loss, terms, masks = losses.generator_loss(
+                x_A, x_raw_A, mask_A, out_A, x_B, x_raw_B, mask_B, out_B,
+                **losses.loss_weights(c, 'G'))
             solver.g_optimizer.zero_grad()
             solver.d_optimizer.zero_grad()
             g_loss.backward()
             solver.g_optimizer.step()
-            terms = {'G/loss_fake': g_loss_fake, 'G/loss_rec': g_loss_rec,
-                     'G/loss_fake_id': g_loss_fake_id, 'G/loss_id': g_loss_id,
-                     'G/loss_mask': g_loss_mask, **mask_stats('OT', mask_logit_A, small_A, zo_A),
-                     **mask_stats('OO', mask_logit_B, small_B, zo_B)}
+            terms.update({**losses.mask_stats('OT', mask_logit_A, *masks['OT']),
+                          **losses.mask_stats('OO', mask_logit_B, *masks['OO'])})
             loss.update({tag: t.item() for tag, t in terms.items()})
     return loss
 
@@ -454,7 +447,7 @@ def main(argv=None):
         parser.error(problem)
     names = parse_variants(parser, config)
     config.seed = 0 if config.seed is None else config.seed
-    device = fast.resolve_device(config.device)
+    device = resolve_device(config.device)
     threads = torch.get_num_threads()
     n, size = config.batch_size, config.image_size
     gen = torch.Generator().manual_seed(config.seed)

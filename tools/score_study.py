@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data_loader  # noqa: E402
-import main  # noqa: E402
+from healthygan import cli  # noqa: E402
 import metrics  # noqa: E402
 from healthygan.errors import ConfigError, DataError  # noqa: E402
 from healthygan.runfiles import available_iters  # noqa: E402
@@ -52,7 +52,7 @@ def run_config(model_save_dir):
     for name in RUN_FLAGS:
         if saved.get(name) is not None:
             argv += [f'--{name}', str(saved[name])]
-    return main.parse(argv)[1]
+    return cli.parse(argv)[1]
 
 
 def image_sets(config, val_dir):

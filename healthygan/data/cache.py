@@ -224,7 +224,7 @@ def default_cache_dir(config):
     Not beside the images: a dataset folder may be shared or read-only, and a cache written into
     it would surprise its owner. The cache files are named by a key of the image set.
     """
-    if getattr(config, 'cache_dir', ''):
+    if config.cache_dir:
         return config.cache_dir
     home = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     return os.path.join(home, 'healthygan')
@@ -239,9 +239,9 @@ def mean_image(paths, config, among=None):
     cache of these images alone."""
     paths = sorted({os.path.abspath(p) for p in paths})
     total, count = None, 0
-    if getattr(config, 'data_cache', 'on') == 'on':
+    if config.data_cache == 'on':
         cache = open_cache(list(among or []) + paths, config.image_size,
-                           default_cache_dir(config), getattr(config, 'num_workers', 0))
+                           default_cache_dir(config), config.num_workers)
         rows = [cache.rows[p] for p in paths if p not in cache.bad]
         for a in range(0, len(rows), 1024):  # in slices: a large set never loads at once
             chunk = np.take(cache.pixels, rows[a:a + 1024], axis=0).astype(np.float64)

@@ -132,11 +132,10 @@ def resolve_split(config, mode='all'):
     if empty:
         raise DataError(f'--dataset {config.dataset} under {config.image_dir}: the '
                         f'{" and ".join(empty)} set is empty; every set needs images')
-    fraction = getattr(config, 'holdout_fraction', 0.0)
+    fraction = config.holdout_fraction
     for name in ('healthy', 'mixed'):
         strata = None
-        if name == 'mixed' and split[name] and fraction > 0 and getattr(config, 'holdout_stratify',
-                                                                        False):
+        if name == 'mixed' and split[name] and fraction > 0 and config.holdout_stratify:
             if not config.holdout_labels:
                 raise DataError('--holdout_stratify true needs --holdout_labels (the mixed '
                                 "images' true labels, e.g. mixed_truth.csv)")
