@@ -2,6 +2,7 @@
 data_loader.py, logger.py, metrics.py, report.py) re-export them under the original's names;
 nothing here imports them, so the package runs with only itself on the path.
 
+- api.py: the Python API, load(RUN_DIR) -> Detector with score() and translate()
 - cli.py, flags.py: the command line (build_parser, main) and its argument types
 - solver.py: the Solver, which composes the parts below
 - networks.py, build.py: the paper's G and D; the networks, optimizers and fast paths of a run
@@ -13,6 +14,7 @@ nothing here imports them, so the package runs with only itself on the path.
 - limits.py: flag, memory and disk checks made before any work
 - selection.py, aucp.py: choosing checkpoints (latest, best AUCp, the snapshot ensemble); AUCp
 - scoring.py, lung.py: translate and score a batch, the one scoring pass; the 'lung' region
+- reference.py: the held-out healthy images' scores as a label-free reference
 - evaluation.py, reporting.py: thresholds and the testAUC / score outputs; report.html
 - metrics.py, report.py: anomaly scores and metrics; plots, panels and maps
 - images.py, logs.py: translation grids; TensorBoard and stats.jsonl
@@ -21,3 +23,6 @@ nothing here imports them, so the package runs with only itself on the path.
 - data/: splits, decoding, the uint8 cache, datasets, samplers and loaders
 - synthetic_phantom.py: one synthetic radiograph, for synthetic.py's demo and test datasets
 """
+from healthygan.api import Detector, Result, load  # noqa: E402  (the package's public API)
+
+__all__ = ['load', 'Detector', 'Result']

@@ -71,6 +71,10 @@ class AUCpLog:
                   for name in s_healthy}
         pseudo = [0] * len(holdout.healthy) + [1] * len(holdout.mixed)
         result = {'AUCp': {name: metrics.aucp(pseudo, s) for name, s in scores.items()}}
+        # The label-free reference of `score` and the API (reference.py): each held-out healthy
+        # image's score, kept whether or not labels exist.
+        result['healthy_scores'] = {name: [float(f'{v:.9g}') for v in metrics.to_numpy(s)]
+                                    for name, s in s_healthy.items()}
         if holdout.truth is not None and sum(holdout.truth) > 0:  # both classes present
             truth = [0] * len(holdout.healthy) + list(holdout.truth)
             result['val_AUROC'] = {name: metrics.aucp(truth, s) for name, s in scores.items()}
@@ -93,7 +97,8 @@ class AUCpLog:
         record = {'iter': iters, 'score_variant': variant, 'n_healthy': len(holdout.healthy),
                   'n_mixed': len(holdout.mixed)}
         result = self.holdout_aucp(holdout)
-        per_image = {key: result.pop(key) for key in ('val_scores', 'val_truth') if key in result}
+        per_image = {key: result.pop(key) for key in ('healthy_scores', 'val_scores', 'val_truth')
+                     if key in result}
         for key, by_variant in result.items():
             record.update({key: by_variant[variant], f'{key}_by_variant': by_variant})
             if logger:

@@ -258,8 +258,13 @@ def add_evaluation_flags(p):
                    help='draw panels (input, translation, mask, map) for the first N images; '
                         '-1: all (added; the raw maps are always written to maps/)')
     g.add_argument('--score_dir', type=str, default=None,
-                   help='--mode score: folder of images to score, searched recursively '
+                   help='--mode score: one image, or a folder of images searched recursively; '
+                        "the architecture flags are read from the run's run_config.json "
                         '(added)')
+    g.add_argument('--healthy_percentile', type=float, default=95.0,
+                   help='score / API: mark the images whose score exceeds this percentile of '
+                        'the scores of the healthy images held out of training (a label-free '
+                        'threshold; needs a run trained with --holdout_fraction > 0) (added)')
     g.add_argument('--ensemble', type=positive_int, default=1,
                    help='testAUC / score: average the anomaly maps and scores of the N most '
                         'recent checkpoints up to --test_iters (a snapshot ensemble); 1: that '
@@ -336,6 +341,11 @@ def parse(argv):
             fail(f'{name} was removed: {REMOVED_FLAGS[name]} (docs/results.md)')
     parser = build_parser()
     config = parser.parse_args(args)
+    if config.mode == 'score':
+        try:
+            adopt_run_architecture(config, given_flags(args))
+        except ConfigError as e:
+            fail(e)
     problem = limits.check_architecture(config) or limits.check_limits(config)
     if problem:
         fail(problem)
@@ -347,6 +357,31 @@ def parse(argv):
     if config.seed is None:
         config.seed = int.from_bytes(os.urandom(4), 'little') >> 1
     return parser, config
+
+
+def given_flags(args):
+    """The destinations of the flags a command line names (whatever their values)."""
+    parser = build_parser()
+    for action in parser._actions:  # parse again with every default left out
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(args)[0]))
+
+
+def adopt_run_architecture(config, given):
+    """--mode score (added): the architecture flags from the run's run_config.json, so that
+    they need not be typed again; one typed otherwise is refused with both values. Without a run
+    record (the released checkpoint) the flags stay as given, as in the original."""
+    saved = runfiles.run_architecture(config.model_save_dir)
+    if saved is None:
+        return
+    record = os.path.join(config.model_save_dir, 'run_config.json')
+    for name, value in saved.items():
+        if name in given and getattr(config, name) != value:
+            raise ConfigError(f'--{name} {getattr(config, name)} disagrees with {record}, '
+                              f'which trained these checkpoints with --{name} {value}; leave '
+                              f'--{name} out (it is read from there) or pass {value}')
+        setattr(config, name, value)
+    print('Architecture from ' + record + ': ' + ', '.join(f'--{k} {v}' for k, v in saved.items()))
 
 
 OUTPUT_FLAGS = ('model_save_dir', 'log_dir', 'sample_dir', 'result_dir')

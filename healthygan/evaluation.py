@@ -15,9 +15,11 @@ from tqdm import tqdm
 from healthygan import metrics, report, runfiles
 from healthygan.data.cache import same_content
 from healthygan.data.loaders import folder_loader, get_loader
-from healthygan.data.splits import find_mask, list_images, load_mask
+from healthygan.data.decode import IMAGE_EXTENSIONS
+from healthygan.data.splits import find_mask, list_images, load_mask, what_is
 from healthygan.errors import ConfigError, DataError
 from healthygan.images import denorm, translation_grid
+from healthygan.reference import HealthyReference
 from healthygan.reporting import ReportWriter
 from healthygan.selection import ensemble_members, resolve_iters
 
@@ -160,13 +162,16 @@ class Evaluator:
         return types.SimpleNamespace(scores=scores, maps=maps, errors=errors,
                                      thresholds=thresholds, source=source, validation=val_info)
 
-    def write_scores_csv(self, paths, names, scores, rows, labels=None, threshold=None):
+    def write_scores_csv(self, paths, names, scores, rows, labels=None, threshold=None,
+                         extra=None):
         """scores.csv: one row per scored image; gt_label where labelled, pred_label where a
-        threshold exists."""
+        threshold exists, then every variant and the extra {column: per-image values}."""
         selected = scores[self.config.score_variant]
+        extra = extra or {}
         header = (['path'] + (['gt_label'] if labels is not None else [])
                   + ['pred_score', 'anomaly_map'] + (['pred_label'] if threshold is not None
-                                                     else []) + [f'score_{v}' for v in scores])
+                                                     else []) + [f'score_{v}' for v in scores]
+                  + list(extra))
         with open(os.path.join(self.config.result_dir, 'scores.csv'), 'w', newline='') as f:
             w = csv.writer(f)
             w.writerow(header)
@@ -174,7 +179,8 @@ class Evaluator:
                 w.writerow([paths[k]] + ([int(labels[k])] if labels is not None else [])
                            + [f'{selected[k]:.8f}', os.path.join('maps', names[k])]
                            + ([int(selected[k] >= threshold)] if threshold is not None else [])
-                           + [f'{scores[v][k]:.8f}' for v in scores])
+                           + [f'{scores[v][k]:.8f}' for v in scores]
+                           + [values[k] for values in extra.values()])
 
     def test_auc(self):
         """Score every test image with every score variant; AUROC (bootstrap CI), AUPRC and the
@@ -242,22 +248,30 @@ class Evaluator:
         return result
 
     def score_folder(self):
-        """Score every image below --score_dir (recursively, any supported format), unlabelled.
+        """Score one image or every image below --score_dir (recursively, any supported
+        format), unlabelled.
 
         Writes scores.csv (one row per image: path, pred_score, map file, every variant; a
-        predicted label when --val_dir gives a threshold), maps/, summary.json and, with
-        --report true, panels and report.html into result_dir.
+        predicted label when --val_dir gives a threshold; each score's percentile among the
+        held-out healthy images' and whether it is above --healthy_percentile, where the run
+        logged them), maps/, summary.json and, with --report true, panels and report.html into
+        result_dir.
         """
         c = self.config
-        paths = self.folder_paths()
+        paths, root = score_paths(c)
         iters = self.start_scoring()
-        names = report.output_names(paths, root=c.score_dir)
+        names = report.output_names(paths, root=root)
         loader = folder_loader(c, paths)
         s = self.score_all(loader, names, desc='score')
         ok = [k for k in range(len(paths)) if k not in s.errors]
         selected = s.scores[c.score_variant]
         threshold = s.thresholds.get(c.score_variant)
-        self.write_scores_csv(paths, names, s.scores, ok, threshold=threshold)
+        reference = HealthyReference.of_run(c.model_save_dir, self.ensemble_iters or [iters],
+                                             c.score_variant, c.healthy_percentile)
+        extra = {} if reference is None else {
+            'healthy_percentile': [f'{v:.2f}' for v in reference.percentiles(selected)],
+            f'above_healthy_p{c.healthy_percentile:g}': reference.above(selected).astype(int)}
+        self.write_scores_csv(paths, names, s.scores, ok, threshold=threshold, extra=extra)
         summary = {'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
                    'score_dir': c.score_dir, 'image_size': c.image_size,
                    'score_variant': c.score_variant, 'score': metrics.SCORE_VARIANTS[c.score_variant],
@@ -273,6 +287,11 @@ class Evaluator:
             summary.update({'threshold': threshold, 'threshold_source': s.source,
                             'validation': s.validation,
                             'n_pred_anomalous': int((selected[ok] >= threshold).sum())})
+        summary['healthy_reference'] = reference.record() if reference else (
+            f'none: {c.model_save_dir} logged no scores of held-out healthy images (train with '
+            f'--holdout_fraction > 0 for a label-free reference)')
+        if reference:
+            summary['n_above_healthy_reference'] = int(reference.above(selected[ok]).sum())
         with open(os.path.join(c.result_dir, 'summary.json'), 'w') as f:
             json.dump(summary, f, indent=1)
         if s.errors:
@@ -292,25 +311,41 @@ class Evaluator:
                               threshold=threshold)
         print(f'Scored {len(ok)} images in {c.score_dir} ({c.score_variant}: median '
               f'{summary["pred_score"]["median"]:.6f})' if ok else 'No image could be scored')
+        if reference and ok:
+            print(f'{summary["n_above_healthy_reference"]} of {len(ok)} above the '
+                  f'{reference.percentile:g}th percentile of healthy images '
+                  f'({reference.threshold:.6g}; {reference.describe()})')
         print('Saved scores.csv, maps/ and summary.json' + (' and report.html' if c.report
                                                               else '') + f' into {c.result_dir}')
         return summary
 
-    def folder_paths(self):
-        """The images below --score_dir, leaving out a --result_dir inside it."""
-        c = self.config
-        if not c.score_dir:
-            raise ConfigError('--mode score needs --score_dir DIR, the folder of images to score')
-        if not os.path.isdir(c.score_dir):
-            raise DataError(f'--score_dir {c.score_dir} does not exist')
-        # A result_dir inside score_dir must not have its own maps and panels scored.
-        results = os.path.abspath(c.result_dir) + os.sep
-        paths = [p for p in list_images(c.score_dir)
-                 if not os.path.abspath(p).startswith(results)]
-        if not paths:
-            raise DataError(f'no images in --score_dir {c.score_dir} outside '
-                                        f'--result_dir {c.result_dir}')
-        return paths
+
+def score_paths(config):
+    """(images, the folder their output names are relative to) of --score_dir: the one image it
+    names, or the images below it, leaving out a --result_dir inside it."""
+    c = config
+    if not c.score_dir:
+        raise ConfigError('--mode score needs --score_dir PATH, an image or a folder of images '
+                          'to score')
+    if os.path.isfile(c.score_dir):
+        if not c.score_dir.lower().endswith(IMAGE_EXTENSIONS):
+            raise DataError(f'--score_dir {c.score_dir} is a file but not an image '
+                            f'({", ".join(IMAGE_EXTENSIONS)}); name an image or a folder')
+        return [c.score_dir], os.path.dirname(os.path.abspath(c.score_dir))
+    if not os.path.isdir(c.score_dir):
+        if os.path.lexists(c.score_dir):
+            raise DataError(f'--score_dir {c.score_dir} is {what_is(c.score_dir)}, not an image '
+                            f'or a folder')
+        raise DataError(f'--score_dir {c.score_dir} does not exist')
+    # A result_dir inside score_dir must not have its own maps and panels scored.
+    results = os.path.abspath(c.result_dir) + os.sep
+    paths = [p for p in list_images(c.score_dir)
+             if not os.path.abspath(p).startswith(results)]
+    if not paths:
+        raise DataError(f'no images in --score_dir {c.score_dir} outside '
+                        f'--result_dir {c.result_dir}')
+    return paths, c.score_dir
+
 
 def validation_set(config, test_paths=()):
     """(paths, labels, description) of the validation images, or None.

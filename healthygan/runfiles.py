@@ -500,6 +500,21 @@ def saved_run_record(model_save_dir, iters):
     return None
 
 
+# The flags that fix the networks' shapes: a run's checkpoints load only with these.
+ARCHITECTURE_FLAGS = ('image_size', 'g_conv_dim', 'g_repeat_num', 'd_conv_dim', 'd_repeat_num')
+
+
+def run_architecture(model_save_dir):
+    """{flag: value} of ARCHITECTURE_FLAGS from a run folder's run_config.json, the record of
+    the run that started it, or None where the folder has no readable record."""
+    meta = saved_run_record(model_save_dir, 0) or {}
+    config = meta.get('config')
+    if not isinstance(config, dict):
+        return None
+    saved = {k: config[k] for k in ARCHITECTURE_FLAGS if isinstance(config.get(k), int)}
+    return saved or None
+
+
 def saved_run_config(model_save_dir, iters):
     """(config, processes) of the run record that wrote set `iters`; (None, 1) when absent."""
     meta = saved_run_record(model_save_dir, iters) or {}

@@ -55,6 +55,15 @@ def stretch_to_uint8(arr):
     return ((arr - lo) * (255.0 / max(hi - lo, 1e-6))).round().astype(np.uint8)
 
 
+def to_rgb8(img):
+    """A PIL image as 8-bit RGB, the way image files are read."""
+    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+        # 16-bit / integer grayscale: PIL's convert('RGB') would clip at 255, so stretch the
+        # image's own range to 8 bits instead.
+        img = Image.fromarray(stretch_to_uint8(np.asarray(img)), 'L')
+    return img.convert('RGB')
+
+
 def load_image(path):
     """Open an image as 8-bit RGB (X-rays become 3 equal channels); a clear error if it is broken.
 
@@ -66,11 +75,7 @@ def load_image(path):
         return Image.fromarray(arr, mode='L' if arr.ndim == 2 else 'RGB').convert('RGB')
     try:
         with Image.open(path) as img:
-            if img.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
-                # 16-bit / integer grayscale: PIL's convert('RGB') would clip at 255, so stretch
-                # the image's own range to 8 bits instead.
-                img = Image.fromarray(stretch_to_uint8(np.asarray(img)), 'L')
-            return img.convert('RGB')
+            return to_rgb8(img)
     except FileNotFoundError:
         raise DataError(f'image not found: {path}') from None
     except Exception as e:  # truncated, not an image, unsupported mode, decompression bomb, ...

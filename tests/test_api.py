@@ -1,0 +1,192 @@
+"""Using a trained run on new images: the Python API (healthygan.load), --mode score on one image
+(PNG, DICOM) with the architecture read from the run, and the label-free healthy reference."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import healthygan
+import main as cli
+from conftest import ROOT, read_csv, tiny_flags
+from healthygan.data.decode import build_transform
+from healthygan.errors import ConfigError, DataError
+from healthygan.reference import HealthyReference, healthy_scores
+from test_formats import write_dicom
+
+SHIPPED = os.path.join(ROOT, 'pretrained', 'nih-cxr-mini')
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """A tiny run trained with a hold-out (so aucp.jsonl holds the healthy reference), two
+    checkpoints, and a few images to score."""
+    import synthetic
+    tmp = tmp_path_factory.mktemp('api')
+    synthetic.make_synthetic_dataset(tmp / 'syn', n_healthy=8, n_mixed=8, n_test_normal=2,
+                                     n_test_anomalous=2, size=32, seed=0)
+    cli.main(['--mode', 'train', '--dataset', 'Folder', '--image_dir', str(tmp / 'syn'),
+              *tiny_flags(), '--use_tensorboard', 'false', '--num_iters', '4',
+              '--model_save_step', '2', '--holdout_fraction', '0.25',
+              '--model_save_dir', str(tmp / 'models'), '--log_dir', str(tmp / 'logs'),
+              '--sample_dir', str(tmp / 'samples'), '--result_dir', str(tmp / 'results')])
+    return tmp
+
+
+def score_argv(models, target, out, *extra):
+    """--mode score naming no architecture flag: they come from the run's run_config.json."""
+    return ['--mode', 'score', '--model_save_dir', str(models), '--score_dir', str(target),
+            '--test_iters', 'latest', '--device', 'cpu', '--num_workers', '0',
+            '--result_dir', str(out), '--report', 'false', *extra]
+
+
+def anomalous_png(run):
+    folder = run / 'syn' / 'test' / 'anomalous'
+    return str(folder / sorted(os.listdir(folder))[0])
+
+
+def test_api_scores_a_path_a_pil_image_an_array_and_a_tensor_alike(run):
+    det = healthygan.load(run / 'models')
+    path = anomalous_png(run)
+    r = det.score(path)
+    assert isinstance(r, healthygan.Result) and r.source == path
+    assert r.map.shape == (32, 32) and 0 <= r.map.min() and r.map.max() <= 1
+    assert r.score == pytest.approx(r.map.mean(), rel=1e-5)  # the original's score: the map's mean
+    with Image.open(path) as img:
+        pil = det.score(img)
+        arr = det.score(np.asarray(img))
+    x = build_transform(32)(Image.open(path).convert('RGB'))
+    tensor = det.score(x[None])
+    assert isinstance(tensor, list) and len(tensor) == 1
+    for other in (pil, arr, tensor[0]):
+        assert other.score == pytest.approx(r.score, abs=1e-7)
+        assert other.variants == pytest.approx(r.variants, abs=1e-7)
+    several = det.score([path, path])
+    assert [s.score for s in several] == pytest.approx([r.score, r.score], abs=1e-7)
+    x_hat, mask = det.translate(path)
+    assert x_hat.shape == (3, 32, 32) and mask.shape == (1, 32, 32)
+    assert -1 <= x_hat.min() and x_hat.max() <= 1 and 0 <= mask.min() and mask.max() <= 1
+    # the map is |x - x_hat| / 2 of the translation
+    assert (x - x_hat).abs().mean(0).div(2).numpy() == pytest.approx(r.map, abs=1e-6)
+
+
+def test_cli_scores_one_png_and_one_dicom_as_the_api_does(run, capsys):
+    det = healthygan.load(run / 'models')
+    png = anomalous_png(run)
+    cli.main(score_argv(run / 'models', png, run / 'one_png'))
+    out = capsys.readouterr().out
+    assert 'Architecture from' in out and '--g_conv_dim 4' in out
+    rows = read_csv(run / 'one_png' / 'scores.csv')
+    assert [r['path'] for r in rows] == [png]
+    assert float(rows[0]['pred_score']) == pytest.approx(det.score(png).score, abs=1e-7)
+    assert os.path.isfile(run / 'one_png' / rows[0]['anomaly_map'])
+
+    values = np.asarray(Image.open(png).convert('L'), dtype=np.uint16) * 16  # 12 bits
+    dcm = write_dicom(run / 'dicom' / 'chest.dcm', values)
+    cli.main(score_argv(run / 'models', dcm, run / 'one_dcm'))
+    rows = read_csv(run / 'one_dcm' / 'scores.csv')
+    assert [r['path'] for r in rows] == [dcm]
+    assert float(rows[0]['pred_score']) == pytest.approx(det.score(dcm).score, abs=1e-7)
+
+
+def test_score_refuses_an_architecture_flag_that_disagrees_with_the_run(run, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(score_argv(run / 'models', anomalous_png(run), run / 'x', '--g_conv_dim', '8'))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1
+    assert '--g_conv_dim 8' in err and '--g_conv_dim 4' in err and 'run_config.json' in err
+    # the same value typed again is fine
+    cli.main(score_argv(run / 'models', anomalous_png(run), run / 'same', '--g_conv_dim', '4'))
+    (run / 'notes.txt').write_text('not an image')
+    for bad, what in [(run / 'notes.txt', 'not an image'), (run / 'nothing', 'does not exist')]:
+        with pytest.raises(SystemExit):
+            cli.main(score_argv(run / 'models', bad, run / 'y'))
+        assert what in capsys.readouterr().err
+
+
+def test_the_healthy_reference_gives_percentiles_in_the_api_and_in_scores_csv(run):
+    log = [json.loads(line) for line in open(run / 'models' / 'aucp.jsonl')]
+    last = log[-1]
+    assert last['iter'] == 4 and len(last['healthy_scores']['mean']) == last['n_healthy'] == 2
+    det = healthygan.load(run / 'models', healthy_percentile=50)
+    ref = det.reference
+    assert list(ref.scores) == sorted(last['healthy_scores']['mean'])
+    assert ref.threshold == pytest.approx(np.median(last['healthy_scores']['mean']))
+    assert list(ref.percentiles([ref.scores[0], ref.scores[1], ref.scores[1] + 1])) == \
+        [50.0, 100.0, 100.0]
+    assert list(ref.percentiles([ref.scores[0] - 1])) == [0.0]
+
+    folder = run / 'syn' / 'test'
+    cli.main(score_argv(run / 'models', folder, run / 'ref', '--healthy_percentile', '50'))
+    rows = read_csv(run / 'ref' / 'scores.csv')
+    summary = json.load(open(run / 'ref' / 'summary.json'))
+    assert summary['healthy_reference']['n_healthy'] == 2
+    assert summary['healthy_reference']['source'].startswith('label-free')
+    assert summary['n_above_healthy_reference'] == sum(int(r['above_healthy_p50']) for r in rows)
+    for row in rows:
+        r = det.score(row['path'])
+        assert float(row['healthy_percentile']) == pytest.approx(r.percentile, abs=0.01)
+        assert int(row['above_healthy_p50']) == r.above_reference
+
+    # an ensemble's reference is the mean of its members' healthy scores, as its scores are
+    det2 = healthygan.load(run / 'models', ensemble=2)
+    members = np.mean([log[0]['healthy_scores']['mean'], last['healthy_scores']['mean']], axis=0)
+    assert det2.members == [2, 4] and list(det2.reference.scores) == pytest.approx(sorted(members))
+
+
+def test_reference_of_older_logs_and_runs_without_a_hold_out(tmp_path):
+    old = {'iter': 5, 'n_healthy': 2, 'val_scores': {'mean': [0.1, 0.3, 0.9]},
+           'val_truth': [0, 0, 1]}
+    assert healthy_scores(old, 'mean') == [0.1, 0.3]
+    assert healthy_scores({**old, 'val_truth': [1, 0, 1]}, 'mean') is None
+    assert healthy_scores({'iter': 5}, 'mean') is None
+    ref = HealthyReference([0.3, 0.1], 95, [5], 'mean')
+    assert ref.above([0.5, 0.1]).tolist() == [True, False]
+    assert 'held out of training' in ref.describe()
+    assert HealthyReference.of_run(str(tmp_path), [5], 'mean', 95) is None
+
+
+def test_load_says_what_is_wrong_in_one_line(run, tmp_path):
+    with pytest.raises(ConfigError, match='not a folder'):
+        healthygan.load(tmp_path / 'absent')
+    with pytest.raises(ConfigError, match='run_config.json'):
+        healthygan.load(tmp_path)
+    det = healthygan.load(run / 'models')
+    with pytest.raises(DataError, match='cannot score a dict'):
+        det.score({'x': 1})
+    with pytest.raises(DataError, match=r'\[N, 1 or 3, 32, 32\]'):
+        det.score(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(DataError, match='cannot read image'):
+        (tmp_path / 'bad.png').write_bytes(b'not a png')
+        det.score(str(tmp_path / 'bad.png'))
+    with pytest.raises(ConfigError, match='score_variant'):
+        healthygan.load(run / 'models', score_variant='max')
+
+
+def shipped():
+    if not os.path.isdir(SHIPPED):
+        pytest.skip(f'{SHIPPED} is absent')
+    return SHIPPED
+
+
+def test_the_shipped_weights_score_a_radiograph_through_the_api_and_the_cli(tmp_path, capsys):
+    det = healthygan.load(shipped())
+    expected = read_csv(os.path.join(SHIPPED, 'expected_scores.csv'))
+    for row in expected:
+        r = det.score(os.path.join(ROOT, row['path']))
+        assert r.score == pytest.approx(float(row['score']), abs=1e-6)
+        assert r.percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
+    png = os.path.join(ROOT, expected[0]['path'])
+    cli.main(score_argv(SHIPPED, png, tmp_path / 'out', '--ensemble', str(len(det.members)),
+                        '--test_iters', str(det.members[-1])))
+    rows = read_csv(tmp_path / 'out' / 'scores.csv')
+    assert float(rows[0]['pred_score']) == pytest.approx(float(expected[0]['score']), abs=1e-6)
+    assert 'above the 95th percentile of healthy images' in capsys.readouterr().out
+    values = np.asarray(Image.open(png).convert('L'), dtype=np.uint16) * 16
+    dcm = write_dicom(tmp_path / 'dicom' / 'chest.dcm', values)
+    cli.main(score_argv(SHIPPED, dcm, tmp_path / 'dcm', '--ensemble', str(len(det.members)),
+                        '--test_iters', str(det.members[-1])))
+    rows = read_csv(tmp_path / 'dcm' / 'scores.csv')
+    assert float(rows[0]['pred_score']) == pytest.approx(det.score(dcm).score, abs=1e-6)
