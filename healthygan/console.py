@@ -62,7 +62,7 @@ def main(argv=None):
         print(f'error: --mode given after the mode {mode!r}: name the mode once, as the first '
               f'word (healthygan {mode} [flags])', file=sys.stderr)
         return 2
-    from healthygan import cli  # imported here: the usage above needs no torch
+    from healthygan import cli  # the program and its parser load only when a mode runs
     cli.main(flags if mode is None else ['--mode', mode, *flags])
     return 0
 
