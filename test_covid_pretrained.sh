@@ -13,6 +13,10 @@ IMAGE_SIZE=${IMAGE_SIZE:-256}
 BATCH_SIZE=${BATCH_SIZE:-1}
 NUM_WORKERS=${NUM_WORKERS:-2}
 DEVICE=${DEVICE:-auto}
+G_CONV_DIM=${G_CONV_DIM:-64}       # the released generator's architecture (the original's defaults)
+G_REPEAT_NUM=${G_REPEAT_NUM:-6}
+# Its SHA-256, when you have recorded one (sha256sum 360000-G.ckpt): checked before anything runs.
+PRETRAINED_SHA256=${PRETRAINED_SHA256:-}
 
 CKPT="$PRETRAINED_DIR/$TEST_ITERS-G.ckpt"
 if [ ! -f "$CKPT" ]; then
@@ -22,6 +26,12 @@ if [ ! -f "$CKPT" ]; then
     echo "and put it at $CKPT (see pretrained/README.md)." >&2
     exit 1
 fi
+# A truncated download, another file or another architecture: one line now, not a traceback
+# after the split lists are built.
+SHA=()
+if [ -n "$PRETRAINED_SHA256" ]; then SHA=(--sha256 "$PRETRAINED_SHA256"); fi
+python -m healthygan.pretrained "$CKPT" --g_conv_dim "$G_CONV_DIM" \
+    --g_repeat_num "$G_REPEAT_NUM" "${SHA[@]}"
 
 # No split lists in $LIST_DIR: build them from the label files in data/covidnet_labels/
 # (COVIDX_TRAIN_LABELS / COVIDX_TEST_LABELS name others; see datasets/README.md).
@@ -31,6 +41,7 @@ ensure_covid_lists "$LIST_DIR"
 python main.py --mode testAUC --dataset Covid \
     --image_dir "$IMAGE_DIR" --list_dir "$LIST_DIR" \
     --image_size "$IMAGE_SIZE" --test_iters "$TEST_ITERS" \
+    --g_conv_dim "$G_CONV_DIM" --g_repeat_num "$G_REPEAT_NUM" \
     --batch_size "$BATCH_SIZE" --num_workers "$NUM_WORKERS" --device "$DEVICE" \
     --model_save_dir "$PRETRAINED_DIR" --result_dir "$RESULT_DIR" \
     --log_dir "$RESULT_DIR/logs" --sample_dir "$RESULT_DIR/samples" "$@"

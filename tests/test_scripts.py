@@ -233,3 +233,57 @@ def test_covid_scripts_stop_in_one_line_on_bad_label_files(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count('\n') == 0 and 'train_COVIDx9.txt' in r.stderr, r.stderr
     assert not (tmp_path / 'lists').exists() and not (tmp_path / 'out').exists()
+
+
+@pytest.mark.slow
+def test_train_folder_script_on_own_images_tiny(tmp_path):
+    # Your own radiographs: a Folder layout given relative to where the script is run from,
+    # first without test/ (train only), then with it (the finished run is tested, not retrained).
+    import synthetic
+    synthetic.make_synthetic_dataset(tmp_path / 'cxr', n_healthy=10, n_mixed=10,
+                                     n_test_normal=3, n_test_anomalous=3, size=32, seed=0)
+    os.replace(tmp_path / 'cxr' / 'test', tmp_path / 'test_later')
+    env = {**os.environ, **TINY, 'DATA': 'cxr', 'OUT': 'run', 'NUM_ITERS': '2',
+           'MODEL_SAVE_STEP': '2', 'ENSEMBLE': '1', 'OMP_NUM_THREADS': '1'}
+
+    def train_folder(**more):
+        return subprocess.run(['bash', os.path.join(ROOT, 'train_folder.sh'), '--use_tensorboard',
+                               'false', '--bootstrap', '0'], cwd=tmp_path, env={**env, **more},
+                              capture_output=True, text=True, timeout=300)
+    r = train_folder()
+    assert r.returncode == 0, r.stderr
+    assert 'the test set was not scored' in r.stdout
+    run_config = json.load(open(tmp_path / 'run' / 'models' / 'run_config.json'))['config']
+    assert run_config['holdout_fraction'] == 0.2 and run_config['lambda_msmall'] == 30
+    assert run_config['image_dir'] == 'cxr' and run_config['image_size'] == 32
+    # the hold-out of 2 healthy + 2 mixed images: AUCp at the checkpoint
+    record = json.loads(open(tmp_path / 'run' / 'models' / 'aucp.jsonl').readline())
+    assert record['iter'] == 2 and (record['n_healthy'], record['n_mixed']) == (2, 2)
+    assert 0 <= record['AUCp'] <= 1
+
+    os.replace(tmp_path / 'test_later', tmp_path / 'cxr' / 'test')
+    r = train_folder()
+    assert r.returncode == 0, r.stderr
+    assert 'Loading the trained models from step 2' in r.stdout
+    metrics = json.load(open(tmp_path / 'run' / 'results' / 'metrics.json'))
+    assert metrics['iteration'] == 2 and metrics['n_normal'] == 3
+    assert not os.path.exists(tmp_path / 'run' / 'models' / '4-G.ckpt')
+    # the score command it prints runs as printed, on new images
+    lines = r.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('Score new images:'))
+    command = ' '.join(line.rstrip('\\').strip() for line in lines[start:start + 2])
+    command = command.split(':', 1)[1].replace('DIR', 'cxr/test/normal', 1)
+    r = subprocess.run(command + ' --device cpu --num_workers 0 --report false', shell=True,
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert os.path.exists(tmp_path / 'run' / 'scores' / 'scores.csv')
+
+
+def test_train_folder_script_needs_healthy_and_mixed(tmp_path):
+    os.makedirs(tmp_path / 'cxr' / 'healthy')
+    r = run_script('train_folder.sh', {'DATA': str(tmp_path / 'cxr'), 'OUT': str(tmp_path / 'o')})
+    assert r.returncode == 2 and r.stderr.count('\n') == 1, r.stderr
+    assert f'{tmp_path}/cxr/mixed not found' in r.stderr
+    r = run_script('train_folder.sh', {'DATA': ''})
+    assert r.returncode == 2 and 'set DATA' in r.stderr and r.stderr.count('\n') == 1, r.stderr
+    assert not (tmp_path / 'o').exists()

@@ -1,0 +1,77 @@
+"""pip install . : the package and the healthygan command work from any folder, without a clone
+on the path (a fresh virtual environment that borrows the system's torch, pip and setuptools)."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+# What a build reads; tests/ and tools/ come along to show that they are not installed.
+SOURCE = ['healthygan', 'tests', 'tools', 'pyproject.toml', 'README.md']
+
+
+def run(cmd, cwd, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTHONHOME')}
+    env['OMP_NUM_THREADS'] = '1'
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def fresh_venv(tmp_path):
+    """A virtual environment that sees the system's packages (torch is not downloaded) and uses
+    the system's pip and setuptools (a venv's own bundled ones may lack bdist_wheel), or skip."""
+    venv = tmp_path / 'venv'
+    r = run([sys.executable, '-m', 'venv', '--system-site-packages', '--without-pip', str(venv)],
+            tmp_path)
+    if r.returncode != 0:
+        pytest.skip(f'python -m venv is unavailable here: {r.stderr.strip()[-200:]}')
+    python = str(venv / 'bin' / 'python')
+    for module in ('pip', 'setuptools'):
+        if run([python, '-c', f'import {module}'], tmp_path).returncode != 0:
+            pytest.skip(f'{module} is not installed for {sys.executable}: cannot build offline')
+    return venv, python
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == 'win32', reason='the venv layout checked is POSIX (bin/)')
+def test_pip_install_gives_the_package_and_the_command_from_any_folder(tmp_path):
+    # Built from a copy, so that the build's build/ and *.egg-info/ stay out of the repository.
+    src = tmp_path / 'src'
+    for name in SOURCE:
+        path = os.path.join(ROOT, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns('__pycache__'))
+        else:
+            os.makedirs(src, exist_ok=True)
+            shutil.copy2(path, src / name)
+    venv, python = fresh_venv(tmp_path)
+    r = run([python, '-m', 'pip', 'install', '--no-deps', '--no-build-isolation', '--no-index',
+             '--no-input', '--disable-pip-version-check', str(src)], tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+    away = tmp_path / 'elsewhere'  # no clone here or on the path
+    os.makedirs(away)
+    healthygan = str(venv / 'bin' / 'healthygan')
+    r = run([healthygan, '--help'], away)
+    assert r.returncode == 0, r.stderr
+    assert 'testAUC' in r.stdout and 'healthygan MODE --help' in r.stdout
+    r = run([healthygan, 'score', '--help'], away)  # the real parser: torch and every module
+    assert r.returncode == 0, r.stderr
+    assert '--score_dir' in r.stdout and '--test_iters' in r.stdout
+    r = run([healthygan, 'fit'], away)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1, r.stderr
+
+    r = run([python, '-c', 'import healthygan, os; print(os.path.realpath(healthygan.__file__))'],
+            away)
+    assert r.returncode == 0, r.stderr
+    site = run([python, '-c', 'import sysconfig; print(sysconfig.get_path("purelib"))'], away)
+    installed = r.stdout.strip()
+    assert installed.startswith(os.path.realpath(site.stdout.strip()) + os.sep), installed
+    assert not installed.startswith(os.path.realpath(ROOT) + os.sep)
+    # the package alone: no top-level tests or tools package, no main.py
+    purelib = site.stdout.strip()
+    assert not {'tests', 'tools', 'main.py', 'solver.py'} & set(os.listdir(purelib))
+    r = run([python, '-m', 'healthygan', '--version'], away)
+    assert r.returncode == 0 and r.stdout.startswith('healthygan '), r.stderr
