@@ -4,6 +4,8 @@ nothing here imports them, so the package runs with only itself on the path.
 
 - api.py: the Python API, load(RUN_DIR) -> Detector with score() and translate()
 - cli.py, flags.py: the command line (build_parser, main) and its argument types
+- console.py, __main__.py, version.py: the `healthygan MODE` command; the version
+- pretrained.py: the check of a released generator file before it is used
 - solver.py: the Solver, which composes the parts below
 - networks.py, build.py: the paper's G and D; the networks, optimizers and fast paths of a run
 - errors.py: the errors a user must fix (one line each, no traceback)
@@ -24,5 +26,6 @@ nothing here imports them, so the package runs with only itself on the path.
 - synthetic_phantom.py: one synthetic radiograph, for synthetic.py's demo and test datasets
 """
 from healthygan.api import Detector, Result, load  # noqa: E402  (the package's public API)
+from healthygan.version import __version__  # noqa: E402
 
-__all__ = ['load', 'Detector', 'Result']
+__all__ = ['load', 'Detector', 'Result', '__version__']

@@ -190,3 +190,24 @@ def test_the_shipped_weights_score_a_radiograph_through_the_api_and_the_cli(tmp_
                         '--test_iters', str(det.members[-1])))
     rows = read_csv(tmp_path / 'dcm' / 'scores.csv')
     assert float(rows[0]['pred_score']) == pytest.approx(det.score(dcm).score, abs=1e-6)
+
+
+def test_ship_weights_packages_a_run_that_loads_anywhere(run, tmp_path):
+    from tools import ship_weights
+    png = anomalous_png(run)
+    out = tmp_path / 'shipped'
+    ship_weights.main(['--run', str(run / 'models'), '--test_iters', '4', '--ensemble', '2',
+                       '--out', str(out), '--images', png])
+    assert sorted(os.listdir(out)) == ['2-G.ckpt', '4-G.ckpt', 'aucp.jsonl', 'detector.json',
+                                       'expected_scores.csv', 'lung_prior.pt', 'run_config.json']
+    record = (out / 'run_config.json').read_text()
+    assert str(run) not in record and str(tmp_path) not in record  # no machine's paths
+    det = healthygan.load(out)  # detector.json: checkpoint 4, ensemble of 2
+    assert det.members == [2, 4] and det.reference is not None
+    ours = healthygan.load(run / 'models', test_iters=4, ensemble=2)
+    expected = read_csv(out / 'expected_scores.csv')
+    assert float(expected[0]['score']) == pytest.approx(ours.score(png).score, abs=1e-7)
+    assert det.score(png).percentile == pytest.approx(ours.score(png).percentile)
+    with pytest.raises(SystemExit, match='not empty'):
+        ship_weights.main(['--run', str(run / 'models'), '--test_iters', '4', '--out', str(out),
+                           '--images', png])

@@ -1,0 +1,88 @@
+"""Package a trained run's generator as weights to ship (pretrained/nih-cxr-mini): the G files
+of a snapshot ensemble, the run record, the lung prior and the held-out healthy scores (the
+label-free reference, aucp.jsonl), detector.json naming the checkpoint, ensemble and score, and
+expected_scores.csv, the scores of a few images that tests/test_api.py checks the shipped weights
+against. D, the optimizer states and the logs stay behind.
+
+Usage: python tools/ship_weights.py --run nih_run/models --test_iters 5500 --ensemble 4 \
+    --out pretrained/nih-cxr-mini --images datasets/nih-cxr-mini/test/anomalous/a.png ...
+"""
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import healthygan  # noqa: E402
+from healthygan.api import DETECTOR_FILE  # noqa: E402
+from healthygan.lung import LUNG_PRIOR_FILE  # noqa: E402
+from healthygan.selection import AUCP_LOG, ensemble_members  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def portable_record(record, run):
+    """The run record with this machine's absolute paths written relative to the clone (or to
+    the run folder where they lie outside it), so that the shipped file names no machine."""
+    def portable(value):
+        if isinstance(value, str) and os.path.isabs(value):
+            if value.startswith(ROOT + os.sep):
+                return os.path.relpath(value, ROOT)
+            if value.startswith(os.path.abspath(run) + os.sep) or value == os.path.abspath(run):
+                return os.path.join('<run>', os.path.relpath(value, os.path.abspath(run)))
+            return os.path.join('<elsewhere>', os.path.basename(value))
+        if isinstance(value, dict):
+            return {k: portable(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [portable(v) for v in value]
+        return value
+    out = portable(record)
+    out['command'] = ' '.join(portable(record.get('command', '').split()))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--run', required=True, help="the run's --model_save_dir")
+    p.add_argument('--test_iters', type=int, required=True)
+    p.add_argument('--ensemble', type=int, default=1)
+    p.add_argument('--score_variant', default='mean')
+    p.add_argument('--out', required=True)
+    p.add_argument('--images', nargs='+', required=True, help='images for expected_scores.csv')
+    args = p.parse_args(argv)
+    if os.path.exists(args.out) and os.listdir(args.out):
+        raise SystemExit(f'error: {args.out} is not empty; remove it first')
+    os.makedirs(args.out, exist_ok=True)
+    members = ensemble_members(args.run, args.test_iters, args.ensemble)
+    for i in members:
+        shutil.copy2(os.path.join(args.run, f'{i}-G.ckpt'), args.out)
+    for name in (LUNG_PRIOR_FILE,):
+        shutil.copy2(os.path.join(args.run, name), args.out)
+    with open(os.path.join(args.run, AUCP_LOG)) as f:  # only the shipped checkpoints' lines
+        lines = [line for line in f if line.strip() and json.loads(line).get('iter') in members]
+    with open(os.path.join(args.out, AUCP_LOG), 'w') as f:
+        f.writelines(lines)
+    with open(os.path.join(args.run, 'run_config.json')) as f:
+        record = json.load(f)
+    with open(os.path.join(args.out, 'run_config.json'), 'w') as f:
+        json.dump(portable_record(record, args.run), f, indent=1)
+    with open(os.path.join(args.out, DETECTOR_FILE), 'w') as f:
+        json.dump({'test_iters': args.test_iters, 'ensemble': args.ensemble,
+                   'score_variant': args.score_variant}, f, indent=1)
+    det = healthygan.load(args.out)
+    with open(os.path.join(args.out, 'expected_scores.csv'), 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['path', 'score', 'healthy_percentile'])
+        for path in args.images:
+            r = det.score(path)
+            w.writerow([os.path.relpath(os.path.abspath(path), ROOT), f'{r.score:.8f}',
+                        f'{r.percentile:.2f}'])
+    print(f'{det}\nwritten to {args.out}: ' + ', '.join(sorted(os.listdir(args.out))))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
