@@ -31,7 +31,9 @@ def portable_record(record, run):
         if isinstance(value, str) and os.path.isabs(value):
             if value.startswith(ROOT + os.sep):
                 return os.path.relpath(value, ROOT)
-            if value.startswith(os.path.abspath(run) + os.sep) or value == os.path.abspath(run):
+            if value == os.path.abspath(run):
+                return '<run>'
+            if value.startswith(os.path.abspath(run) + os.sep):
                 return os.path.join('<run>', os.path.relpath(value, os.path.abspath(run)))
             return os.path.join('<elsewhere>', os.path.basename(value))
         if isinstance(value, dict):
