@@ -67,6 +67,10 @@ def test_demo_script_end_to_end_tiny(tmp_path):
     assert r.returncode == 0, r.stderr
     assert 'AUC:' in r.stdout and 'Outputs:' in r.stdout
     assert os.path.exists(tmp_path / 'demo' / 'results' / 'scores.csv')
+    # the recipe chosen on the synthetic validation sets reaches main.py
+    config = json.load(open(tmp_path / 'demo' / 'models' / 'run_config.json'))['config']
+    assert (config['lambda_msmall'], config['lr_schedule'], config['num_iters_decay'],
+            config['lr_update_step']) == (20, 'linear', 3000, 100)
     # a second run re-tests the finished run instead of training it again from scratch
     r = run_script('demo.sh', env)
     assert r.returncode == 0, r.stderr
