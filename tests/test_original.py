@@ -290,6 +290,8 @@ def test_pretrained_script_on_a_tree_of_test_images_lists_and_a_checkpoint(tmp_p
                tmp_path / 'pre' / '360000-G.ckpt')
     env = {**os.environ, 'PRETRAINED_DIR': str(tmp_path / 'pre'),
            'IMAGE_SIZE': str(TINY['image_size']),
+           # the script checks the file against these before anything runs
+           'G_CONV_DIM': str(TINY['g_conv_dim']), 'G_REPEAT_NUM': str(TINY['g_repeat_num']),
            'IMAGE_DIR': str(tmp_path / 'images'), 'LIST_DIR': str(tmp_path / 'lists'),
            'RESULT_DIR': str(tmp_path / 'res'), 'NUM_WORKERS': '0', 'DEVICE': 'cpu'}
     r = subprocess.run(['bash', os.path.join(ROOT, 'test_covid_pretrained.sh'),
