@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPU quick start: synthetic chest radiographs -> a small HealthyGAN -> anomaly scores and AUROC.
-# About 10 minutes on 2 CPU cores. Edit the values below; extra flags go to main.py.
+# About 5 minutes on 2 CPU cores. Edit the values below; extra flags go to main.py.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -76,3 +76,7 @@ echo "  checkpoints      $OUT/models/<iters>-G.ckpt, <iters>-D.ckpt"
 echo "  training samples $OUT/samples/<iters>-images.jpg (x, raw, x_hat, mask; mixed then healthy)"
 echo "  metrics          $OUT/results/metrics.json, per-image scores $OUT/results/scores.csv"
 echo "  loss curves      tensorboard --logdir $OUT/logs   (or $OUT/logs/stats.jsonl)"
+echo
+echo "Expected with these defaults (six runs, SEED 0-2 with 1 and 2 threads, a 2-core CPU; README):"
+echo "  image AUROC 0.91 to 0.95, pixel AUROC 0.94 to 0.96, G's mask alone 0.89 to 0.93."
+echo "  Far below that: a broken install or changed settings. Another CPU moves it a little."

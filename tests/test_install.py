@@ -75,3 +75,17 @@ def test_pip_install_gives_the_package_and_the_command_from_any_folder(tmp_path)
     assert not {'tests', 'tools', 'main.py', 'solver.py'} & set(os.listdir(purelib))
     r = run([python, '-m', 'healthygan', '--version'], away)
     assert r.returncode == 0 and r.stdout.startswith('healthygan '), r.stderr
+
+    # the API and the command on the shipped weights, from the installed package alone
+    weights = os.path.join(ROOT, 'pretrained', 'nih-cxr-mini')
+    image = os.path.join(ROOT, 'datasets', 'nih-cxr-mini', 'test', 'normal',
+                         sorted(os.listdir(os.path.join(ROOT, 'datasets', 'nih-cxr-mini', 'test',
+                                                        'normal')))[0])
+    r = run([python, '-c', f'import healthygan; d = healthygan.load({weights!r}); '
+                           f'r = d.score({image!r}); print(d.members, r.score, r.percentile)'], away)
+    assert r.returncode == 0 and r.stdout.startswith('[4000, 4500, 5000, 5500] '), r.stderr
+    r = run([healthygan, 'score', '--model_save_dir', weights, '--test_iters', '5500',
+             '--ensemble', '4', '--score_dir', image, '--result_dir', str(away / 'scored'),
+             '--report', 'false', '--num_workers', '0'], away)
+    assert r.returncode == 0, r.stderr
+    assert os.path.isfile(away / 'scored' / 'scores.csv')

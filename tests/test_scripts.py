@@ -66,6 +66,7 @@ def test_demo_script_end_to_end_tiny(tmp_path):
     r = run_script('demo.sh', env)
     assert r.returncode == 0, r.stderr
     assert 'AUC:' in r.stdout and 'Outputs:' in r.stdout
+    assert 'Expected with these defaults' in r.stdout  # what range a user should see
     assert os.path.exists(tmp_path / 'demo' / 'results' / 'scores.csv')
     # the recipe chosen on the synthetic validation sets reaches main.py
     config = json.load(open(tmp_path / 'demo' / 'models' / 'run_config.json'))['config']
