@@ -104,6 +104,16 @@ def remove_stale_temporaries(model_save_dir):
     return removed
 
 
+def looks_like_torch_file(path):
+    """True for what torch.save writes: a zip archive, or (torch < 1.6) a pickle stream."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head == b'PK' or head[:1] == b'\x80'
+
+
 def load_weights_only(path, what='checkpoint'):
     """torch.load(weights_only=True) with one line naming the file and why it is refused."""
     try:
@@ -111,6 +121,11 @@ def load_weights_only(path, what='checkpoint'):
             warnings.simplefilter('ignore')
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError:
+        if not looks_like_torch_file(path):
+            raise errors.CheckpointError(
+                f'{what} {path} is not a PyTorch file (neither a zip archive nor a pickle: e.g. '
+                f'a web page saved in place of the file, or a broken download); fetch it '
+                f'again') from None
         raise errors.CheckpointError(
             f'{what} {path} holds Python objects other than tensors, so it is not '
             f'a file this program wrote; refused without running it (use the '
