@@ -164,12 +164,9 @@ def load(run_dir, test_iters=None, ensemble=None, score_variant=None, healthy_pe
     iters = resolve_iters(test_iters, run_dir, 'test_iters', variant)
     members = ensemble_members(run_dir, iters, ensemble)
     G = Generator(arch['g_conv_dim'], 0, arch['g_repeat_num']).to(device)
-    states = []
-    for member in members:  # the tested checkpoint last, so that it stays loaded
-        load_state_dict_checked(G, os.path.join(run_dir, f'{member}-G.ckpt'), 'Generator')
-        states.append({k: v.clone() for k, v in G.state_dict().items()})
     scorer = Scorer(types.SimpleNamespace(G=G), eager=True)
-    scorer.states = states if len(states) > 1 else []
+    scorer.load_members(members, lambda i: load_state_dict_checked(
+        G, os.path.join(run_dir, f'{i}-G.ckpt'), 'Generator'))
     prior = LungPrior(types.SimpleNamespace(model_save_dir=run_dir, image_size=arch['image_size'],
                                             score_variant=variant), None, device)
     region = prior.read()

@@ -15,6 +15,12 @@ from healthygan.data.splits import read_truth_labels, resolve_split
 from healthygan.selection import AUCP_LOG
 
 
+def per_image(scores):
+    """{variant: per-image scores} as JSON floats of 9 significant digits, as aucp.jsonl keeps
+    them."""
+    return {name: [float(f'{v:.9g}') for v in s] for name, s in scores.items()}
+
+
 class AUCpLog:
     """At every checkpoint, scores of the held-out healthy and mixed images: AUCp (healthy = 0,
     mixed = 1), the authors' later label-free criterion (Siddiquee et al., IEEE TMI), and, with
@@ -73,15 +79,14 @@ class AUCpLog:
         result = {'AUCp': {name: metrics.aucp(pseudo, s) for name, s in scores.items()}}
         # The label-free reference of `score` and the API (reference.py): each held-out healthy
         # image's score, kept whether or not labels exist.
-        result['healthy_scores'] = {name: [float(f'{v:.9g}') for v in metrics.to_numpy(s)]
-                                    for name, s in s_healthy.items()}
+        result['healthy_scores'] = per_image({name: metrics.to_numpy(s)
+                                              for name, s in s_healthy.items()})
         if holdout.truth is not None and sum(holdout.truth) > 0:  # both classes present
             truth = [0] * len(holdout.healthy) + list(holdout.truth)
             result['val_AUROC'] = {name: metrics.aucp(truth, s) for name, s in scores.items()}
             # Kept per image, so that a snapshot ensemble's validation AUROC can be computed
             # later from the log alone (ensemble_val_auroc).
-            result['val_scores'] = {name: [float(f'{v:.9g}') for v in s]
-                                    for name, s in scores.items()}
+            result['val_scores'] = per_image(scores)
             result['val_truth'] = truth
         return result
 

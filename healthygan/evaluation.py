@@ -49,12 +49,7 @@ class Evaluator:
                           f'{c.model_save_dir}): its scores at another size are not the trained '
                           f'model\'s; pass --image_size {trained["image_size"]}')
         members = ensemble_members(c.model_save_dir, iters, c.ensemble)
-        self.scorer.states = []
-        for member in members:  # the tested checkpoint last, so that it stays loaded
-            self.store.restore_model(member, load_D=False)
-            if len(members) > 1:
-                G = self.nets.G.state_dict()
-                self.scorer.states.append({k: v.clone() for k, v in G.items()})
+        self.scorer.load_members(members, lambda i: self.store.restore_model(i, load_D=False))
         self.ensemble_iters = members
         if len(members) > 1:
             print(f'Snapshot ensemble of {len(members)} checkpoints: {members}')
@@ -268,9 +263,10 @@ class Evaluator:
         threshold = s.thresholds.get(c.score_variant)
         reference = HealthyReference.of_run(c.model_save_dir, self.ensemble_iters or [iters],
                                              c.score_variant, c.healthy_percentile)
+        above = None if reference is None else reference.above(selected)
         extra = {} if reference is None else {
             'healthy_percentile': [f'{v:.2f}' for v in reference.percentiles(selected)],
-            f'above_healthy_p{c.healthy_percentile:g}': reference.above(selected).astype(int)}
+            f'above_healthy_p{c.healthy_percentile:g}': above.astype(int)}
         self.write_scores_csv(paths, names, s.scores, ok, threshold=threshold, extra=extra)
         summary = {'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
                    'score_dir': c.score_dir, 'image_size': c.image_size,
@@ -291,7 +287,7 @@ class Evaluator:
             f'none: {c.model_save_dir} logged no scores of held-out healthy images (train with '
             f'--holdout_fraction > 0 for a label-free reference)')
         if reference:
-            summary['n_above_healthy_reference'] = int(reference.above(selected[ok]).sum())
+            summary['n_above_healthy_reference'] = int(above[ok].sum())
         with open(os.path.join(c.result_dir, 'summary.json'), 'w') as f:
             json.dump(summary, f, indent=1)
         if s.errors:

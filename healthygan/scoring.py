@@ -47,6 +47,15 @@ class Scorer:
         n = len(states)
         return x_hat, mask, amap / n, {v: s / n for v, s in variants.items()}
 
+    def load_members(self, members, load):
+        """Load each member's G weights with load(member), oldest first, so that the tested
+        (last) checkpoint stays loaded; with more than one, keep every member's weights."""
+        self.states = []
+        for member in members:
+            load(member)
+            if len(members) > 1:
+                self.states.append({k: v.clone() for k, v in self.nets.G.state_dict().items()})
+
     @torch.no_grad()
     def score_images(self, x, batch_size, device, region=None):
         """Every score variant of each image of a CPU tensor, {name: [N]}, leaving G's running

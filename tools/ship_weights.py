@@ -61,8 +61,7 @@ def main(argv=None):
     members = ensemble_members(args.run, args.test_iters, args.ensemble)
     for i in members:
         shutil.copy2(os.path.join(args.run, f'{i}-G.ckpt'), args.out)
-    for name in (LUNG_PRIOR_FILE,):
-        shutil.copy2(os.path.join(args.run, name), args.out)
+    shutil.copy2(os.path.join(args.run, LUNG_PRIOR_FILE), args.out)
     with open(os.path.join(args.run, AUCP_LOG)) as f:  # only the shipped checkpoints' lines
         lines = [line for line in f if line.strip() and json.loads(line).get('iter') in members]
     with open(os.path.join(args.out, AUCP_LOG), 'w') as f:
