@@ -108,3 +108,5 @@ python tools/baselines.py --dataset Folder --image_dir "$DATA" --image_size "$IM
     --ae_g_repeat_num "$G_REPEAT_NUM" --ae_batch_size "$BATCH_SIZE" --ae_lr "$G_LR" \
     --compare "$OUT/results/scores.csv" --explain "$OUT/results/scores.csv"
 echo "Total $(( $(date +%s) - start )) s. Results: $OUT/results/metrics.json, $OUT/baselines/baselines.json"
+# The headline's row for this seed; give tools/seed_table.py every seed's OUT for the table.
+python tools/seed_table.py "$OUT"

@@ -25,6 +25,7 @@ from healthygan.device import resolve_device
 from healthygan.errors import ConfigError, DataError
 from healthygan.lung import LungPrior
 from healthygan.networks import Generator
+from healthygan.pixel_reference import PixelReference
 from healthygan.reference import HealthyReference
 from healthygan.scoring import Scorer
 from healthygan.selection import ensemble_members, resolve_iters
@@ -52,9 +53,10 @@ class Detector:
     lung prior and healthy reference. Build it with load()."""
 
     def __init__(self, run_dir, G, scorer, image_size, variant, region, reference, members,
-                 device):
+                 device, pixels=None):
         self.run_dir, self.G, self.scorer, self.device = run_dir, G, scorer, device
         self.image_size, self.score_variant, self.region = image_size, variant, region
+        self.pixels = pixels  # 'ref_z': the healthy pixel reference (mu, scale)
         self.reference, self.members = reference, members
         self.transform = build_transform(image_size)
 
@@ -68,7 +70,7 @@ class Detector:
         resized as files are) gives one Result; a list of them, or a tensor batch [N, C, S, S]
         already preprocessed to [-1, 1] at the run's size, gives a list."""
         batch, sources, single = self.prepare(x)
-        _, _, amap, variants = self.scorer.translate_scored(batch, self.region)
+        _, _, amap, variants = self.scorer.translate_scored(batch, self.region, self.pixels)
         variants = {v: metrics.to_numpy(s).astype(np.float64) for v, s in variants.items()}
         selected = variants[self.score_variant]
         percentiles = above = [None] * len(selected)
@@ -172,9 +174,23 @@ def load(run_dir, test_iters=None, ensemble=None, score_variant=None, healthy_pe
     region = prior.read()
     if variant == 'lung' and region is None:
         raise ConfigError(f"score_variant 'lung' needs the run's lung prior: {prior.note}")
-    reference = HealthyReference.of_run(run_dir, members, variant, healthy_percentile)
+    pixels = None
+    if variant == 'ref_z':
+        ref = PixelReference(run_dir, arch['image_size'], members)
+        if not ref.read():
+            raise ConfigError(f"score_variant 'ref_z' needs {ref.path}: build it once with "
+                              f"`python main.py --mode score --score_variant ref_z "
+                              f"--model_save_dir {run_dir} --test_iters {members[-1]} "
+                              f"--ensemble {len(members)} --score_dir IMAGE` where the run's training images are at hand")
+        pixels = ref.pair()
+        reference = HealthyReference(ref.healthy_scores, healthy_percentile, members, 'ref_z',
+                                     f'{os.path.basename(ref.path)}, each image against the '
+                                     f'others')
+    else:
+        reference = HealthyReference.of_run(run_dir, members, variant, healthy_percentile)
     return Detector(run_dir, G, scorer, arch['image_size'], variant,
-                    None if region is None else region.to(device), reference, members, device)
+                    None if region is None else region.to(device), reference, members, device,
+                    pixels)
 
 
 def read_detector_file(run_dir):

@@ -235,12 +235,14 @@ def add_evaluation_flags(p):
     """Added: scores, thresholds, reports, the snapshot ensemble."""
     g = p.add_argument_group('Evaluation (added)')
     g.add_argument('--score_variant', type=str, default='mean',
-                   choices=['mean', 'p99', 'top1pct', 'masked', 'lung'],
+                   choices=['mean', 'p99', 'top1pct', 'masked', 'lung', 'ref_z'],
                    help="image score behind the headline metrics: mean |x - x_hat| / 2 (the "
                         "original's), p99 (99th percentile of the map), top1pct (mean of its top "
-                        "1%%), masked (the map weighted by G's mask) or lung (the map's mean over "
-                        "the darker half of the mean healthy training image); all are reported "
-                        "side by side in metrics.json (added)")
+                        "1%%), masked (the map weighted by G's mask), lung (the map's mean over "
+                        "the darker half of the mean healthy training image) or ref_z (the map's "
+                        "excess over the held-out healthy images' at each pixel, in their "
+                        "spread; needs a run trained with --holdout_fraction > 0); all but ref_z "
+                        "are reported side by side in metrics.json (added)")
     g.add_argument('--bootstrap', type=int, default=1000,
                    help='bootstrap resamples for the 95%% confidence interval of the AUROC; 0: '
                         'none (added)')

@@ -19,6 +19,7 @@ from healthygan.data.decode import IMAGE_EXTENSIONS
 from healthygan.data.splits import find_mask, list_images, load_mask, what_is
 from healthygan.errors import ConfigError, DataError
 from healthygan.images import denorm, translation_grid
+from healthygan.pixel_reference import reference_for
 from healthygan.reference import HealthyReference
 from healthygan.reporting import ReportWriter
 from healthygan.selection import ensemble_members, resolve_iters
@@ -34,6 +35,7 @@ class Evaluator:
         self.nets, self.scorer, self.store, self.lung = nets, scorer, store, lung
         self.reports = ReportWriter(config, scorer, device)
         self.ensemble_iters = []  # --ensemble: the members' iterations, set by load_for_test
+        self.pixels = None  # --score_variant ref_z: the healthy pixel reference, set to score
 
     def load_for_test(self):
         """Resolve --test_iters and load G (D is not needed to test); with --ensemble N keep the
@@ -79,13 +81,14 @@ class Evaluator:
         """
         n = len(loader.dataset)
         region = self.lung.region()
-        scores = {v: np.full(n, np.nan) for v in metrics.SCORE_VARIANTS
-                  if v != 'lung' or region is not None}
+        pixels = self.pixels.pair() if self.pixels else None
+        present = {'lung': region is not None, 'ref_z': pixels is not None}
+        scores = {v: np.full(n, np.nan) for v in metrics.SCORE_VARIANTS if present.get(v, True)}
         kept, errors = {}, {}
         for batch in tqdm(loader, desc=desc, file=sys.stdout):
             x, index = batch[0].to(self.device), batch[2].tolist()
             bad = batch[3] if len(batch) > 3 else [''] * len(index)
-            _, mask, amap, variants = self.scorer.translate_scored(x, region)
+            _, mask, amap, variants = self.scorer.translate_scored(x, region, pixels)
             variants = {v: metrics.to_numpy(s) for v, s in variants.items()}
             amap = metrics.to_numpy(amap)[:, 0].astype(np.float32)
             mask = metrics.to_numpy(mask.float())[:, 0]
@@ -138,11 +141,26 @@ class Evaluator:
     # -------------------------------------------------------------------------------------- #
 
     def start_scoring(self):
-        """Before any image is read: the lung prior's check, G (and the ensemble), result_dir."""
+        """Before any image is read: the lung prior's check, G (and the ensemble), the healthy
+        pixel reference (--score_variant ref_z), result_dir."""
         self.lung.region()  # --score_variant lung without a prior: one line, before work
         iters = self.load_for_test()
+        if self.config.score_variant == 'ref_z':
+            self.pixels = reference_for(self.config, self.scorer, self.ensemble_iters,
+                                        self.device)
         os.makedirs(self.config.result_dir, exist_ok=True)
         return iters
+
+    def healthy_reference(self, iters):
+        """The label-free reference of the tested score (reference.py), or None."""
+        c = self.config
+        if self.pixels is not None:  # ref_z: its own leave-one-out healthy scores
+            return HealthyReference(self.pixels.healthy_scores, c.healthy_percentile,
+                                    self.ensemble_iters, 'ref_z',
+                                    f'{os.path.basename(self.pixels.path)}, each image '
+                                    f'against the others')
+        return HealthyReference.of_run(c.model_save_dir, self.ensemble_iters or [iters],
+                                       c.score_variant, c.healthy_percentile)
 
     def score_all(self, loader, names, test_paths=(), keep_maps=(), desc='scoring'):
         """The scoring path testAUC and score share: every image of the loader with every score
@@ -236,6 +254,8 @@ class Evaluator:
             result['validation'] = s.validation
         if self.lung.note:
             result['notes'] = {'lung': self.lung.note}
+        if self.pixels is not None:
+            result['healthy_pixel_reference'] = self.pixels.describe()
         result['variants'] = {v: {key: r[key] for key in (
             'description', 'image_AUROC', 'image_AUROC_ci95', 'image_AUPRC', 'threshold',
             'sensitivity', 'specificity', 'accuracy', 'F1') if key in r}
@@ -261,8 +281,7 @@ class Evaluator:
         ok = [k for k in range(len(paths)) if k not in s.errors]
         selected = s.scores[c.score_variant]
         threshold = s.thresholds.get(c.score_variant)
-        reference = HealthyReference.of_run(c.model_save_dir, self.ensemble_iters or [iters],
-                                             c.score_variant, c.healthy_percentile)
+        reference = self.healthy_reference(iters)
         above = None if reference is None else reference.above(selected)
         extra = {} if reference is None else {
             'healthy_percentile': [f'{v:.2f}' for v in reference.percentiles(selected)],

@@ -22,7 +22,12 @@ SCORE_VARIANTS = {
     'masked': "mean of m * |x - x_hat| / 2 (the map weighted by G's mask m)",
     'lung': 'mean of the map over the lung-field prior: the darker half of the pixels of the '
             'mean healthy training image (lungs are dark on a radiograph)',
+    'ref_z': "mean over pixels of the map's excess over the healthy images held out of "
+             "training at the same pixel, in their spread: max(0, (a - mu) / (sd + median sd))",
 }
+# 'lung' and 'ref_z' need a reference of the run (lung.py, pixel_reference.py); without one they
+# are left out of the scores.
+NEEDS_REFERENCE = ('lung', 'ref_z')
 LUNG_PRIOR_QUANTILE = 0.5  # 'lung': the darkest half of the mean healthy image's pixels
 
 
@@ -32,6 +37,27 @@ def lung_prior(mean_image, quantile=LUNG_PRIOR_QUANTILE):
     scores the whole image, borders, labels and shoulders included."""
     m = mean_image.float().mean(dim=-3, keepdim=True).reshape(1, 1, *mean_image.shape[-2:])
     return (m <= torch.quantile(m.flatten(), quantile)).float()
+
+
+REF_Z_MIN_SPREAD = 1 / 255  # one 8-bit grey level of the map: the least spread 'ref_z' divides by
+
+
+def healthy_pixel_reference(maps):
+    """The 'ref_z' score's reference from the anomaly maps [N, H, W] of healthy images: each
+    pixel's mean mu and scale sd + median(sd) (sd over the images, per pixel). The median keeps
+    the pixels where every healthy image agrees (sd near 0) from dominating the score; it is
+    at least one grey level, so that a background identical on every image divides by no 0."""
+    maps = maps.double()
+    sd = maps.std(dim=0, unbiased=False)
+    return maps.mean(dim=0), sd + max(float(torch.quantile(sd.flatten(), 0.5)), REF_Z_MIN_SPREAD)
+
+
+def ref_z_score(amap, mu, scale):
+    """'ref_z' of anomaly maps [N, 1, H, W]: the mean over pixels of max(0, (a - mu) / scale),
+    how far each pixel's residual exceeds what healthy images show at the same place. Added:
+    ribs, edges and borders that G misses on every image stop counting."""
+    z = (amap[:, 0].double() - mu.to(amap.device)) / scale.to(amap.device)
+    return z.clamp(min=0).mean(dim=(1, 2)).to(amap.dtype)
 
 
 def anomaly_map(x, x_hat):

@@ -28,9 +28,10 @@ class HealthyReference:
     """The held-out healthy images' scores of one checkpoint (or the mean over a snapshot
     ensemble's members, as --ensemble averages every score) and the percentile that marks."""
 
-    def __init__(self, scores, percentile, members, variant):
+    def __init__(self, scores, percentile, members, variant, source=AUCP_LOG):
         self.scores = np.sort(np.asarray(scores, dtype=np.float64))
         self.percentile, self.members, self.variant = float(percentile), list(members), variant
+        self.source = source  # where the healthy scores come from
         self.threshold = float(np.percentile(self.scores, self.percentile))
 
     @classmethod
@@ -56,7 +57,7 @@ class HealthyReference:
 
     def describe(self):
         return (f'label-free: the {self.percentile:g}th percentile of the {self.variant} scores of '
-                f'the {len(self.scores)} healthy images held out of training ({AUCP_LOG})')
+                f'the {len(self.scores)} healthy images held out of training ({self.source})')
 
     def record(self):
         """What summary.json / metrics.json say of it."""

@@ -29,11 +29,13 @@ class Scorer:
                 x_hat, x_raw, mask, _ = generate_amp(n.G_run, n.to_layout(x), n.amp_dtype)
         return x_hat, x_raw, mask
 
-    def translate_scored(self, x, region=None):
+    def translate_scored(self, x, region=None, pixels=None):
         """(x_hat, mask, anomaly map [N,1,H,W], {variant: score [N]}) for a batch.
 
         With a snapshot ensemble the map and every score are the means over the members'
-        translations; x_hat and mask are the tested (last) checkpoint's.
+        translations; x_hat and mask are the tested (last) checkpoint's. region: the lung
+        prior ('lung'); pixels: the healthy pixel reference (mu, scale) ('ref_z', computed from
+        the ensemble's map, as its reference was).
         """
         states = self.states or [None]
         amap, variants = 0, {}
@@ -45,7 +47,10 @@ class Scorer:
             for v, s in metrics.score_variants(x, x_hat, mask, region).items():
                 variants[v] = variants.get(v, 0) + s
         n = len(states)
-        return x_hat, mask, amap / n, {v: s / n for v, s in variants.items()}
+        amap, variants = amap / n, {v: s / n for v, s in variants.items()}
+        if pixels is not None:
+            variants['ref_z'] = metrics.ref_z_score(amap, *pixels)
+        return x_hat, mask, amap, variants
 
     def load_members(self, members, load):
         """Load each member's G weights with load(member), oldest first, so that the tested

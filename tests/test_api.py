@@ -10,7 +10,7 @@ from PIL import Image
 
 import healthygan
 import main as cli
-from conftest import ROOT, read_csv, tiny_flags
+from conftest import ROOT, eval_args, read_csv, tiny_flags
 from healthygan.data.decode import build_transform
 from healthygan.errors import ConfigError, DataError
 from healthygan.reference import HealthyReference, healthy_scores
@@ -211,3 +211,115 @@ def test_ship_weights_packages_a_run_that_loads_anywhere(run, tmp_path):
     with pytest.raises(SystemExit, match='not empty'):
         ship_weights.main(['--run', str(run / 'models'), '--test_iters', '4', '--out', str(out),
                            '--images', png])
+
+
+# ---------------------------------------------------------------------------------------------- #
+#      ref_z: the residual referenced to the held-out healthy images, pixel by pixel (added)       #
+# ---------------------------------------------------------------------------------------------- #
+
+@pytest.fixture(scope='module')
+def ref_run(tmp_path_factory):
+    """A tiny run holding 3 of its 10 healthy images out of training: the healthy pixel
+    reference's smallest size (each image's leave-one-out score needs a spread of 2 others)."""
+    import synthetic
+    tmp = tmp_path_factory.mktemp('refz')
+    synthetic.make_synthetic_dataset(tmp / 'syn', n_healthy=10, n_mixed=6, n_test_normal=3,
+                                     n_test_anomalous=3, size=32, seed=1)
+    cli.main(['--mode', 'train', '--dataset', 'Folder', '--image_dir', str(tmp / 'syn'),
+              *tiny_flags(), '--use_tensorboard', 'false', '--num_iters', '4',
+              '--model_save_step', '2', '--holdout_fraction', '0.3',
+              '--model_save_dir', str(tmp / 'models'), '--log_dir', str(tmp / 'logs'),
+              '--sample_dir', str(tmp / 'samples'), '--result_dir', str(tmp / 'results')])
+    return tmp
+
+
+def test_ref_z_builds_the_healthy_reference_once_and_scores_alike_everywhere(ref_run, capsys):
+    from healthygan import metrics
+    models, folder = ref_run / 'models', ref_run / 'syn' / 'test'
+    argv = score_argv(models, folder, ref_run / 'first', '--score_variant', 'ref_z',
+                      '--ensemble', '2')
+    cli.main(argv)
+    assert 'Building the healthy pixel reference from 3 held-out healthy images' in \
+        capsys.readouterr().out
+    saved = torch.load(models / 'healthy_pixels_2-4_32px.pt')
+    assert saved['members'] == [2, 4] and saved['n'] == 3 and len(saved['healthy_scores']) == 3
+    rows = read_csv(ref_run / 'first' / 'scores.csv')
+    assert all(r['pred_score'] == r['score_ref_z'] for r in rows)
+    summary = json.load(open(ref_run / 'first' / 'summary.json'))
+    assert 'healthy_pixels_2-4_32px.pt' in summary['healthy_reference']['source']
+    assert summary['healthy_reference']['n_healthy'] == 3
+    # a second run reads the saved reference: nothing built, the same scores
+    cli.main(argv[:argv.index('--result_dir') + 1] + [str(ref_run / 'again')]
+             + argv[argv.index('--result_dir') + 2:])
+    assert 'Building' not in capsys.readouterr().out
+    assert [r['score_ref_z'] for r in read_csv(ref_run / 'again' / 'scores.csv')] == \
+        [r['score_ref_z'] for r in rows]
+    # the API reads the same file and gives each image the same score, from its map
+    det = healthygan.load(models, ensemble=2, score_variant='ref_z')
+    mu, scale = saved['mu'].double().numpy(), saved['scale'].double().numpy()
+    for row in rows:
+        r = det.score(row['path'])
+        assert r.score == pytest.approx(float(row['pred_score']), abs=1e-6)
+        assert r.score == pytest.approx(np.maximum((r.map - mu) / scale, 0).mean(), abs=1e-5)
+        assert r.percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
+    assert metrics.SCORE_VARIANTS['ref_z'].startswith('mean over pixels')
+    # shipped weights carry the reference of their checkpoints and score alike
+    from tools import ship_weights
+    ship_weights.main(['--run', str(models), '--test_iters', '4', '--ensemble', '2',
+                       '--score_variant', 'ref_z', '--out', str(ref_run / 'shipped'),
+                       '--images', rows[0]['path']])
+    assert 'healthy_pixels_2-4_32px.pt' in os.listdir(ref_run / 'shipped')
+    shipped_det = healthygan.load(ref_run / 'shipped')
+    assert shipped_det.score_variant == 'ref_z'
+    assert shipped_det.score(rows[0]['path']).score == pytest.approx(
+        float(rows[0]['pred_score']), abs=1e-6)
+    with pytest.raises(SystemExit, match='build it first'):
+        ship_weights.main(['--run', str(models), '--test_iters', '2', '--score_variant', 'ref_z',
+                           '--out', str(ref_run / 'none'), '--images', rows[0]['path']])
+
+
+def test_ref_z_in_testauc_reports_its_reference(ref_run):
+    result = cli.main(['--mode', 'testAUC', '--dataset', 'Folder',
+                       '--image_dir', str(ref_run / 'syn'), *tiny_flags(),
+                       '--use_tensorboard', 'false', '--holdout_fraction', '0.3',
+                       '--model_save_dir', str(ref_run / 'models'), '--test_iters', '4',
+                       '--ensemble', '2', '--score_variant', 'ref_z', '--bootstrap', '0',
+                       '--report', 'false', '--num_workers', '0',
+                       '--result_dir', str(ref_run / 'auc')])
+    assert result['score_variant'] == 'ref_z' and 'ref_z' in result['variants']
+    assert result['healthy_pixel_reference'].startswith('3 healthy images held out')
+    rows = read_csv(ref_run / 'auc' / 'scores.csv')
+    from healthygan import metrics as m
+    assert result['image_AUROC'] == pytest.approx(m.image_metrics(
+        [int(r['gt_label']) for r in rows], [float(r['score_ref_z']) for r in rows])['image_AUROC'])
+
+
+def test_ref_z_says_what_it_needs_in_one_line(ref_run, run, trained, tmp_path, capsys):
+    def refused(argv, *words):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count('\n') == 1, err
+        for w in words:
+            assert w in err, err
+    folder = ref_run / 'syn' / 'test'
+    # a run without a hold-out (the original's training) has no healthy images to refer to
+    refused(eval_args(trained, trained / 'syn', 'refz', '--score_variant', 'ref_z'),
+            '--score_variant ref_z', '--holdout_fraction > 0')
+    # two held-out healthy images are too few
+    refused(score_argv(run / 'models', folder, tmp_path / 'two', '--score_variant', 'ref_z'),
+            'held out 2 healthy', 'at least 3')
+    # the training log cannot rank checkpoints by it
+    refused(score_argv(ref_run / 'models', folder, tmp_path / 'best', '--score_variant', 'ref_z',
+                       '--test_iters', 'best_aucp'), 'best_aucp', 'ref_z')
+    # the API builds nothing: it names the command that does
+    with pytest.raises(ConfigError, match='build it once with'):
+        healthygan.load(ref_run / 'models', test_iters=2, score_variant='ref_z')
+    # a reference file of other checkpoints is refused by name
+    os.makedirs(tmp_path / 'copy')
+    for name in ('2-G.ckpt', '4-G.ckpt', '2-D.ckpt', '4-D.ckpt', 'run_config.json'):
+        (tmp_path / 'copy' / name).write_bytes((ref_run / 'models' / name).read_bytes())
+    (tmp_path / 'copy' / 'healthy_pixels_4_32px.pt').write_bytes(
+        (ref_run / 'models' / 'healthy_pixels_2-4_32px.pt').read_bytes())
+    with pytest.raises(ConfigError, match='remove it'):
+        healthygan.load(tmp_path / 'copy', test_iters=4, score_variant='ref_z')

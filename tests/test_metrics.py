@@ -98,13 +98,14 @@ def test_score_variants_on_known_maps():
     x = torch.rand(2, 3, 20, 20) * 2 - 1
     x_hat = torch.rand(2, 3, 20, 20) * 2 - 1
     mask = torch.rand(2, 1, 20, 20)
-    assert set(metrics.score_variants(x, x_hat, mask)) == set(metrics.SCORE_VARIANTS) - {'lung'}
+    assert set(metrics.score_variants(x, x_hat, mask)) == \
+        set(metrics.SCORE_VARIANTS) - {'lung', 'ref_z'}
     mean_healthy = torch.linspace(-1, 1, 400).view(1, 20, 20).expand(3, -1, -1)
     region = metrics.lung_prior(mean_healthy)  # the darker half: the first 200 pixels
     assert region.shape == (1, 1, 20, 20) and region.flatten()[:200].all()
     assert not region.flatten()[200:].any()
     v = metrics.score_variants(x, x_hat, mask, region)
-    assert set(v) == set(metrics.SCORE_VARIANTS)
+    assert set(v) == set(metrics.SCORE_VARIANTS) - {'ref_z'}  # ref_z: from an ensemble's map
     assert torch.equal(v['mean'], metrics.anomaly_score(x, x_hat))
     amap = ((x - x_hat).abs().mean(dim=1) / 2).numpy().reshape(2, -1).astype(np.float64)
     np.testing.assert_allclose(v['mean'].numpy(), amap.mean(axis=1), rtol=1e-5)
@@ -208,3 +209,38 @@ def test_original_threshold_rule_by_hand():
         image_metrics([0, 0], [0.1, 0.2])
     with pytest.raises(ValueError):
         image_metrics([0, 1], [0.1, math.nan])
+
+
+def test_ref_z_counts_only_what_healthy_images_do_not_show_at_the_same_place():
+    torch.manual_seed(0)
+    healthy = torch.rand(6, 8, 8) * 0.02
+    healthy[:, 2, :] += 0.5  # a rib G misses on every healthy image
+    mu, scale = metrics.healthy_pixel_reference(healthy)
+    sd = healthy.double().std(dim=0, unbiased=False)
+    np.testing.assert_allclose(mu.numpy(), healthy.double().mean(dim=0).numpy())
+    np.testing.assert_allclose(scale.numpy(), (sd + np.median(sd.numpy())).numpy())
+    rib = healthy[:1].clone()
+    lesion = healthy[:1].clone()
+    lesion[0, 5, 3:6] += 0.3  # a residual no healthy image has there
+    z = metrics.ref_z_score(torch.cat([rib, lesion])[:, None], mu, scale)
+    # the rib weighs nothing more than it does on healthy images; the lesion does
+    plain = torch.cat([rib, lesion]).mean(dim=(1, 2))
+    assert z[1] > z[0] and (z[1] - z[0]) / z[0] > (plain[1] - plain[0]) / plain[0]
+    expected = np.maximum((lesion[0].double() - mu) / scale, 0).mean()
+    assert float(z[1]) == pytest.approx(float(expected), rel=1e-6)
+    # a background identical on every image divides by one grey level, not by 0
+    _, flat = metrics.healthy_pixel_reference(torch.zeros(4, 8, 8))
+    assert float(flat.min()) == pytest.approx(metrics.REF_Z_MIN_SPREAD)
+
+
+def test_ref_z_healthy_scores_leave_each_image_out():
+    from healthygan.pixel_reference import leave_one_out_scores
+    torch.manual_seed(1)
+    maps = torch.rand(5, 6, 6).double() * 0.1
+    scores = leave_one_out_scores(maps)
+    mu, scale = metrics.healthy_pixel_reference(maps[1:])
+    assert scores[0] == pytest.approx(float(metrics.ref_z_score(maps[:1, None], mu, scale)[0]))
+    # against the others, each scores higher than against a reference holding itself
+    mu_all, scale_all = metrics.healthy_pixel_reference(maps)
+    inside = metrics.ref_z_score(maps[:, None], mu_all, scale_all)
+    assert all(s >= float(i) for s, i in zip(scores, inside))

@@ -24,12 +24,14 @@ def test_testauc_writes_metrics_scores_maps_and_report(tested):
     assert saved['score_variant'] == 'mean' and (saved['n_normal'], saved['n_anomalous']) == (8, 8)
     low, high = saved['image_AUROC_ci95']
     assert low <= saved['image_AUROC'] <= high and saved['bootstrap']['n'] == 200
-    assert set(saved['variants']) == set(metrics.SCORE_VARIANTS)
+    # every variant but ref_z, which only --score_variant ref_z computes (its reference)
+    assert set(saved['variants']) == set(metrics.SCORE_VARIANTS) - {'ref_z'}
     assert saved['variants']['mean']['image_AUROC'] == saved['image_AUROC']
 
     rows = read_csv(out / 'scores.csv')
     assert list(rows[0])[:3] == ['path', 'gt_label', 'pred_score'] and len(rows) == 16
-    assert {f'score_{v}' for v in metrics.SCORE_VARIANTS} <= set(rows[0])
+    assert {f'score_{v}' for v in metrics.SCORE_VARIANTS if v != 'ref_z'} == \
+        {k for k in rows[0] if k.startswith('score_')}
     labels = [int(r['gt_label']) for r in rows]
     for v, summary in saved['variants'].items():  # metrics.json agrees with scores.csv
         s = [float(r[f'score_{v}']) for r in rows]

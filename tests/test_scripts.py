@@ -108,6 +108,7 @@ def test_bench_nih_script_end_to_end_tiny(tmp_path):
     from tools import seed_table
     row, = seed_table.main([str(tmp_path / 'run')])
     assert row['AUROC'] == metrics['image_AUROC'] and row['stat'][0].startswith('global_')
+    assert row['val'] is None  # no --val_dir: no validation AUROC, a dash in its column
     assert row['lead_ref'][0] == baselines['compare']['methods'][row['ref'][0]][
         'AUROC_difference']
     with pytest.raises(SystemExit, match='bench_nih.sh'):
@@ -148,6 +149,10 @@ def test_bench_nih_script_defaults_to_the_shipped_images(tmp_path):
     # stratified by default: a fifth of mixed/'s 60 diseased images (the plain hold-out drew 5)
     assert 0 <= record['val_AUROC'] <= 1 and record['n_mixed_anomalous'] == 12
     assert 'validation AUROC' in r.stdout
+    # ends with the seed's row of the headline table, the validation AUROC beside the test's
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"| {tmp_path / 'run'} | {metrics['image_AUROC']:.3f}")
+    assert last.endswith(f"| {metrics['validation']['image_AUROC']['mean']:.3f} |")
 
 
 @pytest.mark.slow

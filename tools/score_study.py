@@ -98,10 +98,10 @@ def region_mean(values, region):
 
 def healthy_z(maps, ref_maps):
     """Each pixel's excess over the healthy reference, in its standard deviations: (a - mu) /
-    (sd + median sd), mu and sd per pixel over the reference maps; the median keeps pixels where
-    every healthy image agrees from dominating."""
-    mu, sd = ref_maps.mean(axis=0), ref_maps.std(axis=0)
-    return (maps - mu) / (sd + np.median(sd))
+    (sd + median sd), mu and sd per pixel over the reference maps (metrics.healthy_pixel_reference,
+    as --score_variant ref_z computes it)."""
+    mu, scale = metrics.healthy_pixel_reference(torch.from_numpy(np.asarray(ref_maps)))
+    return ((maps - mu.numpy()) / scale.numpy()).astype(np.float32)
 
 
 def study_scores(maps, residuals, masks, ref_maps, lung):
@@ -177,7 +177,7 @@ def validation_table(model_save_dir, val_dir, ensemble, n_bootstrap=1000, iters=
             'n_reference': len(reference), 'ensemble': ensemble, 'checkpoints': rows,
             'last_ensemble': [int(i) for i in members[last]], 'residual': residual,
             'global_statistics_AUROC': statistics,
-            'scores': {'ref_z': healthy_z.__doc__.split('\n')[0]}}
+            'scores': {'ref_z': metrics.SCORE_VARIANTS['ref_z']}}
 
 
 def cell(c):

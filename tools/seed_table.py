@@ -1,6 +1,8 @@
 """The table over seeds of `bench_nih.sh` runs (added): each run's test AUROC with its interval,
 its paired lead over the best global image statistic and over the best pixel reference, the
-residual AUROC after the global statistics, and the mean and spread over the runs.
+residual AUROC after the global statistics, the validation AUROC of the same score on the
+labelled validation radiographs (testAUC's --val_dir) beside them, and the mean and spread over
+the runs.
 
     python tools/seed_table.py nih_seed0 nih_seed1 nih_seed2
 
@@ -30,7 +32,12 @@ def read_run(out):
         baselines = json.load(f)
     methods, compare = baselines['methods'], baselines.get('compare', {}).get('methods', {})
     row = {'run': out, 'AUROC': result['image_AUROC'], 'ci': result.get('image_AUROC_ci95'),
-           'residual': baselines.get('explain', {}).get('residual_AUROC')}
+           'residual': baselines.get('explain', {}).get('residual_AUROC'),
+           'score_variant': result.get('score_variant'), 'val': None, 'val_ci': None}
+    validation = result.get('validation') or {}
+    if row['score_variant'] in validation.get('image_AUROC', {}):
+        row['val'] = validation['image_AUROC'][row['score_variant']]
+        row['val_ci'] = validation.get('image_AUROC_ci95', {}).get(row['score_variant'])
     for kind, names in (('stat', GLOBAL_STATISTICS), ('ref', PIXEL_REFERENCES)):
         present = [n for n in names if n in methods and n in compare]
         if not present:
@@ -56,14 +63,17 @@ def _lead(lead):
 def table(rows):
     """The Markdown lines: a row per run, then the mean and standard deviation."""
     lines = ['| run | test AUROC [95% CI] | lead over the best global statistic | lead over '
-             'the best of PCA/kNN/autoencoder | residual AUROC after the global statistics |',
-             '|---|---|---|---|---|']
+             'the best of PCA/kNN/autoencoder | residual AUROC after the global statistics | '
+             'validation AUROC [95% CI] |',
+             '|---|---|---|---|---|---|']
     for r in rows:
         stat = f"{r['stat'][0]} {r['stat'][1]:.3f}: " if r['stat'] else ''
         ref = f"{r['ref'][0]} {r['ref'][1]:.3f}: " if r['ref'] else ''
         residual = f"{r['residual']:.3f}" if r['residual'] is not None else '-'
+        val = f"{r['val']:.3f}{_interval(r['val_ci'])}" if r['val'] is not None else '-'
         lines.append(f"| {r['run']} | {r['AUROC']:.3f}{_interval(r['ci'])} | {stat}"
-                     f"{_lead(r['lead_stat'])} | {ref}{_lead(r['lead_ref'])} | {residual} |")
+                     f"{_lead(r['lead_stat'])} | {ref}{_lead(r['lead_ref'])} | {residual} | "
+                     f"{val} |")
     if len(rows) > 1:
         def spread(values):
             values = [v for v in values if v is not None]
@@ -73,7 +83,8 @@ def table(rows):
         lines.append(f"| mean ± sd over {len(rows)} | {spread([r['AUROC'] for r in rows])} | "
                      f"{spread([r['lead_stat'][0] if r['lead_stat'] else None for r in rows])} | "
                      f"{spread([r['lead_ref'][0] if r['lead_ref'] else None for r in rows])} | "
-                     f"{spread([r['residual'] for r in rows])} |")
+                     f"{spread([r['residual'] for r in rows])} | "
+                     f"{spread([r['val'] for r in rows])} |")
     return lines
 
 

@@ -17,8 +17,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import healthygan  # noqa: E402
+from healthygan import runfiles  # noqa: E402
 from healthygan.api import DETECTOR_FILE  # noqa: E402
 from healthygan.lung import LUNG_PRIOR_FILE  # noqa: E402
+from healthygan.pixel_reference import reference_file  # noqa: E402
 from healthygan.selection import AUCP_LOG, ensemble_members  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,11 +59,19 @@ def main(argv=None):
     args = p.parse_args(argv)
     if os.path.exists(args.out) and os.listdir(args.out):
         raise SystemExit(f'error: {args.out} is not empty; remove it first')
-    os.makedirs(args.out, exist_ok=True)
     members = ensemble_members(args.run, args.test_iters, args.ensemble)
+    # the 'ref_z' score's reference of these checkpoints, where it was built
+    pixels = os.path.join(args.run, reference_file(
+        members, runfiles.run_architecture(args.run)['image_size']))
+    if args.score_variant == 'ref_z' and not os.path.exists(pixels):
+        raise SystemExit(f'error: {pixels} not found; build it first (main.py --mode score '
+                         f'--score_variant ref_z on the run)')
+    os.makedirs(args.out, exist_ok=True)
     for i in members:
         shutil.copy2(os.path.join(args.run, f'{i}-G.ckpt'), args.out)
     shutil.copy2(os.path.join(args.run, LUNG_PRIOR_FILE), args.out)
+    if os.path.exists(pixels):
+        shutil.copy2(pixels, args.out)
     with open(os.path.join(args.run, AUCP_LOG)) as f:  # only the shipped checkpoints' lines
         lines = [line for line in f if line.strip() and json.loads(line).get('iter') in members]
     with open(os.path.join(args.out, AUCP_LOG), 'w') as f:
