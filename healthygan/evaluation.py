@@ -148,6 +148,7 @@ class Evaluator:
         if self.config.score_variant == 'ref_z':
             self.pixels = reference_for(self.config, self.scorer, self.ensemble_iters,
                                         self.device)
+            self.reports.pixels = self.pixels.pair()
         os.makedirs(self.config.result_dir, exist_ok=True)
         return iters
 

@@ -52,12 +52,17 @@ def healthy_pixel_reference(maps):
     return maps.mean(dim=0), sd + max(float(torch.quantile(sd.flatten(), 0.5)), REF_Z_MIN_SPREAD)
 
 
-def ref_z_score(amap, mu, scale):
-    """'ref_z' of anomaly maps [N, 1, H, W]: the mean over pixels of max(0, (a - mu) / scale),
-    how far each pixel's residual exceeds what healthy images show at the same place. Added:
-    ribs, edges and borders that G misses on every image stop counting."""
+def ref_z_map(amap, mu, scale):
+    """max(0, (a - mu) / scale) of anomaly maps [N, 1, H, W]: [N, H, W], float64, how far each
+    pixel's residual exceeds what healthy images show at the same place."""
     z = (amap[:, 0].double() - mu.to(amap.device)) / scale.to(amap.device)
-    return z.clamp(min=0).mean(dim=(1, 2)).to(amap.dtype)
+    return z.clamp(min=0)
+
+
+def ref_z_score(amap, mu, scale):
+    """'ref_z' of anomaly maps [N, 1, H, W]: the mean over pixels of ref_z_map. Added: ribs,
+    edges and borders that G misses on every image stop counting."""
+    return ref_z_map(amap, mu, scale).mean(dim=(1, 2)).to(amap.dtype)
 
 
 def anomaly_map(x, x_hat):

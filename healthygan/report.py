@@ -78,16 +78,24 @@ def heat_overlay(image_rgb, amap, vmax):
     return np.round((1 - alpha) * image_rgb + alpha * heat).astype(np.uint8)
 
 
-def panel(x, x_hat, mask, amap, vmax, gt_mask=None, caption=''):
-    """One row: input | translation | G's mask | map over the input [| true lesion mask].
+REF_Z_VMAX = 3.0  # the 'ref_z' excess map's colours: 0 to 3 healthy spreads
+
+
+def panel(x, x_hat, mask, amap, vmax, gt_mask=None, caption='', excess=None):
+    """One row: input | translation | G's mask | map over the input [| the map's excess over
+    the healthy images ('ref_z')] [| true lesion mask].
 
     x, x_hat: (3, H, W) in [-1, 1]; mask, amap: (H, W) in [0, 1]; the map's colours run from 0
-    to vmax (the same for every image of a run, so panels compare).
+    to vmax (the same for every image of a run, so panels compare); excess: max(0, (a - mu) /
+    scale), coloured from 0 to REF_Z_VMAX.
     """
     image = _gray_rgb(x)
     tiles = [('input', image), ('translation', _gray_rgb(x_hat)),
              ('mask m', _gray_rgb(np.asarray(mask) * 2 - 1)),
              (f'|x-x_hat|/2, 0-{vmax:.3g}', heat_overlay(image, amap, vmax))]
+    if excess is not None:
+        tiles.append((f'over healthy, 0-{REF_Z_VMAX:g} sd',
+                      heat_overlay(image, excess, REF_Z_VMAX)))
     if gt_mask is not None:
         tiles.append(('true lesion', _gray_rgb(np.asarray(gt_mask, np.float32) * 2 - 1)))
     h, w = image.shape[:2]

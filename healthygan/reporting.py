@@ -17,6 +17,7 @@ class ReportWriter:
 
     def __init__(self, config, scorer, device):
         self.config, self.scorer, self.device = config, scorer, device
+        self.pixels = None  # --score_variant ref_z: (mu, scale), to draw the excess map too
 
     def picture_indices(self, n, order_groups):
         """The first --num_maps images (-1: all) plus the report's examples."""
@@ -60,8 +61,11 @@ class ReportWriter:
         body = (intro + '\n<h2>Plots</h2><div class="plots">' + ''.join(images) + '</div>'
                 + f'\n<h2>Examples</h2><p class="note">Columns: input, translation, G\'s mask, '
                   f'the anomaly map |x - x_hat| / 2 over the input (colours from 0 to {vmax:.4g}, '
-                  f'the largest 99th percentile of any map in this run), and the true lesion '
-                  f'where a mask exists. Ranked by the {c.score_variant} score.</p>\n'
+                  f'the largest 99th percentile of any map in this run), '
+                + ('its excess over the held-out healthy images at each pixel in their spread '
+                   f'(ref_z\'s map, 0 to {report.REF_Z_VMAX:g}), ' if self.pixels else '')
+                + f'and the true lesion where a mask exists. Ranked by the {c.score_variant} '
+                  f'score.</p>\n'
                 + report.examples_html(examples)
                 + f'\n<p class="note">Files: <a href="{record}">{record}</a>, '
                   '<a href="scores.csv">scores.csv</a> (one row per image, with its map in '
@@ -82,10 +86,13 @@ class ReportWriter:
             chunk = indices[a:a + self.config.batch_size]
             x = torch.stack([dataset[k][0] for k in chunk]).to(self.device)
             x_hat, mask, amap, _ = self.scorer.translate_scored(x)
+            excess = [None] * len(chunk)
+            if self.pixels is not None:
+                excess = metrics.to_numpy(metrics.ref_z_map(amap, *self.pixels))
             x, x_hat = metrics.to_numpy(x), metrics.to_numpy(x_hat)
             mask, amap = metrics.to_numpy(mask)[:, 0], metrics.to_numpy(amap)[:, 0]
             for j, k in enumerate(chunk):
                 path = os.path.join(panel_dir, names[k])
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 report.panel(x[j], x_hat[j], mask[j], amap[j], vmax, gt_masks.get(k),
-                             captions.get(k, '')).save(path)
+                             captions.get(k, ''), excess[j]).save(path)

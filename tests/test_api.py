@@ -284,9 +284,14 @@ def test_ref_z_in_testauc_reports_its_reference(ref_run):
                        '--use_tensorboard', 'false', '--holdout_fraction', '0.3',
                        '--model_save_dir', str(ref_run / 'models'), '--test_iters', '4',
                        '--ensemble', '2', '--score_variant', 'ref_z', '--bootstrap', '0',
-                       '--report', 'false', '--num_workers', '0',
-                       '--result_dir', str(ref_run / 'auc')])
+                       '--num_workers', '0', '--result_dir', str(ref_run / 'auc')])
     assert result['score_variant'] == 'ref_z' and 'ref_z' in result['variants']
+    # the panels draw ref_z's map too: input, translation, mask, map, its excess over the
+    # healthy images, true lesion (the synthetic set has masks); the report says what it is
+    panel = next((ref_run / 'auc' / 'panels').rglob('*.png'))
+    with Image.open(panel) as p:
+        assert p.width == 6 * (p.height - 28)  # square tiles, 14 px of labels and of caption
+    assert "ref_z's map" in (ref_run / 'auc' / 'report.html').read_text()
     assert result['healthy_pixel_reference'].startswith('3 healthy images held out')
     rows = read_csv(ref_run / 'auc' / 'scores.csv')
     from healthygan import metrics as m
