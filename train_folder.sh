@@ -3,8 +3,8 @@
 # (unannotated, healthy and diseased), then, if DATA/test/ exists (normal/, anomalous/), score it
 # with testAUC. HOLDOUT of each training folder is kept out of training: its images give the
 # label-free AUCp at every checkpoint and the healthy reference new scores are compared with.
-# The recipe is bench_nih.sh's (chosen on validation images of nih-cxr-mini, sized for a CPU;
-# docs/results.md); on a GPU with many images, train_covid.sh's paper settings are the other end.
+# The recipe is bench_nih.sh's but for the score (chosen on nih-cxr-mini's validation, sized
+# for a CPU; docs/results.md); on a GPU with many images, train_covid.sh's paper settings are the other end.
 # Paths are taken from where you run it, e.g. DATA=~/cxr bash path/to/train_folder.sh; a second
 # run continues (or re-tests) the first. Extra flags go to main.py, in both modes.
 set -euo pipefail
@@ -31,7 +31,9 @@ G_LR=${G_LR:-0.0002}
 D_LR=${D_LR:-0.0005}
 TEST_ITERS=${TEST_ITERS:-latest}     # the last checkpoint ('best_aucp': the highest AUCp)
 ENSEMBLE=${ENSEMBLE:-4}              # average the scores of the last 4 checkpoints (1: that one alone)
-SCORE_VARIANT=${SCORE_VARIANT:-mean}  # the original's score (every variant is reported too)
+# the original's score (every variant is reported too); bench_nih.sh's ref_z, chosen on NIH
+# validation radiographs, needs at least 3 held-out healthy images: SCORE_VARIANT=ref_z
+SCORE_VARIANT=${SCORE_VARIANT:-mean}
 NUM_WORKERS=${NUM_WORKERS:-0}
 DEVICE=${DEVICE:-auto}
 

@@ -179,15 +179,16 @@ def test_the_shipped_weights_score_a_radiograph_through_the_api_and_the_cli(tmp_
         assert r.score == pytest.approx(float(row['score']), abs=1e-6)
         assert r.percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
     png = os.path.join(ROOT, expected[0]['path'])
-    cli.main(score_argv(SHIPPED, png, tmp_path / 'out', '--ensemble', str(len(det.members)),
-                        '--test_iters', str(det.members[-1])))
+    assert det.score_variant == 'ref_z'  # detector.json: the score chosen on validation
+    same = ('--ensemble', str(len(det.members)), '--test_iters', str(det.members[-1]),
+            '--score_variant', det.score_variant)
+    cli.main(score_argv(SHIPPED, png, tmp_path / 'out', *same))
     rows = read_csv(tmp_path / 'out' / 'scores.csv')
     assert float(rows[0]['pred_score']) == pytest.approx(float(expected[0]['score']), abs=1e-6)
     assert 'above the 95th percentile of healthy images' in capsys.readouterr().out
     values = np.asarray(Image.open(png).convert('L'), dtype=np.uint16) * 16
     dcm = write_dicom(tmp_path / 'dicom' / 'chest.dcm', values)
-    cli.main(score_argv(SHIPPED, dcm, tmp_path / 'dcm', '--ensemble', str(len(det.members)),
-                        '--test_iters', str(det.members[-1])))
+    cli.main(score_argv(SHIPPED, dcm, tmp_path / 'dcm', *same))
     rows = read_csv(tmp_path / 'dcm' / 'scores.csv')
     assert float(rows[0]['pred_score']) == pytest.approx(det.score(dcm).score, abs=1e-6)
 

@@ -80,26 +80,29 @@ def test_demo_script_end_to_end_tiny(tmp_path):
 
 @pytest.mark.slow
 def test_bench_nih_script_end_to_end_tiny(tmp_path):
-    # Ten images per training set so that HOLDOUT 0.2 holds out two of each for AUCp; ten test
-    # images, so that --explain's 5-fold cross-fit leaves each fit more images than coefficients.
+    # Ten images per training set so that HOLDOUT 0.3 holds out three of each: AUCp, and the
+    # healthy pixel reference of the ref_z score (at least 3); ten test images, so that
+    # --explain's 5-fold cross-fit leaves each fit more images than coefficients.
     from conftest import write_folder_layout
     data = write_folder_layout(tmp_path / 'nih', 10, 5)
     env = {**TINY, 'DATA': str(data), 'OUT': str(tmp_path / 'run'), 'NUM_ITERS': '4',
            'MODEL_SAVE_STEP': '2', 'PCA_COMPONENTS': '4', 'KNN_K': '2', 'AE_ITERS': '2',
-           'ENSEMBLE': '2'}
+           'ENSEMBLE': '2', 'HOLDOUT': '0.3'}
     r = run_script('bench_nih.sh', env, '--use_tensorboard', 'false', '--bootstrap', '0')
     assert r.returncode == 0, r.stderr
     assert 'AUCp at iteration 4' in r.stdout and 'knn' in r.stdout
     metrics = json.load(open(tmp_path / 'run' / 'results' / 'metrics.json'))
     # the defaults: the recipe chosen on validation (docs/results.md, "An honest protocol")
-    assert metrics['iteration'] == 4 and metrics['score_variant'] == 'mean'
+    assert metrics['iteration'] == 4 and metrics['score_variant'] == 'ref_z'
+    assert metrics['healthy_pixel_reference'].startswith('3 healthy images held out')
     run_config = json.load(open(tmp_path / 'run' / 'models' / 'run_config.json'))['config']
     assert run_config['lambda_msmall'] == 30  # (stratification needs labels: the next test)
     # the snapshot ensemble: the last ENSEMBLE checkpoints
     assert [p.rsplit('/', 1)[-1] for p in metrics['ensemble']] == ['2-G.ckpt', '4-G.ckpt']
     baselines = json.load(open(tmp_path / 'run' / 'baselines' / 'baselines.json'))
-    assert baselines['n_fit'] == 8  # fitted on the healthy images HealthyGAN trained on
+    assert baselines['n_fit'] == 7  # fitted on the healthy images HealthyGAN trained on
     assert baselines['methods']['autoencoder']['parameters']['iters'] == 2
+    assert 'trained' not in baselines['methods']['autoencoder']['parameters']
     # the global statistics' direction comes from all 20 training-folder images, held out or not
     assert baselines['methods']['global_contrast']['fit_set'] == \
         'direction: healthy 10 vs mixed 10'
@@ -113,6 +116,15 @@ def test_bench_nih_script_end_to_end_tiny(tmp_path):
         'AUROC_difference']
     with pytest.raises(SystemExit, match='bench_nih.sh'):
         seed_table.main([str(tmp_path / 'none')])
+    # run again on the same OUT: training is done, the autoencoder is reused, the numbers stay
+    r = run_script('bench_nih.sh', env, '--use_tensorboard', 'false', '--bootstrap', '0')
+    assert r.returncode == 0, r.stderr
+    again = json.load(open(tmp_path / 'run' / 'baselines' / 'baselines.json'))
+    assert again['methods']['autoencoder']['parameters']['trained'].startswith('loaded from')
+    assert again['methods']['autoencoder']['image_AUROC'] == \
+        baselines['methods']['autoencoder']['image_AUROC']
+    assert json.load(open(tmp_path / 'run' / 'results' / 'metrics.json'))['image_AUROC'] == \
+        metrics['image_AUROC']
     r = run_script('bench_nih.sh', {**env, 'DATA': str(tmp_path / 'none')})
     assert r.returncode == 2 and 'healthy' in r.stderr
 
@@ -149,10 +161,11 @@ def test_bench_nih_script_defaults_to_the_shipped_images(tmp_path):
     # stratified by default: a fifth of mixed/'s 60 diseased images (the plain hold-out drew 5)
     assert 0 <= record['val_AUROC'] <= 1 and record['n_mixed_anomalous'] == 12
     assert 'validation AUROC' in r.stdout
+    assert metrics['healthy_pixel_reference'].startswith('40 healthy images held out')
     # ends with the seed's row of the headline table, the validation AUROC beside the test's
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith(f"| {tmp_path / 'run'} | {metrics['image_AUROC']:.3f}")
-    assert last.endswith(f"| {metrics['validation']['image_AUROC']['mean']:.3f} |")
+    assert last.endswith(f"| {metrics['validation']['image_AUROC']['ref_z']:.3f} |")
 
 
 @pytest.mark.slow
