@@ -3,14 +3,14 @@
 # test it once with a label-free choice (the last 4 checkpoints' maps averaged, scored against the
 # held-out healthy images' at each pixel: ref_z), and score the same test images with the simple references and the normal-only
 # autoencoder (tools/baselines.py) side by side, with how much of HealthyGAN's score the global
-# image statistics explain (cross-fitted on the test images). LAMBDA_MSMALL, the ensemble and
-# SCORE_VARIANT (ref_z, three seeds) were chosen on validation: images held out of healthy/ and
-# mixed/ (labels from mixed_truth.csv, never trained on) and validation/'s radiographs of other
-# patients; the networks, image size and iterations were set in earlier development that
-# compared on test/ (docs/results.md). TEST=0 trains and prints the validation table without
+# image statistics explain (cross-fitted on the test images). LAMBDA_MSMALL, the ensemble,
+# SCORE_VARIANT (ref_z) and IMAGE_SIZE (64 px) were chosen on validation: images held out of
+# healthy/ and mixed/ (labels from mixed_truth.csv, never trained on) and validation/'s
+# radiographs of other patients; the networks were set in earlier development that compared on
+# test/ (docs/results.md). TEST=0 trains and prints the validation table without
 # scoring test/. Run again on the same OUT, it resumes or re-tests and reuses the autoencoder.
-# Budget: at most 60 minutes on a 2-core CPU (training at 128 px: 43 min on the
-# idle machine, 52 min in all). Extra flags go to main.py.
+# Budget: at most 60 minutes on a 2-core CPU (training at 64 px: about 20 min with one
+# thread, about 30 min in all). Extra flags go to main.py.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -26,13 +26,13 @@ HOLDOUT_LABELS=${HOLDOUT_LABELS-$DATA/mixed_truth.csv}
 # testAUC's threshold is chosen. Empty or absent: the held-out images alone (tools/validation.py).
 VAL_DIR=${VAL_DIR-$DATA/validation}
 HOLDOUT_STRATIFY=${HOLDOUT_STRATIFY:-true}  # HOLDOUT of each label of mixed/ (false: of all)
-IMAGE_SIZE=${IMAGE_SIZE:-128}      # 64 px: 3x faster, lower AUROC (docs/results.md)
+IMAGE_SIZE=${IMAGE_SIZE:-64}       # 128 px (D_REPEAT_NUM=5 NUM_ITERS=5500): 3x slower, no better on validation
 G_CONV_DIM=${G_CONV_DIM:-16}
 D_CONV_DIM=${D_CONV_DIM:-16}
 G_REPEAT_NUM=${G_REPEAT_NUM:-2}
-D_REPEAT_NUM=${D_REPEAT_NUM:-5}     # 4 at 64 px (the critic's patches stay the same size)
+D_REPEAT_NUM=${D_REPEAT_NUM:-4}     # 5 at 128 px (the critic's patches stay the same size)
 BATCH_SIZE=${BATCH_SIZE:-8}
-NUM_ITERS=${NUM_ITERS:-5500}         # 43 min at 128 px on 2 idle cores (64 px: 8000 in ~19 min)
+NUM_ITERS=${NUM_ITERS:-8000}         # ~20 min at 64 px on one thread (128 px: 5500 in 43 min on 2 idle cores)
 NUM_ITERS_DECAY=${NUM_ITERS_DECAY:-100000}
 LR_SCHEDULE=${LR_SCHEDULE:-original} # in effect constant here; 'linear' decayed to 0 measured no better
 LR_UPDATE_STEP=${LR_UPDATE_STEP:-1000}
