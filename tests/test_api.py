@@ -19,20 +19,25 @@ from test_formats import write_dicom
 SHIPPED = os.path.join(ROOT, 'pretrained', 'nih-cxr-mini')
 
 
+def train_tiny_run(tmp, n_healthy, n_mixed, n_test, holdout, seed):
+    """A synthetic set in tmp/syn and a tiny run on it (checkpoints 2 and 4) in tmp/models."""
+    import synthetic
+    synthetic.make_synthetic_dataset(tmp / 'syn', n_healthy=n_healthy, n_mixed=n_mixed,
+                                     n_test_normal=n_test, n_test_anomalous=n_test, size=32,
+                                     seed=seed)
+    cli.main(['--mode', 'train', '--dataset', 'Folder', '--image_dir', str(tmp / 'syn'),
+              *tiny_flags(), '--use_tensorboard', 'false', '--num_iters', '4',
+              '--model_save_step', '2', '--holdout_fraction', str(holdout),
+              '--model_save_dir', str(tmp / 'models'), '--log_dir', str(tmp / 'logs'),
+              '--sample_dir', str(tmp / 'samples'), '--result_dir', str(tmp / 'results')])
+    return tmp
+
+
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     """A tiny run trained with a hold-out (so aucp.jsonl holds the healthy reference), two
     checkpoints, and a few images to score."""
-    import synthetic
-    tmp = tmp_path_factory.mktemp('api')
-    synthetic.make_synthetic_dataset(tmp / 'syn', n_healthy=8, n_mixed=8, n_test_normal=2,
-                                     n_test_anomalous=2, size=32, seed=0)
-    cli.main(['--mode', 'train', '--dataset', 'Folder', '--image_dir', str(tmp / 'syn'),
-              *tiny_flags(), '--use_tensorboard', 'false', '--num_iters', '4',
-              '--model_save_step', '2', '--holdout_fraction', '0.25',
-              '--model_save_dir', str(tmp / 'models'), '--log_dir', str(tmp / 'logs'),
-              '--sample_dir', str(tmp / 'samples'), '--result_dir', str(tmp / 'results')])
-    return tmp
+    return train_tiny_run(tmp_path_factory.mktemp('api'), 8, 8, 2, 0.25, seed=0)
 
 
 def score_argv(models, target, out, *extra):
@@ -222,16 +227,7 @@ def test_ship_weights_packages_a_run_that_loads_anywhere(run, tmp_path):
 def ref_run(tmp_path_factory):
     """A tiny run holding 3 of its 10 healthy images out of training: the healthy pixel
     reference's smallest size (each image's leave-one-out score needs a spread of 2 others)."""
-    import synthetic
-    tmp = tmp_path_factory.mktemp('refz')
-    synthetic.make_synthetic_dataset(tmp / 'syn', n_healthy=10, n_mixed=6, n_test_normal=3,
-                                     n_test_anomalous=3, size=32, seed=1)
-    cli.main(['--mode', 'train', '--dataset', 'Folder', '--image_dir', str(tmp / 'syn'),
-              *tiny_flags(), '--use_tensorboard', 'false', '--num_iters', '4',
-              '--model_save_step', '2', '--holdout_fraction', '0.3',
-              '--model_save_dir', str(tmp / 'models'), '--log_dir', str(tmp / 'logs'),
-              '--sample_dir', str(tmp / 'samples'), '--result_dir', str(tmp / 'results')])
-    return tmp
+    return train_tiny_run(tmp_path_factory.mktemp('refz'), 10, 6, 3, 0.3, seed=1)
 
 
 def test_ref_z_builds_the_healthy_reference_once_and_scores_alike_everywhere(ref_run, capsys):
