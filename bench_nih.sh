@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Real radiographs on a CPU: train HealthyGAN on nih-cxr-mini (healthy + unannotated mixed only),
 # test it once with a label-free choice (the last 4 checkpoints' maps averaged, scored against the
-# held-out healthy images' at each pixel: ref_z), and score the same test images with the simple references and the normal-only
-# autoencoder (tools/baselines.py) side by side, with how much of HealthyGAN's score the global
-# image statistics explain (cross-fitted on the test images). LAMBDA_MSMALL, the ensemble,
+# held-out healthy images' at each pixel: ref_z), and score the same test images with the
+# simple references and the normal-only autoencoder (tools/baselines.py) side by side, with how
+# much of HealthyGAN's score the global image statistics explain (cross-fitted on the test
+# images). LAMBDA_MSMALL, the ensemble,
 # SCORE_VARIANT (ref_z) and IMAGE_SIZE (64 px) were chosen on validation: images held out of
 # healthy/ and mixed/ (labels from mixed_truth.csv, never trained on) and validation/'s
 # radiographs of other patients; the networks were set in earlier development that compared on
@@ -26,7 +27,7 @@ HOLDOUT_LABELS=${HOLDOUT_LABELS-$DATA/mixed_truth.csv}
 # testAUC's threshold is chosen. Empty or absent: the held-out images alone (tools/validation.py).
 VAL_DIR=${VAL_DIR-$DATA/validation}
 HOLDOUT_STRATIFY=${HOLDOUT_STRATIFY:-true}  # HOLDOUT of each label of mixed/ (false: of all)
-IMAGE_SIZE=${IMAGE_SIZE:-64}       # 128 px (D_REPEAT_NUM=5 NUM_ITERS=5500): 3x slower, no better on validation
+IMAGE_SIZE=${IMAGE_SIZE:-64}       # 128: D_REPEAT_NUM=5 NUM_ITERS=5500, 3x slower, lower on validation
 G_CONV_DIM=${G_CONV_DIM:-16}
 D_CONV_DIM=${D_CONV_DIM:-16}
 G_REPEAT_NUM=${G_REPEAT_NUM:-2}

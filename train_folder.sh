@@ -4,7 +4,8 @@
 # with testAUC. HOLDOUT of each training folder is kept out of training: its images give the
 # label-free AUCp at every checkpoint and the healthy reference new scores are compared with.
 # The recipe is bench_nih.sh's but for the score (chosen on nih-cxr-mini's validation, sized
-# for a CPU; docs/results.md); on a GPU with many images, train_covid.sh's paper settings are the other end.
+# for a CPU; docs/results.md); on a GPU with many images, train_covid.sh's paper settings are
+# the other end.
 # Paths are taken from where you run it, e.g. DATA=~/cxr bash path/to/train_folder.sh; a second
 # run continues (or re-tests) the first. Extra flags go to main.py, in both modes.
 set -euo pipefail
@@ -14,13 +15,13 @@ DATA=${DATA:-}                      # healthy/, mixed/ and, optionally, test/nor
 OUT=${OUT:-folder_run}              # logs, models, samples, results
 SEED=${SEED:-0}
 HOLDOUT=${HOLDOUT:-0.2}             # of healthy and of mixed, never trained on (0: none, no AUCp)
-IMAGE_SIZE=${IMAGE_SIZE:-128}
+IMAGE_SIZE=${IMAGE_SIZE:-64}        # chosen on NIH validation (128: D_REPEAT_NUM=5 NUM_ITERS=5500)
 G_CONV_DIM=${G_CONV_DIM:-16}
 D_CONV_DIM=${D_CONV_DIM:-16}
 G_REPEAT_NUM=${G_REPEAT_NUM:-2}
-D_REPEAT_NUM=${D_REPEAT_NUM:-5}     # 4 at 64 px (the critic's patches stay the same size)
+D_REPEAT_NUM=${D_REPEAT_NUM:-4}     # 5 at 128 px (the critic's patches stay the same size)
 BATCH_SIZE=${BATCH_SIZE:-8}
-NUM_ITERS=${NUM_ITERS:-5500}         # under an hour at 128 px on 2 CPU cores (docs/results.md)
+NUM_ITERS=${NUM_ITERS:-8000}         # about 20 min at 64 px on a CPU (docs/results.md)
 MODEL_SAVE_STEP=${MODEL_SAVE_STEP:-500}   # the ensemble's members: the last ENSEMBLE of these
 LAMBDA_ID=${LAMBDA_ID:-10}
 LAMBDA_REC=${LAMBDA_REC:-10}
