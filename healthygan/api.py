@@ -181,11 +181,10 @@ def load(run_dir, test_iters=None, ensemble=None, score_variant=None, healthy_pe
             raise ConfigError(f"score_variant 'ref_z' needs {ref.path}: build it once with "
                               f"`python main.py --mode score --score_variant ref_z "
                               f"--model_save_dir {run_dir} --test_iters {members[-1]} "
-                              f"--ensemble {len(members)} --score_dir IMAGE` where the run's training images are at hand")
+                              f"--ensemble {len(members)} --score_dir IMAGE` where the run's "
+                              f"training images are at hand")
         pixels = ref.pair()
-        reference = HealthyReference(ref.healthy_scores, healthy_percentile, members, 'ref_z',
-                                     f'{os.path.basename(ref.path)}, each image against the '
-                                     f'others')
+        reference = ref.healthy_reference(healthy_percentile)
     else:
         reference = HealthyReference.of_run(run_dir, members, variant, healthy_percentile)
     return Detector(run_dir, G, scorer, arch['image_size'], variant,

@@ -156,10 +156,7 @@ class Evaluator:
         """The label-free reference of the tested score (reference.py), or None."""
         c = self.config
         if self.pixels is not None:  # ref_z: its own leave-one-out healthy scores
-            return HealthyReference(self.pixels.healthy_scores, c.healthy_percentile,
-                                    self.ensemble_iters, 'ref_z',
-                                    f'{os.path.basename(self.pixels.path)}, each image '
-                                    f'against the others')
+            return self.pixels.healthy_reference(c.healthy_percentile)
         return HealthyReference.of_run(c.model_save_dir, self.ensemble_iters or [iters],
                                        c.score_variant, c.healthy_percentile)
 

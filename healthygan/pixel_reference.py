@@ -16,6 +16,7 @@ from healthygan.data.loaders import folder_loader
 from healthygan.data.splits import resolve_split
 from healthygan.distributed import is_main
 from healthygan.errors import ConfigError, DataError
+from healthygan.reference import HealthyReference
 
 
 def reference_file(members, image_size):
@@ -69,7 +70,7 @@ class PixelReference:
         self.members, self.image_size = [int(i) for i in members], int(image_size)
         self.path = os.path.join(model_save_dir, reference_file(self.members, image_size))
         self.mu = self.scale = None
-        self.healthy_scores, self.n = [], 0
+        self.healthy_scores = []  # each held-out healthy image's leave-one-out 'ref_z'
 
     def read(self):
         """True where the file exists (and is this reference), False where it does not."""
@@ -81,7 +82,7 @@ class PixelReference:
                               f'{saved.get("members")} at {saved.get("image_size")} px, not of '
                               f'{self.members} at {self.image_size} px; remove it')
         self.mu, self.scale = saved['mu'].double(), saved['scale'].double()
-        self.healthy_scores, self.n = list(saved['healthy_scores']), int(saved['n'])
+        self.healthy_scores = list(saved['healthy_scores'])
         return True
 
     def build(self, scorer, config, paths, device):
@@ -96,10 +97,10 @@ class PixelReference:
             maps.append(scorer.translate_scored(x)[2][:, 0].double().cpu())
         maps = torch.cat(maps)
         self.mu, self.scale = metrics.healthy_pixel_reference(maps)
-        self.healthy_scores, self.n = leave_one_out_scores(maps), len(maps)
+        self.healthy_scores = leave_one_out_scores(maps)
         if is_main():
             save_atomic({'members': self.members, 'image_size': self.image_size,
-                         'mu': self.mu.float(), 'scale': self.scale.float(), 'n': self.n,
+                         'mu': self.mu.float(), 'scale': self.scale.float(), 'n': len(maps),
                          'healthy_scores': self.healthy_scores}, self.path)
         # scoring uses the values as saved, so that a re-read reference scores the same
         self.mu, self.scale = self.mu.float().double(), self.scale.float().double()
@@ -108,8 +109,14 @@ class PixelReference:
         return self.mu, self.scale
 
     def describe(self):
-        return (f'{self.n} healthy images held out of training, translated by checkpoints '
-                f'{self.members} ({os.path.basename(self.path)})')
+        return (f'{len(self.healthy_scores)} healthy images held out of training, translated by '
+                f'checkpoints {self.members} ({os.path.basename(self.path)})')
+
+    def healthy_reference(self, percentile):
+        """The label-free reference of 'ref_z' (reference.py): its healthy images' own
+        leave-one-out scores."""
+        return HealthyReference(self.healthy_scores, percentile, self.members, 'ref_z',
+                                f'{os.path.basename(self.path)}, each image against the others')
 
 
 def reference_for(config, scorer, members, device):
