@@ -54,6 +54,10 @@ def test_the_table_scores_validation_and_hold_out_with_the_cli_translations(tmp_
     d, lo, hi = t['residual']['ref_z']['lead_over_best_statistic']
     assert lo <= d <= hi and t['best_statistic']['AUROC'] >= 0.5
     assert 'Lead over the best of them' in out
+    with open(os.path.join(models, 'validation_images_scores.csv')) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and {'path', 'gt_label', 'ref_z', 'mean'} <= set(rows[0])
+    assert sorted(int(r['gt_label']) for r in rows).count(1) == t['n_anomalous']
 
     # The table's translations are the CLI's: testAUC's mean score of the test images, again.
     cli.main(['--mode', 'testAUC', *run, '--test_iters', '4', '--report', 'false',

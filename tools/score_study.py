@@ -16,6 +16,7 @@ never read: choices made with this table are made on validation data.
         --val_dir datasets/nih-cxr-mini/validation --ensemble 4
 """
 import argparse
+import csv
 import json
 import os
 import sys
@@ -196,6 +197,8 @@ def validation_table(model_save_dir, val_dir, ensemble, n_bootstrap=1000, iters=
             'last_ensemble': [int(i) for i in members[last]], 'residual': residual,
             'global_statistics_AUROC': statistics,
             'best_statistic': {'name': stat_name, 'AUROC': stat_auroc},
+            'per_image': {'path': list(paths), 'gt_label': labels.tolist(),
+                          **{v: s.tolist() for v, s in scores.items()}},
             'scores': {'ref_z': metrics.SCORE_VARIANTS['ref_z']}}
 
 
@@ -257,9 +260,19 @@ def main_(argv=None):
         sys.exit(f'error: {e}')
     print_table(t)
     out = args.out or os.path.join(args.model_save_dir, 'validation_images.json')
+    write_scores(os.path.splitext(out)[0] + '_scores.csv', t.pop('per_image'))
     with open(out, 'w') as f:
         json.dump(t, f, indent=1)
-    print(f'Saved {out}')
+    print(f'Saved {out} and its per-image scores (the last ensemble) beside it')
+
+
+def write_scores(path, columns):
+    """The last ensemble's per-image scores as CSV: path, gt_label, one column per score."""
+    names = list(columns)
+    with open(path, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        w.writerows(zip(*(columns[n] for n in names)))
 
 
 if __name__ == '__main__':
