@@ -344,10 +344,13 @@ def parse(argv):
     parser = build_parser()
     config = parser.parse_args(args)
     if config.mode == 'score':
+        given = given_flags(args)
         try:
-            adopt_run_architecture(config, given_flags(args))
+            adopt_run_architecture(config, given)
         except ConfigError as e:
             fail(e)
+        if 'result_dir' not in given:
+            config.result_dir = score_result_dir(config.model_save_dir)
     problem = limits.check_architecture(config) or limits.check_limits(config)
     if problem:
         fail(problem)
@@ -384,6 +387,13 @@ def adopt_run_architecture(config, given):
                               f'--{name} out (it is read from there) or pass {value}')
         setattr(config, name, value)
     print('Architecture from ' + record + ': ' + ', '.join(f'--{k} {v}' for k, v in saved.items()))
+
+
+def score_result_dir(model_save_dir):
+    """--mode score without --result_dir (added): scores/ beside the run's checkpoint folder
+    (my_run/models -> my_run/scores), so that scoring new images never overwrites the scores.csv
+    testAUC writes into the original's default, covid/results."""
+    return os.path.normpath(os.path.join(model_save_dir, os.pardir, 'scores'))
 
 
 OUTPUT_FLAGS = ('model_save_dir', 'log_dir', 'sample_dir', 'result_dir')
