@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-DATA=${DATA:-datasets/zhanglab}     # healthy/ mixed/ validation/ [test/]: tools/prepare_zhanglab.py
+DATA=${DATA:-datasets/zhanglab}     # healthy/ mixed/ validation/ [test/]: tools/prepare_zhanglab.py --out
 OUT=${OUT:-zhanglab_run}
 SEED=${SEED:-0}
 IMAGE_SIZE=${IMAGE_SIZE:-64}
