@@ -120,6 +120,14 @@ def crop_geometry(original_size):
     return (w - side) // 2, top + (h - top - side) // 2, side
 
 
+def box_in_map(box, original_size, image_size):
+    """(x0, y0, x1, y1) of a box in the map's pixel coordinates after the crop and resize."""
+    left, top, side = crop_geometry(original_size)
+    scale = image_size / side
+    return ((box['x'] - left) * scale, (box['y'] - top) * scale,
+            (box['x'] + box['w'] - left) * scale, (box['y'] + box['h'] - top) * scale)
+
+
 def box_mask(boxes, original_size, image_size, source='boxes'):
     """A boolean [image_size, image_size] mask of the boxes after the loader's crop and resize.
 
@@ -128,13 +136,10 @@ def box_mask(boxes, original_size, image_size, source='boxes'):
     pixel under its own centre, so that no box vanishes. A box in the part the crop cuts away
     adds nothing; an image left with no box pixel, or with every pixel boxed, is an error.
     """
-    left, top, side = crop_geometry(original_size)
-    scale = image_size / side
     centres = np.arange(image_size) + 0.5
     mask = np.zeros((image_size, image_size), dtype=bool)
     for box in boxes:
-        x0, x1 = (box['x'] - left) * scale, (box['x'] + box['w'] - left) * scale
-        y0, y1 = (box['y'] - top) * scale, (box['y'] + box['h'] - top) * scale
+        x0, y0, x1, y1 = box_in_map(box, original_size, image_size)
         cols = (centres >= x0) & (centres < x1)
         rows = (centres >= y0) & (centres < y1)
         if not cols.any() and 0 <= (x0 + x1) / 2 < image_size:
