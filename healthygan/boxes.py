@@ -38,7 +38,7 @@ METRICS = ('pointing', 'top_share', 'pixel_AUROC')
 def read_boxes(path):
     """The rows of a boxes CSV as dicts (file, x, y, w, h as floats, finding or None, line)."""
     try:
-        with open(path, newline='') as f:
+        with open(path, newline='', encoding='utf-8-sig') as f:  # spreadsheets' BOM
             reader = csv.DictReader(f)
             header = [c.strip() for c in (reader.fieldnames or [])]
             rows = list(reader)

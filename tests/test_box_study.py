@@ -2,6 +2,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -70,3 +72,14 @@ def test_a_box_outside_an_image_stops_the_study(boxed):
                                         r'outside the image \(256 x 256 px\)'):
         box_study.main(['--run_dir', PRETRAINED, '--val_dir', str(boxed / 'val'),
                         '--boxes', str(bad), '--bootstrap', '0'])
+
+
+def test_the_command_line_says_one_line_and_fails(boxed):
+    bad = boxed / 'nan.csv'
+    bad.write_text(f'file,x,y,w,h\n{IMAGES[0]},1,2,3,oops\n')
+    run = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'box_study.py'),
+                          '--run_dir', PRETRAINED, '--val_dir', str(boxed / 'val'),
+                          '--boxes', str(bad)], capture_output=True, text=True,
+                         env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert run.returncode != 0 and 'Traceback' not in run.stderr
+    assert run.stderr.strip().splitlines() == [f"error: {bad} line 2: h is 'oops', not a number"]

@@ -211,3 +211,9 @@ def test_the_shared_validation_boxes_map_into_the_images():
     areas = [boxes.box_mask(boxes.check_inside(b, sizes[p], csv_path), sizes[p], 64).mean()
              for p, b in matched.items()]
     assert len(areas) == 27 and 0.05 < np.mean(areas) < 0.3
+
+
+def test_a_spreadsheets_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / 'b.csv'
+    path.write_bytes('\ufefffile,x,y,w,h\na.png,1,2,3,4\n'.encode('utf-8'))
+    assert boxes.read_boxes(str(path))[0]['file'] == 'a.png'
