@@ -197,7 +197,8 @@ def pixel_auroc(amap, mask):
 
 
 def image_box_metrics(amap, mask, sigma=0.0, percent=TOP_PERCENT):
-    """{pointing, top_share, pixel_AUROC, area} of one map [H, W] and its box mask [H, W]."""
+    """{pointing, top_share, pixel_AUROC, area} of one map [H, W] and its box mask [H, W];
+    sigma smooths the map for the pointing game only (the others measure the map as given)."""
     amap = np.asarray(amap, dtype=np.float64)
     if amap.shape != mask.shape:
         raise ValueError(f'map {amap.shape} and box mask {mask.shape} differ in size')
