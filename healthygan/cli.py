@@ -11,16 +11,17 @@ import sys
 import numpy as np
 import torch
 
-from healthygan import limits, runfiles
+from healthygan import limits
 from healthygan.data.splits import resolve_split
-from healthygan.distributed import broadcast_object, init_distributed, is_main
-from healthygan.errors import ConfigError, DataError
-from healthygan.selection import resolve_iters
+from healthygan.detection.selection import resolve_iters
 from healthygan.device import resolve_device
-from healthygan.fast import add_speed_flags
+from healthygan.errors import ConfigError, DataError
 from healthygan.flags import (DefaultsFormatter, iters_or_latest, positive_int,  # noqa: F401
                               str2bool)
 from healthygan.solver import Solver
+from healthygan.training import checkpoint_sets, run_folder, run_record
+from healthygan.training.distributed import broadcast_object, init_distributed, is_main
+from healthygan.training.fast import add_speed_flags
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
@@ -326,11 +327,11 @@ def resumed_seed(config):
     path = os.path.join(config.model_save_dir, f'{iters}-state.pt')
     saved = None
     if os.path.exists(path):
-        state = runfiles.load_weights_only(path, 'training state')
+        state = checkpoint_sets.load_weights_only(path, 'training state')
         saved = ((state.get('metadata') or {}).get('config') or {}) if isinstance(state, dict) \
             else {}
     if not saved:
-        saved = runfiles.saved_run_config(config.model_save_dir, iters)[0] or {}
+        saved = run_record.saved_run_config(config.model_save_dir, iters)[0] or {}
     return saved.get('seed')
 
 
@@ -376,7 +377,7 @@ def adopt_run_architecture(config, given):
     """--mode score (added): the architecture flags from the run's run_config.json, so that
     they need not be typed again; one typed otherwise is refused with both values. Without a run
     record (the released checkpoint) the flags stay as given, as in the original."""
-    saved = runfiles.run_architecture(config.model_save_dir)
+    saved = run_record.run_architecture(config.model_save_dir)
     if saved is None:
         return
     record = os.path.join(config.model_save_dir, 'run_config.json')
@@ -419,7 +420,7 @@ def disk_full_line(e, config):
         'free space (or choose other output folders)'
     if config.mode != 'train':
         return f'{e.strerror}{where}; {fix}, then run the command again'
-    done = runfiles.complete_iters(config.model_save_dir)
+    done = checkpoint_sets.complete_iters(config.model_save_dir)
     if done:
         return (f'{e.strerror}{where}; {fix}, then resume with --resume_iters latest (the last '
                 f'complete checkpoint set is {done[-1]} in {config.model_save_dir})')
@@ -445,7 +446,7 @@ def main(argv=None):
         if is_main():  # one probe file, not one per rank
             limits.check_writable(config)
         if config.mode == 'train':
-            lock = runfiles.prepare_run_folder(config)
+            lock = run_folder.prepare_run_folder(config)
         # score needs no dataset layout, only the images under --score_dir
         split = (resolve_split(config, config.mode) if config.mode != 'score'
                  else None)
@@ -466,7 +467,7 @@ def main(argv=None):
         if e.errno not in DISK_FULL:
             raise
         # A full disk or quota while writing a log, sample or record: one line; the checkpoint
-        # sets written before are whole (runfiles.save_checkpoint_set).
+        # sets written before are whole (checkpoint_sets.save_checkpoint_set).
         fail(disk_full_line(e, config))
     finally:
         if lock is not None:

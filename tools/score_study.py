@@ -24,13 +24,14 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
 import data_loader  # noqa: E402
 from healthygan import cli  # noqa: E402
 import metrics  # noqa: E402
 from healthygan.errors import ConfigError, DataError  # noqa: E402
-from healthygan.runfiles import available_iters  # noqa: E402
+from healthygan.training.checkpoint_sets import available_iters  # noqa: E402
 from solver import Solver  # noqa: E402
 from tools.explain import explain_score  # noqa: E402
 from tools.image_statistics import STATISTICS, global_statistics  # noqa: E402

@@ -14,14 +14,15 @@ import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
 import healthygan  # noqa: E402
-from healthygan import runfiles  # noqa: E402
-from healthygan.api import DETECTOR_FILE  # noqa: E402
-from healthygan.lung import LUNG_PRIOR_FILE  # noqa: E402
-from healthygan.pixel_reference import reference_file  # noqa: E402
-from healthygan.selection import AUCP_LOG, ensemble_members  # noqa: E402
+from healthygan.detection.api import DETECTOR_FILE  # noqa: E402
+from healthygan.detection.lung import LUNG_PRIOR_FILE  # noqa: E402
+from healthygan.detection.pixel_reference import reference_file  # noqa: E402
+from healthygan.detection.selection import AUCP_LOG, ensemble_members  # noqa: E402
+from healthygan.training import run_record  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +63,7 @@ def main(argv=None):
     members = ensemble_members(args.run, args.test_iters, args.ensemble)
     # the 'ref_z' score's reference of these checkpoints, where it was built
     pixels = os.path.join(args.run, reference_file(
-        members, runfiles.run_architecture(args.run)['image_size']))
+        members, run_record.run_architecture(args.run)['image_size']))
     if args.score_variant == 'ref_z' and not os.path.exists(pixels):
         raise SystemExit(f'error: {pixels} not found; build it first (main.py --mode score '
                          f'--score_variant ref_z on the run)')

@@ -18,17 +18,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from healthygan import metrics, runfiles
-from healthygan.checkpoints import load_state_dict_checked
 from healthygan.data.decode import build_transform, load_image, stretch_to_uint8, to_rgb8
+from healthygan.detection import anomaly
+from healthygan.detection.lung import LungPrior
+from healthygan.detection.pixel_reference import PixelReference
+from healthygan.detection.reference import HealthyReference
+from healthygan.detection.scoring import Scorer
+from healthygan.detection.selection import ensemble_members, resolve_iters
 from healthygan.device import resolve_device
 from healthygan.errors import ConfigError, DataError
-from healthygan.lung import LungPrior
-from healthygan.networks import Generator
-from healthygan.pixel_reference import PixelReference
-from healthygan.reference import HealthyReference
-from healthygan.scoring import Scorer
-from healthygan.selection import ensemble_members, resolve_iters
+from healthygan.model.networks import Generator
+from healthygan.training import run_record
+from healthygan.training.checkpoints import load_state_dict_checked
 
 # Optional, beside the checkpoints: the checkpoint, snapshot ensemble and score a run folder
 # recommends ({"test_iters": 5500, "ensemble": 4, "score_variant": "mean"}); load() follows it
@@ -71,13 +72,13 @@ class Detector:
         already preprocessed to [-1, 1] at the run's size, gives a list."""
         batch, sources, single = self.prepare(x)
         _, _, amap, variants = self.scorer.translate_scored(batch, self.region, self.pixels)
-        variants = {v: metrics.to_numpy(s).astype(np.float64) for v, s in variants.items()}
+        variants = {v: anomaly.to_numpy(s).astype(np.float64) for v, s in variants.items()}
         selected = variants[self.score_variant]
         percentiles = above = [None] * len(selected)
         if self.reference is not None:
             percentiles = self.reference.percentiles(selected)
             above = self.reference.above(selected)
-        maps = metrics.to_numpy(amap)[:, 0].astype(np.float32)
+        maps = anomaly.to_numpy(amap)[:, 0].astype(np.float32)
         results = [Result(float(selected[k]), maps[k], {v: float(s[k]) for v, s in variants.items()},
                           None if percentiles[k] is None else float(percentiles[k]),
                           None if above[k] is None else bool(above[k]), sources[k])
@@ -151,7 +152,7 @@ def load(run_dir, test_iters=None, ensemble=None, score_variant=None, healthy_pe
     if not os.path.isdir(run_dir):
         raise ConfigError(f'{run_dir} is not a folder: give a run folder (--model_save_dir) '
                           f'holding <iters>-G.ckpt and run_config.json')
-    arch = runfiles.run_architecture(run_dir)
+    arch = run_record.run_architecture(run_dir)
     if arch is None or not {'image_size', 'g_conv_dim', 'g_repeat_num'} <= set(arch):
         raise ConfigError(f'{run_dir} has no readable run_config.json with the architecture; '
                           f'score it with main.py --mode score and the architecture flags')
@@ -159,9 +160,9 @@ def load(run_dir, test_iters=None, ensemble=None, score_variant=None, healthy_pe
     test_iters = test_iters if test_iters is not None else advice.get('test_iters', 'latest')
     ensemble = int(ensemble if ensemble is not None else advice.get('ensemble', 1))
     variant = score_variant or advice.get('score_variant', 'mean')
-    if variant not in metrics.SCORE_VARIANTS:
+    if variant not in anomaly.SCORE_VARIANTS:
         raise ConfigError(f'score_variant {variant!r}: choose one of '
-                          f'{", ".join(metrics.SCORE_VARIANTS)}')
+                          f'{", ".join(anomaly.SCORE_VARIANTS)}')
     device = resolve_device(device)
     iters = resolve_iters(test_iters, run_dir, 'test_iters', variant)
     members = ensemble_members(run_dir, iters, ensemble)

@@ -9,10 +9,12 @@ import types
 import torch
 from tqdm import tqdm
 
-from healthygan import metrics, runfiles
+from healthygan import errors
 from healthygan.data.loaders import get_loader
 from healthygan.data.splits import read_truth_labels, resolve_split
-from healthygan.selection import AUCP_LOG
+from healthygan.detection import anomaly
+from healthygan.detection.selection import AUCP_LOG
+from healthygan.reports import statistics
 
 
 def per_image(scores):
@@ -57,7 +59,7 @@ class AUCpLog:
             holdout.truth = read_truth_labels(
                 c.holdout_labels, mixed, os.path.join(c.image_dir, 'mixed'))
             if sum(holdout.truth) == 0:  # one class only: no AUROC can be computed
-                runfiles.warn(f'--holdout_labels {c.holdout_labels}: the {len(holdout.mixed)} '
+                errors.warn(f'--holdout_labels {c.holdout_labels}: the {len(holdout.mixed)} '
                               f'held-out mixed images hold no anomalous image, so no validation '
                               f'AUROC is logged (AUCp still is); raise --holdout_fraction or '
                               f'pass --holdout_stratify true')
@@ -73,17 +75,17 @@ class AUCpLog:
         batch_size, region = self.config.batch_size, self.lung.region()
         s_healthy = self.scorer.score_images(holdout.healthy, batch_size, self.device, region)
         s_mixed = self.scorer.score_images(holdout.mixed, batch_size, self.device, region)
-        scores = {name: metrics.to_numpy(torch.cat([s_healthy[name], s_mixed[name]]))
+        scores = {name: anomaly.to_numpy(torch.cat([s_healthy[name], s_mixed[name]]))
                   for name in s_healthy}
         pseudo = [0] * len(holdout.healthy) + [1] * len(holdout.mixed)
-        result = {'AUCp': {name: metrics.aucp(pseudo, s) for name, s in scores.items()}}
+        result = {'AUCp': {name: statistics.aucp(pseudo, s) for name, s in scores.items()}}
         # The label-free reference of `score` and the API (reference.py): each held-out healthy
         # image's score, kept whether or not labels exist.
-        result['healthy_scores'] = per_image({name: metrics.to_numpy(s)
+        result['healthy_scores'] = per_image({name: anomaly.to_numpy(s)
                                               for name, s in s_healthy.items()})
         if holdout.truth is not None and sum(holdout.truth) > 0:  # both classes present
             truth = [0] * len(holdout.healthy) + list(holdout.truth)
-            result['val_AUROC'] = {name: metrics.aucp(truth, s) for name, s in scores.items()}
+            result['val_AUROC'] = {name: statistics.aucp(truth, s) for name, s in scores.items()}
             # Kept per image, so that a snapshot ensemble's validation AUROC can be computed
             # later from the log alone (ensemble_val_auroc).
             result['val_scores'] = per_image(scores)

@@ -1,14 +1,14 @@
-"""The 'lung' score's region: metrics.lung_prior of the mean healthy training image, computed in
+"""The 'lung' score's region: anomaly.lung_prior of the mean healthy training image, computed in
 training and saved beside the checkpoints, so that, as in the original, testing needs no
 training image."""
 import os
 
-from healthygan import metrics
-from healthygan.checkpoints import load_checked, save_atomic
 from healthygan.data.cache import mean_image
 from healthygan.data.splits import resolve_split
-from healthygan.distributed import is_main
+from healthygan.detection import anomaly
 from healthygan.errors import ConfigError, DataError
+from healthygan.training.checkpoints import load_checked, save_atomic
+from healthygan.training.distributed import is_main
 
 LUNG_PRIOR_FILE = 'lung_prior.pt'  # beside the checkpoints: the 'lung' score's region
 
@@ -54,7 +54,7 @@ class LungPrior:
         return saved['prior'].float()[None, None]
 
     def compute(self, required=False):
-        """metrics.lung_prior of the mean healthy training image ([1, 1, H, W], CPU)."""
+        """anomaly.lung_prior of the mean healthy training image ([1, 1, H, W], CPU)."""
         try:
             split = self.split if self.split and self.split.get('healthy') else \
                 resolve_split(self.config, 'train')
@@ -68,7 +68,7 @@ class LungPrior:
         # read from the training set's cache (training builds it; no second decode)
         mean = mean_image(split['healthy'], self.config,
                           among=split['mixed'] + split['healthy'])
-        return metrics.lung_prior(mean)
+        return anomaly.lung_prior(mean)
 
     def save(self):
         """Compute the prior from this run's healthy training images and save it with the run

@@ -10,13 +10,14 @@ import os
 
 import torch
 
-from healthygan import metrics, runfiles
-from healthygan.checkpoints import load_checked, save_atomic
 from healthygan.data.loaders import folder_loader
 from healthygan.data.splits import resolve_split
-from healthygan.distributed import is_main
+from healthygan.detection import anomaly
+from healthygan.detection.reference import HealthyReference
 from healthygan.errors import ConfigError, DataError
-from healthygan.reference import HealthyReference
+from healthygan.training import run_record
+from healthygan.training.checkpoints import load_checked, save_atomic
+from healthygan.training.distributed import is_main
 
 
 def reference_file(members, image_size):
@@ -27,7 +28,7 @@ def reference_file(members, image_size):
 def held_out_healthy(model_save_dir, config):
     """The healthy images the run in model_save_dir held out of training, from its run record
     (the data flags it was trained with), or one clear error."""
-    trained = (runfiles.saved_run_record(model_save_dir, 0) or {}).get('config') or {}
+    trained = (run_record.saved_run_record(model_save_dir, 0) or {}).get('config') or {}
     fraction = trained.get('holdout_fraction', 0) or 0
     if fraction <= 0:
         raise ConfigError(f"--score_variant ref_z needs healthy images held out of training: "
@@ -57,8 +58,8 @@ def leave_one_out_scores(maps):
     would be too low, and a label-free percentile among them too strict."""
     scores = []
     for k in range(len(maps)):
-        mu, scale = metrics.healthy_pixel_reference(torch.cat([maps[:k], maps[k + 1:]]))
-        scores.append(float(metrics.ref_z_score(maps[k:k + 1, None].double(), mu, scale)[0]))
+        mu, scale = anomaly.healthy_pixel_reference(torch.cat([maps[:k], maps[k + 1:]]))
+        scores.append(float(anomaly.ref_z_score(maps[k:k + 1, None].double(), mu, scale)[0]))
     return scores
 
 
@@ -96,7 +97,7 @@ class PixelReference:
                                 f'{next(b for b in bad if b)}')
             maps.append(scorer.translate_scored(x)[2][:, 0].double().cpu())
         maps = torch.cat(maps)
-        self.mu, self.scale = metrics.healthy_pixel_reference(maps)
+        self.mu, self.scale = anomaly.healthy_pixel_reference(maps)
         self.healthy_scores = leave_one_out_scores(maps)
         if is_main():
             save_atomic({'members': self.members, 'image_size': self.image_size,

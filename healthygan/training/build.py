@@ -3,10 +3,10 @@ Solver shares (training steps, checkpoints, scoring)."""
 import torch
 
 from healthygan.errors import ConfigError
-from healthygan.fast import (apply_backend_switches, keep_adam_impl, match_state_layout,
-                             maybe_compile, resolve_speed)
-from healthygan.fast_critic import FastCritic
-from healthygan.networks import Generator
+from healthygan.model.networks import Generator
+from healthygan.training.fast import (apply_backend_switches, keep_adam_impl, match_state_layout,
+                                      maybe_compile, resolve_speed)
+from healthygan.training.fast_critic import FastCritic
 
 AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 ADAM_OPTIONS = {'default': {}, 'foreach': {'foreach': True}, 'fused': {'fused': True}}

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from healthygan import metrics, report
+from healthygan.detection import anomaly
+from healthygan.reports import report
 
 
 class ReportWriter:
@@ -88,9 +89,9 @@ class ReportWriter:
             x_hat, mask, amap, _ = self.scorer.translate_scored(x)
             excess = [None] * len(chunk)
             if self.pixels is not None:
-                excess = metrics.to_numpy(metrics.ref_z_map(amap, *self.pixels))
-            x, x_hat = metrics.to_numpy(x), metrics.to_numpy(x_hat)
-            mask, amap = metrics.to_numpy(mask)[:, 0], metrics.to_numpy(amap)[:, 0]
+                excess = anomaly.to_numpy(anomaly.ref_z_map(amap, *self.pixels))
+            x, x_hat = anomaly.to_numpy(x), anomaly.to_numpy(x_hat)
+            mask, amap = anomaly.to_numpy(mask)[:, 0], anomaly.to_numpy(amap)[:, 0]
             for j, k in enumerate(chunk):
                 path = os.path.join(panel_dir, names[k])
                 os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -15,18 +15,19 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from healthygan import runfiles
-from healthygan.checkpoints import last_good, run_metadata
+from healthygan import errors
 from healthygan.data.loaders import get_loader
 from healthygan.data.overlap import check_training_overlap
 from healthygan.data.splits import resolve_split
-from healthygan.distributed import (all_reduce_mean, any_rank, broadcast_params, dist, is_main,
-                                    sync_rng_state, world_size)
+from healthygan.detection.selection import AUCP_LOG, resolve_iters
 from healthygan.errors import ConfigError, NonFiniteLossError
-from healthygan.images import denorm, translation_grid
-from healthygan.losses import LOSS_WEIGHTS, learning_rate, nonfinite_terms
-from healthygan.networks import count_parameters
-from healthygan.selection import AUCP_LOG, resolve_iters
+from healthygan.model.losses import LOSS_WEIGHTS, learning_rate, nonfinite_terms
+from healthygan.model.networks import count_parameters
+from healthygan.reports.images import denorm, translation_grid
+from healthygan.training import jsonl_logs, resume_checks, run_folder
+from healthygan.training.checkpoints import last_good, run_metadata
+from healthygan.training.distributed import (all_reduce_mean, any_rank, broadcast_params, dist,
+                                             is_main, sync_rng_state, world_size)
 
 
 class StopFlag:
@@ -152,11 +153,11 @@ class Trainer:
             lines, run.data_overlap = check_training_overlap(
                 c, self.split or resolve_split(c, 'train'))
             for line in lines:
-                runfiles.warn(line)
+                errors.warn(line)
         if c.resume_iters is not None:
             run.start_iters = resolve_iters(c.resume_iters, c.model_save_dir, '--resume_iters')
             # read-only on every rank (all stop together); only rank 0 moves files aside
-            runfiles.check_resume_point(c.model_save_dir, run.start_iters, c.num_iters,
+            run_folder.check_resume_point(c.model_save_dir, run.start_iters, c.num_iters,
                                         c.overwrite, move=run.main_rank, asked=c.resume_iters)
             self.store.restore_model(run.start_iters)
             state = self.store.load_training_state(run.start_iters)
@@ -184,18 +185,18 @@ class Trainer:
         """TensorBoard, stats.jsonl and the run record (run_config[-resume<N>].json)."""
         c = self.config
         if c.use_tensorboard and run.main_rank:
-            from healthygan.logs import Logger
+            from healthygan.training.logs import Logger
             self.logger = Logger(c.log_dir)
-        from healthygan.logs import JsonlLogger
+        from healthygan.training.logs import JsonlLogger
         run.stats = JsonlLogger(os.path.join(c.log_dir, 'stats.jsonl'))
         if run.main_rank:  # a torn last line (a kill, a full disk) is cut before appending
-            runfiles.repair_jsonl(run.stats.path)
-            runfiles.repair_jsonl(os.path.join(c.model_save_dir, AUCP_LOG))
+            jsonl_logs.repair_jsonl(run.stats.path)
+            jsonl_logs.repair_jsonl(os.path.join(c.model_save_dir, AUCP_LOG))
         # A resumed run keeps the first run's record and adds its own beside it.
         run.metadata = run_metadata(c)
         run.metadata['world_size'] = world_size()  # processes; --batch_size is per process
         run.metadata['run_id'] = self.store.run_id  # compared with every state file on resume
-        run.metadata['paths'] = runfiles.run_paths(c)  # the folders, resolved
+        run.metadata['paths'] = resume_checks.run_paths(c)  # the folders, resolved
         if self.store.accepted_changes:  # --allow_changes: {flag: [saved, now]}
             run.metadata['accepted_changes'] = self.store.accepted_changes
         if self.store.speed_changes:  # speed switches changed on resume: {switch: [saved, now]}

@@ -4,7 +4,7 @@ percentile. An image above the --healthy_percentile-th percentile of those healt
 marked: a threshold that needs no labelled image, stated as such wherever it is used."""
 import numpy as np
 
-from healthygan.selection import AUCP_LOG, read_aucp_log
+from healthygan.detection.selection import AUCP_LOG, read_aucp_log
 
 
 def healthy_scores(record, variant):

@@ -1,7 +1,7 @@
 """A released generator file, checked before a script uses it: present, read safely as a state
 dict, of the architecture the script builds, and the expected bytes when a checksum is given.
 
-``python -m healthygan.pretrained PATH --g_conv_dim 64 --g_repeat_num 6 [--sha256 HEX]`` prints
+``python -m healthygan.detection.pretrained PATH --g_conv_dim 64 --g_repeat_num 6 [--sha256 HEX]`` prints
 one line and exits 0, or prints one line saying what is wrong and exits 1.
 """
 import argparse
@@ -9,10 +9,10 @@ import hashlib
 import os
 import sys
 
-from healthygan.checkpoints import load_state_dict_checked
 from healthygan.errors import CheckpointError
 from healthygan.flags import positive_int
-from healthygan.networks import Generator, count_parameters
+from healthygan.model.networks import Generator, count_parameters
+from healthygan.training.checkpoints import load_state_dict_checked
 
 
 def sha256_of(path):
@@ -43,7 +43,7 @@ def check_generator_file(path, g_conv_dim=64, g_repeat_num=6, sha256=None):
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog='python -m healthygan.pretrained',
+        prog='python -m healthygan.detection.pretrained',
         description='Check that a file is a generator state dict of the given architecture.')
     p.add_argument('path', help='the generator file, e.g. pretrained/covid/360000-G.ckpt')
     p.add_argument('--g_conv_dim', type=positive_int, default=64,

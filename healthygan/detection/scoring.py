@@ -4,8 +4,8 @@ every image with its own statistics, and the running statistics stored in the ch
 never used (calling eval() would change the released model's scores)."""
 import torch
 
-from healthygan import metrics
-from healthygan.fast import generate_amp
+from healthygan.detection import anomaly
+from healthygan.training.fast import generate_amp
 
 
 class Scorer:
@@ -43,13 +43,13 @@ class Scorer:
             if state is not None:
                 self.nets.G.load_state_dict(state)
             x_hat, _, mask = self.translate(x)
-            amap = amap + metrics.anomaly_map(x, x_hat)
-            for v, s in metrics.score_variants(x, x_hat, mask, region).items():
+            amap = amap + anomaly.anomaly_map(x, x_hat)
+            for v, s in anomaly.score_variants(x, x_hat, mask, region).items():
                 variants[v] = variants.get(v, 0) + s
         n = len(states)
         amap, variants = amap / n, {v: s / n for v, s in variants.items()}
         if pixels is not None:
-            variants['ref_z'] = metrics.ref_z_score(amap, *pixels)
+            variants['ref_z'] = anomaly.ref_z_score(amap, *pixels)
         return x_hat, mask, amap, variants
 
     def load_members(self, members, load):

@@ -10,8 +10,8 @@ import os
 
 import torch
 
-from healthygan.errors import ConfigError
 from healthygan.device import resolve_device
+from healthygan.errors import ConfigError
 
 dist = torch.distributed
 

@@ -1,7 +1,7 @@
 """Images for people: the value range shown and the translation grids of training and test mode."""
 import torch
 
-from healthygan.losses import generate
+from healthygan.model.losses import generate
 
 
 def denorm(x):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from healthygan.networks import Discriminator
+from healthygan.model.networks import Discriminator
 
 
 def weight_matrix(conv):

@@ -3,9 +3,11 @@ or, added, the best label-free AUCp or validation AUROC logged at every checkpoi
 and the snapshot ensemble of the last checkpoints (added)."""
 import os
 
-from healthygan import metrics, runfiles
+from healthygan import errors
 from healthygan.errors import CheckpointError, ConfigError
-from healthygan.runfiles import available_iters
+from healthygan.reports import statistics
+from healthygan.training import checkpoint_sets, jsonl_logs
+from healthygan.training.checkpoint_sets import available_iters
 
 
 AUCP_LOG = 'aucp.jsonl'  # beside the checkpoints: one {"iter", "AUCp", ...} line per checkpoint
@@ -28,7 +30,7 @@ def ensemble_members(model_save_dir, iters, n):
 def read_aucp_log(model_save_dir):
     """The AUCp records of a run ({iter: record}), later lines winning (a resumed run rewrites)."""
     records = {}
-    for rec in runfiles.read_jsonl(os.path.join(model_save_dir, AUCP_LOG)):  # torn: skipped
+    for rec in jsonl_logs.read_jsonl(os.path.join(model_save_dir, AUCP_LOG)):  # torn: skipped
         if isinstance(rec, dict) and 'iter' in rec:
             records[int(rec['iter'])] = rec
     return records
@@ -87,11 +89,11 @@ def resolve_iters(value, model_save_dir, flag, variant='mean'):
         return best_aucp_iters(model_save_dir, flag, variant, key)
     if value == 'latest':
         # the newest complete set (G with its D); a G left alone by a cut-short save is skipped
-        complete = runfiles.complete_iters(model_save_dir)
-        newer = [i for i in runfiles.incomplete_iters(model_save_dir)
+        complete = checkpoint_sets.complete_iters(model_save_dir)
+        newer = [i for i in checkpoint_sets.incomplete_iters(model_save_dir)
                  if not complete or i > complete[-1]]
         if newer:
-            runfiles.warn(f'{flag} latest: skipping the incomplete checkpoint set(s) '
+            errors.warn(f'{flag} latest: skipping the incomplete checkpoint set(s) '
                           f'{", ".join(map(str, newer))} in {model_save_dir} (no -D.ckpt)')
         if not complete:
             raise CheckpointError(f'{flag} latest: no complete checkpoint set (<N>-G.ckpt with '
@@ -120,4 +122,4 @@ def ensemble_val_auroc(model_save_dir, iters, n, variant):
                               f'scored on different held-out images; their ensemble cannot be '
                               f'validated')
     mean = [sum(v) / len(kept) for v in zip(*(r['val_scores'][variant] for r in kept))]
-    return metrics.aucp(truth, mean)
+    return statistics.aucp(truth, mean)

@@ -2,10 +2,11 @@
 generator step, each on one batch of mixed (x_A) and healthy (x_B) images."""
 import torch
 
-from healthygan.distributed import average_gradients, gp_alpha
-from healthygan.fast import critic, frozen, generate_amp, repeat_running_stats_update, running_stats
-from healthygan.losses import (critic_loss, generator_loss, gradient_penalty, interpolate,
-                               mask_stats, penalty_of_gradient)
+from healthygan.model.losses import (critic_loss, generator_loss, gradient_penalty, interpolate,
+                                     mask_stats, penalty_of_gradient)
+from healthygan.training.distributed import average_gradients, gp_alpha
+from healthygan.training.fast import (critic, frozen, generate_amp, repeat_running_stats_update,
+                                      running_stats)
 
 
 class TrainStep:

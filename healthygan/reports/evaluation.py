@@ -12,17 +12,20 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from healthygan import metrics, report, runfiles
+from healthygan import errors
 from healthygan.data.cache import same_content
-from healthygan.data.loaders import folder_loader, get_loader
 from healthygan.data.decode import IMAGE_EXTENSIONS
+from healthygan.data.loaders import folder_loader, get_loader
 from healthygan.data.splits import find_mask, list_images, load_mask, what_is
+from healthygan.detection import anomaly
+from healthygan.detection.pixel_reference import reference_for
+from healthygan.detection.reference import HealthyReference
+from healthygan.detection.selection import ensemble_members, resolve_iters
 from healthygan.errors import ConfigError, DataError
-from healthygan.images import denorm, translation_grid
-from healthygan.pixel_reference import reference_for
-from healthygan.reference import HealthyReference
-from healthygan.reporting import ReportWriter
-from healthygan.selection import ensemble_members, resolve_iters
+from healthygan.reports import report, statistics
+from healthygan.reports.images import denorm, translation_grid
+from healthygan.reports.reporting import ReportWriter
+from healthygan.training import run_record
 
 
 class Evaluator:
@@ -42,11 +45,11 @@ class Evaluator:
         N checkpoints' weights up to it."""
         c = self.config
         iters = resolve_iters(c.test_iters, c.model_save_dir, '--test_iters', c.score_variant)
-        trained = (runfiles.saved_run_record(c.model_save_dir, iters) or {}).get('config') or {}
+        trained = (run_record.saved_run_record(c.model_save_dir, iters) or {}).get('config') or {}
         if trained.get('image_size') not in (None, c.image_size):
             # G is fully convolutional, so it runs at any size, but on other features than
             # those it learnt: the scores are not the trained model's.
-            runfiles.warn(f'--image_size {c.image_size}, but {self.checkpoint_path(iters)} was '
+            errors.warn(f'--image_size {c.image_size}, but {self.checkpoint_path(iters)} was '
                           f'trained at --image_size {trained["image_size"]} (its run record in '
                           f'{c.model_save_dir}): its scores at another size are not the trained '
                           f'model\'s; pass --image_size {trained["image_size"]}')
@@ -83,15 +86,15 @@ class Evaluator:
         region = self.lung.region()
         pixels = self.pixels.pair() if self.pixels else None
         present = {'lung': region is not None, 'ref_z': pixels is not None}
-        scores = {v: np.full(n, np.nan) for v in metrics.SCORE_VARIANTS if present.get(v, True)}
+        scores = {v: np.full(n, np.nan) for v in anomaly.SCORE_VARIANTS if present.get(v, True)}
         kept, errors = {}, {}
         for batch in tqdm(loader, desc=desc, file=sys.stdout):
             x, index = batch[0].to(self.device), batch[2].tolist()
             bad = batch[3] if len(batch) > 3 else [''] * len(index)
             _, mask, amap, variants = self.scorer.translate_scored(x, region, pixels)
-            variants = {v: metrics.to_numpy(s) for v, s in variants.items()}
-            amap = metrics.to_numpy(amap)[:, 0].astype(np.float32)
-            mask = metrics.to_numpy(mask.float())[:, 0]
+            variants = {v: anomaly.to_numpy(s) for v, s in variants.items()}
+            amap = anomaly.to_numpy(amap)[:, 0].astype(np.float32)
+            mask = anomaly.to_numpy(mask.float())[:, 0]
             for j, k in enumerate(index):
                 if bad[j]:
                     errors[k] = bad[j]
@@ -116,9 +119,9 @@ class Evaluator:
         n_normal, n_anomalous = labels.count(0), labels.count(1)
         source = (f"validation set {where} ({n_normal} normal, {n_anomalous} anomalous; the "
                   f"original's rule, |TPR - (1 - FPR)| minimal, applied to it)")
-        thresholds = {v: metrics.original_threshold(labels, s)[0] for v, s in scores.items()}
+        thresholds = {v: statistics.original_threshold(labels, s)[0] for v, s in scores.items()}
         c = self.config
-        at = {v: metrics.image_metrics(labels, s, n_bootstrap=c.bootstrap, seed=c.bootstrap_seed)
+        at = {v: statistics.image_metrics(labels, s, n_bootstrap=c.bootstrap, seed=c.bootstrap_seed)
               for v, s in scores.items()}
         info = {'dir': where, 'n_normal': n_normal, 'n_anomalous': n_anomalous,
                 'image_AUROC': {v: m['image_AUROC'] for v, m in at.items()}}
@@ -209,10 +212,10 @@ class Evaluator:
             keys = sorted(pixel_keys)
             empty = np.zeros((c.image_size, c.image_size), bool)
             truth = [gt_masks.get(k, empty) for k in keys]
-            result.update(metrics.pixel_metrics(truth, [s.maps[k][0] for k in keys]))
+            result.update(statistics.pixel_metrics(truth, [s.maps[k][0] for k in keys]))
             result['pixel_map'] = 'anomaly_map |x - x_hat| / 2; normal images count as lesion-free'
             # G's own mask as a lesion detector: where the paper's translation may change pixels.
-            result['mask_pixel_AUROC'] = metrics.pixel_metrics(
+            result['mask_pixel_AUROC'] = statistics.pixel_metrics(
                 truth, [s.maps[k][1] for k in keys])['pixel_AUROC']
         self.write_scores_csv(paths, names, s.scores, range(len(paths)), labels,
                               result['threshold'])
@@ -237,13 +240,13 @@ class Evaluator:
         c = self.config
         variants = {}
         for v, scores in s.scores.items():
-            r = metrics.image_metrics(labels, scores, s.thresholds.get(v), s.source, c.bootstrap,
+            r = statistics.image_metrics(labels, scores, s.thresholds.get(v), s.source, c.bootstrap,
                                       c.bootstrap_seed)
-            variants[v] = {'description': metrics.SCORE_VARIANTS[v], **r}
+            variants[v] = {'description': anomaly.SCORE_VARIANTS[v], **r}
         result = dict(variants[c.score_variant])
         del result['description']
         result.update({'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
-                       'score': metrics.SCORE_VARIANTS[c.score_variant],
+                       'score': anomaly.SCORE_VARIANTS[c.score_variant],
                        'score_variant': c.score_variant, 'image_size': c.image_size,
                        'bootstrap': {'n': c.bootstrap, 'seed': c.bootstrap_seed,
                                      'method': 'percentile, stratified by class'}})
@@ -287,7 +290,7 @@ class Evaluator:
         self.write_scores_csv(paths, names, s.scores, ok, threshold=threshold, extra=extra)
         summary = {'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
                    'score_dir': c.score_dir, 'image_size': c.image_size,
-                   'score_variant': c.score_variant, 'score': metrics.SCORE_VARIANTS[c.score_variant],
+                   'score_variant': c.score_variant, 'score': anomaly.SCORE_VARIANTS[c.score_variant],
                    'n_images': len(ok), 'unreadable': {paths[k]: e for k, e in s.errors.items()}}
         summary.update(self.ensemble_record())
         if self.lung.note:

@@ -8,15 +8,16 @@ import sys
 
 import torch
 
-from healthygan import runfiles
-from healthygan.distributed import average_buffers, barrier, is_main, world_size
+from healthygan import errors
 from healthygan.errors import CheckpointError, ConfigError
-from healthygan.runfiles import available_iters
+from healthygan.training import checkpoint_sets, resume_checks, run_record
+from healthygan.training.checkpoint_sets import available_iters
+from healthygan.training.distributed import average_buffers, barrier, is_main, world_size
 
 
 def save_atomic(obj, path):
     """torch.save to a temporary file, then rename: a crash never leaves a truncated file."""
-    tmp = path + runfiles.TMP_SUFFIX  # the suffix a killed save's leftovers are found by
+    tmp = path + checkpoint_sets.TMP_SUFFIX  # the suffix a killed save's leftovers are found by
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -49,7 +50,7 @@ def architecture_of(state, name):
 
 def load_checked(path, what='checkpoint'):
     """A dict saved with torch.save, read safely (weights_only), or one clear error."""
-    state = runfiles.load_weights_only(path, what)
+    state = checkpoint_sets.load_weights_only(path, what)
     if not isinstance(state, dict):
         raise CheckpointError(f'{path} holds a {type(state).__name__}, not a state dict')
     return state
@@ -116,7 +117,7 @@ class CheckpointStore:
 
     def start_run(self):
         """A new run's id and no accepted changes; a resume (load_training_state) replaces them."""
-        self.run_id = runfiles.new_run_id()
+        self.run_id = run_record.new_run_id()
         self.accepted_changes, self.speed_changes = {}, {}  # {flag: [saved, now]}
 
     def restore_model(self, iters, load_D=True):
@@ -159,14 +160,14 @@ class CheckpointStore:
         """Restore optimizers, RNG and data position from <iters>-state.pt, if it exists."""
         d = self.config.model_save_dir
         path = os.path.join(d, f'{iters}-state.pt')
-        folder_id = runfiles.folder_run_id(d)
+        folder_id = run_record.folder_run_id(d)
         if not os.path.exists(path):
             print(f'warning: {path} not found: resuming from the weights only (optimizer '
                   f'state and data order start afresh, as in the original)')
-            self.check_resume_config(runfiles.saved_run_record(d, iters), path)
-            self.run_id = folder_id or runfiles.new_run_id()
+            self.check_resume_config(run_record.saved_run_record(d, iters), path)
+            self.run_id = folder_id or run_record.new_run_id()
             return None
-        state = runfiles.load_weights_only(path, 'training state')
+        state = checkpoint_sets.load_weights_only(path, 'training state')
         if not isinstance(state, dict) or 'g_optimizer' not in state:
             raise CheckpointError(f'{path} is not a training state this program wrote')
         if state.get('iteration') != iters:
@@ -177,7 +178,7 @@ class CheckpointStore:
         # The flags alone cannot tell another run's state resumed with that run's --seed: the
         # run id made at the first start (run_config.json) and kept in every state can.
         if folder_id and meta.get('run_id') and meta['run_id'] != folder_id:
-            differ = runfiles.config_changes(meta.get('config') or {}, meta.get('world_size', 1),
+            differ = resume_checks.config_changes(meta.get('config') or {}, meta.get('world_size', 1),
                                              vars(self.config), world_size(), meta.get('paths'))
             flags = ''.join(f', --{k} {old!r} there, {new!r} here' for k, (old, new) in
                             list(differ.items())[:3])
@@ -186,10 +187,10 @@ class CheckpointStore:
                 f'started in {d} is {folder_id}, run_config.json): resuming from it would mix two '
                 f'runs. Remove it, or resume from a set this run saved')
         self.check_resume_config(meta, path)
-        self.run_id = meta.get('run_id') or folder_id or runfiles.new_run_id()
+        self.run_id = meta.get('run_id') or folder_id or run_record.new_run_id()
         for opt, model, name in ((state['g_optimizer'], self.nets.G, 'G'),
                                  (state['d_optimizer'], self.nets.D, 'D')):
-            unfit = runfiles.check_optimizer_fits(opt, model, name)
+            unfit = resume_checks.check_optimizer_fits(opt, model, name)
             if unfit:
                 raise CheckpointError(f'{path} does not fit the networks built from the flags '
                                       f'({unfit}): it was written by another architecture')
@@ -206,7 +207,7 @@ class CheckpointStore:
         return state
 
     def check_resume_config(self, saved_meta, path):
-        """Refuse a resume whose flags change the run (runfiles.RUN_FLAGS) unless
+        """Refuse a resume whose flags change the run (resume_checks.RUN_FLAGS) unless
         --allow_changes names them; the accepted changes go into the run's metadata. A changed
         speed switch is allowed with a warning (and recorded): it changes the rounding."""
         saved_meta = saved_meta or {}
@@ -214,29 +215,29 @@ class CheckpointStore:
         if not saved_config:
             return
         c = self.config
-        allowed = runfiles.parse_allowed(c.allow_changes)
+        allowed = resume_checks.parse_allowed(c.allow_changes)
         try:
-            self.accepted_changes = runfiles.check_resume_config(
+            self.accepted_changes = resume_checks.check_resume_config(
                 saved_config, saved_meta.get('world_size', 1), vars(c), world_size(), allowed,
                 saved_meta.get('paths'))
         except ConfigError as e:
             raise ConfigError(f'{e} [saved in {path}]') from None
-        speed = runfiles.speed_changes(saved_config, vars(c))
+        speed = resume_checks.speed_changes(saved_config, vars(c))
         if speed:
             self.speed_changes = {k: list(v) for k, v in speed.items()}
-            runfiles.warn('resume changes the speed switch(es) ' + ', '.join(
+            errors.warn('resume changes the speed switch(es) ' + ', '.join(
                 f'--{k} from {old!r} to {new!r}' for k, (old, new) in speed.items())
                 + f' (saved in {path}): the floating-point rounding changes, so the resumed run '
                 f'is not bit for bit the run it continues; recorded in its run config')
 
     def save_checkpoint(self, iters, sampler, pairs_done, metadata):
         """G/D in the original format and the training state with the run's record (metadata),
-        written as one set (rank 0 only; every rank calls): runfiles.save_checkpoint_set."""
+        written as one set (rank 0 only; every rank calls): checkpoint_sets.save_checkpoint_set."""
         G, D = self.nets.G, self.nets.D
         average_buffers(G)  # several ranks: the global batch's running statistics
         if is_main():
             files = {f'{iters}-G.ckpt': G.state_dict(), f'{iters}-D.ckpt': D.state_dict()}
             files[f'{iters}-state.pt'] = self.training_state(iters, sampler, pairs_done, metadata)
-            runfiles.save_checkpoint_set(files, self.config.model_save_dir, iters)
+            checkpoint_sets.save_checkpoint_set(files, self.config.model_save_dir, iters)
             self.prune_states()
         barrier()

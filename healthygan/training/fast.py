@@ -13,7 +13,7 @@ import torch
 
 from healthygan.errors import ConfigError
 from healthygan.flags import str2bool
-from healthygan.losses import blend, mask_from_logit
+from healthygan.model.losses import blend, mask_from_logit
 
 
 SPEED_FLAGS = ('amp', 'channels_last', 'compile', 'adam_impl', 'reuse_fake', 'merge_critic',
