@@ -9,7 +9,7 @@ import pytest
 
 import healthygan
 from conftest import NIH_MINI, ROOT
-from healthygan import boxes
+from healthygan.reports import boxes
 from healthygan.errors import DataError
 from tools import box_study
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import shared_path
-from healthygan import boxes
+from healthygan.reports import boxes
 from healthygan.data.datasets import FolderImages
 from healthygan.errors import DataError
 

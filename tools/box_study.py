@@ -23,10 +23,12 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
 import healthygan  # noqa: E402
-from healthygan import boxes, metrics  # noqa: E402
+import metrics  # noqa: E402
+from healthygan.reports import boxes  # noqa: E402
 from healthygan.data.decode import IMAGE_EXTENSIONS  # noqa: E402
 from healthygan.errors import ConfigError, DataError  # noqa: E402
 

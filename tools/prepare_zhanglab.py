@@ -30,9 +30,10 @@ from collections import OrderedDict
 
 import numpy as np
 
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 # Not data_loader (it imports torch): preparing data needs no torch.
 from healthygan.errors import DataError  # noqa: E402

@@ -21,11 +21,11 @@ import csv
 import json
 import os
 import statistics
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
 import metrics  # noqa: E402
 

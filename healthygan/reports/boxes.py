@@ -24,7 +24,7 @@ from scipy.ndimage import gaussian_filter
 
 from healthygan.data.decode import TOP_CROP_FRACTION, load_image
 from healthygan.errors import DataError
-from healthygan.metrics import auroc_rows
+from healthygan.reports.statistics import auroc_rows
 
 BOX_COLUMNS = ('file', 'x', 'y', 'w', 'h')
 TOP_PERCENT = 5.0  # the top share's p: the map's highest 5% of pixels
