@@ -6,7 +6,6 @@ import torch
 TOPK_FRACTION = 0.01  # 'top1pct': the mean of the highest 1% of a map's pixels
 
 
-
 # Image scores computed from one translation. 'mean' is the original's and the default.
 SCORE_VARIANTS = {
     'mean': 'mean |x - x_hat| / 2 (original)',
@@ -20,12 +19,10 @@ SCORE_VARIANTS = {
 }
 
 
-
 # 'lung' and 'ref_z' need a reference of the run (lung.py, pixel_reference.py); without one they
 # are left out of the scores.
 NEEDS_REFERENCE = ('lung', 'ref_z')
 LUNG_PRIOR_QUANTILE = 0.5  # 'lung': the darkest half of the mean healthy image's pixels
-
 
 
 def lung_prior(mean_image, quantile=LUNG_PRIOR_QUANTILE):
@@ -34,8 +31,9 @@ def lung_prior(mean_image, quantile=LUNG_PRIOR_QUANTILE):
     scores the whole image, borders, labels and shoulders included."""
     m = mean_image.float().mean(dim=-3, keepdim=True).reshape(1, 1, *mean_image.shape[-2:])
     return (m <= torch.quantile(m.flatten(), quantile)).float()
-REF_Z_MIN_SPREAD = 1 / 255  # one 8-bit grey level of the map: the least spread 'ref_z' divides by
 
+
+REF_Z_MIN_SPREAD = 1 / 255  # one 8-bit grey level of the map: the least spread 'ref_z' divides by
 
 
 def healthy_pixel_reference(maps):
@@ -48,13 +46,11 @@ def healthy_pixel_reference(maps):
     return maps.mean(dim=0), sd + max(float(torch.quantile(sd.flatten(), 0.5)), REF_Z_MIN_SPREAD)
 
 
-
 def ref_z_map(amap, mu, scale):
     """max(0, (a - mu) / scale) of anomaly maps [N, 1, H, W]: [N, H, W], float64, how far each
     pixel's residual exceeds what healthy images show at the same place."""
     z = (amap[:, 0].double() - mu.to(amap.device)) / scale.to(amap.device)
     return z.clamp(min=0)
-
 
 
 def ref_z_score(amap, mu, scale):
@@ -63,17 +59,14 @@ def ref_z_score(amap, mu, scale):
     return ref_z_map(amap, mu, scale).mean(dim=(1, 2)).to(amap.dtype)
 
 
-
 def anomaly_map(x, x_hat):
     """Per-pixel anomaly map |x - x_hat| / 2, averaged over channels: [N,1,H,W] in [0, 1]."""
     return (x - x_hat).abs().mean(dim=1, keepdim=True) / 2
 
 
-
 def anomaly_score(x, x_hat):
     """The original's image score: mean over channels and pixels of |x - x_hat| / 2, shape [N]."""
     return (x - x_hat).abs().flatten(1).mean(dim=1) / 2
-
 
 
 def score_variants(x, x_hat, mask, region=None):
@@ -97,7 +90,6 @@ def score_variants(x, x_hat, mask, region=None):
         **({'lung': (amap * region.to(amap).flatten(1)).sum(dim=1) / region.sum().to(amap)}
            if region is not None else {}),
     }
-
 
 
 def to_numpy(t):
