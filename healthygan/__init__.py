@@ -3,9 +3,9 @@ data_loader.py, logger.py, metrics.py, report.py) re-export them under the origi
 nothing here imports them, so the package runs with only itself on the path.
 
 - model/: the paper's networks (networks.py) and losses (losses.py)
-- training/: the loop (loop.py) and its steps (steps.py); the networks, optimizers and fast paths of
-  a run (build.py, fast.py, fast_critic.py); checkpoint files (checkpoints.py) and run files, one job
-  each (checkpoint_sets.py, run_lock.py, run_folder.py, resume_checks.py, run_record.py,
+- training/: the loop (loop.py) and its steps (steps.py); the networks, optimizers and fast paths
+  of a run (build.py, fast.py, fast_critic.py); checkpoint files (checkpoints.py) and run files, one
+  job each (checkpoint_sets.py, run_lock.py, run_folder.py, resume_checks.py, run_record.py,
   jsonl_logs.py); AUCp (aucp.py); several processes (distributed.py); TensorBoard logs (logs.py)
 - detection/: the Detector, one module of the tested checkpoints and their fitted references
   (detector.py, inputs.py); the scores and maps (anomaly.py); the references (lung.py,

@@ -62,14 +62,15 @@ def load(run_dir, test_iters=None, ensemble=None, score_variant=None, healthy_pe
                    run_record.folder_run_id(run_dir), healthy_percentile).to(device)
     det.load_members(run_dir)
     region, note = read_region(run_dir, arch['image_size'])
-    if variant == 'lung' and region is None:
-        raise ConfigError(f"score_variant 'lung' needs the run's lung prior: {note}")
+    needs = anomaly.VARIANTS[variant].needs
+    if needs == 'region' and region is None:
+        raise ConfigError(f"score_variant {variant!r} needs the run's lung prior: {note}")
     det.fit_region(region)
-    if variant == 'ref_z':
+    if needs == 'pixels':
         ref = PixelReference(run_dir, arch['image_size'], members)
         if not ref.read():
-            raise ConfigError(f"score_variant 'ref_z' needs {ref.path}: build it once with "
-                              f"`python main.py --mode score --score_variant ref_z "
+            raise ConfigError(f"score_variant {variant!r} needs {ref.path}: build it once with "
+                              f"`python main.py --mode score --score_variant {variant} "
                               f"--model_save_dir {run_dir} --test_iters {members[-1]} "
                               f"--ensemble {len(members)} --score_dir IMAGE` where the run's "
                               f"training images are at hand")

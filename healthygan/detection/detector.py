@@ -96,23 +96,32 @@ class Detector(nn.Module):
 
     def score_all(self, x):
         """forward()'s result without the selected score (its reference may not be fitted)."""
-        region = self.region if self.region.numel() else None
+        fitted = self.fitted()
         amap, variants = 0, {}
         for G in self.generators:
             x_hat, _, mask = self.generate(G, x)
             amap = amap + anomaly.anomaly_map(x, x_hat)
-            for v, s in anomaly.score_variants(x, x_hat, mask, region).items():
+            for v, s in anomaly.score_variants(x, x_hat, mask, fitted=fitted).items():
                 variants[v] = variants.get(v, 0) + s
         n = len(self.generators)
         amap, variants = amap / n, {v: s / n for v, s in variants.items()}
-        if self.mu.numel():
-            variants['ref_z'] = anomaly.ref_z_score(amap, self.mu, self.scale)
+        variants.update(anomaly.map_scores(amap, fitted))
         return {'map': amap, 'x_hat': x_hat, 'mask': mask, 'variants': variants}
 
+    def fitted(self):
+        """{need: the fitted reference, or None} for the variants of anomaly.VARIANTS."""
+        return {'region': self.region if self.region.numel() else None,
+                'pixels': (self.mu, self.scale) if self.mu.numel() else None}
+
     def scored_variants(self):
-        """The names of the variants forward() gives, in SCORE_VARIANTS' order."""
-        present = {'lung': self.region.numel() > 0, 'ref_z': self.mu.numel() > 0}
-        return [v for v in anomaly.SCORE_VARIANTS if present.get(v, True)]
+        """The names of the variants forward() gives, in anomaly.VARIANTS' order."""
+        fitted = self.fitted()
+        return [name for name, v in anomaly.VARIANTS.items() if anomaly.is_fitted(v, fitted)]
+
+    def drawn_map(self, amap):
+        """The selected variant's own map of anomaly maps [N, H, W], or None where it has none."""
+        draw = anomaly.VARIANTS[self.variant].draw
+        return None if draw is None else draw(amap, self.fitted())
 
     @torch.no_grad()
     def score_images(self, x, batch_size):
@@ -158,7 +167,8 @@ class Detector(nn.Module):
         if reference is not None:
             percentiles, above = reference.percentiles(selected), reference.above(selected)
         maps = anomaly.to_numpy(out['map'])[:, 0].astype(np.float32)
-        results = [Result(float(selected[k]), maps[k], {v: float(s[k]) for v, s in variants.items()},
+        results = [Result(float(selected[k]), maps[k],
+                          {v: float(s[k]) for v, s in variants.items()},
                           None if percentiles[k] is None else float(percentiles[k]),
                           None if above[k] is None else bool(above[k]), sources[k])
                    for k in range(len(selected))]
@@ -208,7 +218,7 @@ class Detector(nn.Module):
                           for b in torch.split(healthy, batch_size)])
         mu, scale = anomaly.healthy_pixel_reference(maps)
         self.fit_pixels(mu.float(), scale.float())  # scored as saved: a re-read one scores alike
-        if self.variant == 'ref_z':
+        if anomaly.VARIANTS[self.variant].of_map:  # scored against the others' reference
             self.fit_reference(leave_one_out_scores(maps), f'{len(maps)} held-out healthy '
                                f'images, each against the others')
         else:

@@ -46,7 +46,7 @@ class LungPrior:
         if not self._known:
             self.note = None
             prior = self.read()
-            if prior is None and self.config.score_variant == 'lung':
+            if prior is None and anomaly.VARIANTS[self.config.score_variant].needs == 'region':
                 prior = self.compute(required=True)
             self._region = None if prior is None else prior.to(self.device)
             self._known = True

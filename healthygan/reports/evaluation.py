@@ -76,7 +76,7 @@ class Evaluator:
         det = det.to(self.device).run_as(self.nets.amp_dtype, self.nets.speed['channels_last'])
         det.load_members(c.model_save_dir, announce=True)
         det.fit_region(self.lung.region())
-        if c.score_variant == 'ref_z':
+        if anomaly.VARIANTS[c.score_variant].needs == 'pixels':  # built where missing
             self.pixels = reference_for(c, det, members, self.device)
             self.pixels.fit(det)
         else:

@@ -20,11 +20,9 @@ class ReportWriter:
         self.config, self.device = config, device
         self.detector = None  # the detector that gave the scores, set before any report
 
-    def pixels(self):
-        """--score_variant ref_z: the healthy pixel reference (mu, scale), to draw the excess
-        map too; else None."""
-        d = self.detector
-        return (d.mu, d.scale) if d is not None and d.variant == 'ref_z' else None
+    def own_map(self):
+        """Whether the selected score draws a map of its own (anomaly.VARIANTS' draw)."""
+        return anomaly.VARIANTS[self.config.score_variant].draw is not None
 
     def picture_indices(self, n, order_groups):
         """The first --num_maps images (-1: all) plus the report's examples."""
@@ -70,7 +68,7 @@ class ReportWriter:
                   f'the anomaly map |x - x_hat| / 2 over the input (colours from 0 to {vmax:.4g}, '
                   f'the largest 99th percentile of any map in this run), '
                 + ('its excess over the held-out healthy images at each pixel in their spread '
-                   f'(ref_z\'s map, 0 to {report.REF_Z_VMAX:g}), ' if self.pixels() else '')
+                   f'(ref_z\'s map, 0 to {report.REF_Z_VMAX:g}), ' if self.own_map() else '')
                 + f'and the true lesion where a mask exists. Ranked by the {c.score_variant} '
                   f'score.</p>\n'
                 + report.examples_html(examples)
@@ -95,8 +93,8 @@ class ReportWriter:
             out = self.detector.score_all(x)
             x_hat, mask, amap = out['x_hat'], out['mask'], out['map']
             excess = [None] * len(chunk)
-            if self.pixels() is not None:
-                excess = anomaly.to_numpy(anomaly.ref_z_map(amap, *self.pixels()))
+            if self.own_map():  # the selected variant's own map (ref_z's excess), drawn too
+                excess = anomaly.to_numpy(self.detector.drawn_map(amap))
             x, x_hat = anomaly.to_numpy(x), anomaly.to_numpy(x_hat)
             mask, amap = anomaly.to_numpy(mask)[:, 0], anomaly.to_numpy(amap)[:, 0]
             for j, k in enumerate(chunk):
