@@ -3,12 +3,13 @@ data_loader.py, logger.py, metrics.py, report.py) re-export them under the origi
 nothing here imports them, so the package runs with only itself on the path.
 
 - model/: the paper's networks (networks.py) and losses (losses.py)
-- training/: the loop (loop.py) and its steps (steps.py); the networks, optimizers and fast paths of
-  a run (build.py, fast.py, fast_critic.py); checkpoint files (checkpoints.py) and run files, one job
-  each (checkpoint_sets.py, run_lock.py, run_folder.py, resume_checks.py, run_record.py,
+- training/: the loop (loop.py) and its steps (steps.py); the networks, optimizers and fast paths
+  of a run (build.py, fast.py, fast_critic.py); checkpoint files (checkpoints.py) and run files, one
+  job each (checkpoint_sets.py, run_lock.py, run_folder.py, resume_checks.py, run_record.py,
   jsonl_logs.py); AUCp (aucp.py); several processes (distributed.py); TensorBoard logs (logs.py)
-- detection/: the detector's scores and maps (anomaly.py, scoring.py), its references (lung.py,
-  pixel_reference.py, reference.py), the choice of checkpoints (selection.py), the Python API
+- detection/: the Detector, one module of the tested checkpoints and their fitted references
+  (detector.py, inputs.py); the scores and maps (anomaly.py); the references (lung.py,
+  pixel_reference.py, reference.py); the choice of checkpoints (selection.py), the Python API
   (api.py: load(RUN_DIR) -> Detector) and the check of a released generator (pretrained.py)
 - reports/: the testAUC and score outputs (evaluation.py), report.html (reporting.py, report.py),
   metrics (statistics.py), translation grids (images.py)
@@ -18,7 +19,8 @@ nothing here imports them, so the package runs with only itself on the path.
 - device.py, limits.py, errors.py, version.py: the device; checks before work; the errors a user
   must fix; the version
 """
-from healthygan.detection.api import Detector, Result, load  # noqa: E402  (the public API)
+from healthygan.detection.api import load  # noqa: E402  (the public API)
+from healthygan.detection.detector import Detector, Result  # noqa: E402
 from healthygan.version import __version__  # noqa: E402
 
 __all__ = ['load', 'Detector', 'Result', '__version__']

@@ -13,6 +13,7 @@ import torch
 
 from healthygan import limits
 from healthygan.data.splits import resolve_split
+from healthygan.detection import anomaly
 from healthygan.detection.selection import resolve_iters
 from healthygan.device import resolve_device
 from healthygan.errors import ConfigError, DataError
@@ -236,7 +237,7 @@ def add_evaluation_flags(p):
     """Added: scores, thresholds, reports, the snapshot ensemble."""
     g = p.add_argument_group('Evaluation (added)')
     g.add_argument('--score_variant', type=str, default='mean',
-                   choices=['mean', 'p99', 'top1pct', 'masked', 'lung', 'ref_z'],
+                   choices=list(anomaly.SCORE_VARIANTS),
                    help="image score behind the headline metrics: mean |x - x_hat| / 2 (the "
                         "original's), p99 (99th percentile of the map), top1pct (mean of its top "
                         "1%%), masked (the map weighted by G's mask), lung (the map's mean over "

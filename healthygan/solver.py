@@ -6,18 +6,21 @@ The Solver reads as the original's and composes parts, each built from what it u
 - steps.TrainStep: the critic step and the generator step with the paper's loss weights;
 - checkpoints.CheckpointStore: the checkpoint files and the training state of exact resume;
 - lung.LungPrior: the 'lung' score's region, saved with the run;
-- scoring.Scorer: translate and score a batch, the one pass of testAUC, score and AUCp;
-- aucp.AUCpLog: the label-free AUCp of every checkpoint (selection.py chooses by it);
+- aucp.AUCpLog: the label-free AUCp of every checkpoint (selection.py chooses by it), scored by a
+  detector.Detector around the training G (testAUC and score build their own from the files);
 - training.Trainer: the loop; evaluation.Evaluator: test, testAUC and score.
 """
+import torch
+
 from healthygan.detection.lung import LungPrior
-from healthygan.detection.scoring import Scorer
+from healthygan.detection.detector import Detector
 from healthygan.device import resolve_device
 from healthygan.model.losses import loss_weights
 from healthygan.reports.evaluation import Evaluator
 from healthygan.training.aucp import AUCpLog
 from healthygan.training.build import Networks
 from healthygan.training.checkpoints import CheckpointStore
+from healthygan.training.fast import generate_amp
 from healthygan.training.loop import Trainer
 from healthygan.training.steps import TrainStep
 
@@ -38,12 +41,13 @@ class Solver:
         self.step = TrainStep(self.nets, c.lambda_gp, loss_weights(c, 'G'))
         self.store = CheckpointStore(c, self.nets)
         self.lung = LungPrior(c, self.split, device)
-        self.scorer = Scorer(self.nets)
-        aucp = AUCpLog(c, self.split, Scorer(self.nets, eager=True), self.lung, device)
+        # AUCp scores the training G as it is, eagerly in fp32 whatever the speed switches
+        watcher = Detector(c.g_conv_dim, c.g_repeat_num, c.image_size, [], c.score_variant,
+                           generators=[self.nets.G]).to(device)
+        aucp = AUCpLog(c, self.split, watcher, self.lung, device)
         self.trainer = Trainer(c, self.split, device, self.nets, self.step, self.store, self.lung,
                                aucp)
-        self.evaluator = Evaluator(c, self.split, device, self.nets, self.scorer, self.store,
-                                   self.lung)
+        self.evaluator = Evaluator(c, self.split, device, self.nets, self.store, self.lung)
 
     # The networks, as the original's Solver.G / Solver.D (and the optimizers beside them).
     G = property(lambda self: self.nets.G)
@@ -87,8 +91,13 @@ class Solver:
         self.store.restore_model(iters, load_D)
 
     def translate(self, x):
-        """x_hat, x_raw, mask of a test batch (scoring.Scorer.translate)."""
-        return self.scorer.translate(x)
+        """x_hat, x_raw, mask of a test batch, under inference_mode (the original: no_grad;
+        same values), with the fast paths of the networks."""
+        n = self.nets
+        n.G.train()
+        with torch.inference_mode():
+            x_hat, x_raw, mask, _ = generate_amp(n.G_run, n.to_layout(x), n.amp_dtype)
+        return x_hat, x_raw, mask
 
     def read_lung_prior(self):
         return self.lung.read()

@@ -19,17 +19,19 @@ from test_formats import write_dicom
 SHIPPED = os.path.join(ROOT, 'pretrained', 'nih-cxr-mini')
 
 
-def train_tiny_run(tmp, n_healthy, n_mixed, n_test, holdout, seed):
+def train_tiny_run(tmp, n_healthy, n_mixed, n_test, holdout, seed, *extra):
     """A synthetic set in tmp/syn and a tiny run on it (checkpoints 2 and 4) in tmp/models."""
     import synthetic
-    synthetic.make_synthetic_dataset(tmp / 'syn', n_healthy=n_healthy, n_mixed=n_mixed,
-                                     n_test_normal=n_test, n_test_anomalous=n_test, size=32,
-                                     seed=seed)
+    if not (tmp / 'syn').exists():
+        synthetic.make_synthetic_dataset(tmp / 'syn', n_healthy=n_healthy, n_mixed=n_mixed,
+                                         n_test_normal=n_test, n_test_anomalous=n_test, size=32,
+                                         seed=seed)
     cli.main(['--mode', 'train', '--dataset', 'Folder', '--image_dir', str(tmp / 'syn'),
               *tiny_flags(), '--use_tensorboard', 'false', '--num_iters', '4',
               '--model_save_step', '2', '--holdout_fraction', str(holdout),
               '--model_save_dir', str(tmp / 'models'), '--log_dir', str(tmp / 'logs'),
-              '--sample_dir', str(tmp / 'samples'), '--result_dir', str(tmp / 'results')])
+              '--sample_dir', str(tmp / 'samples'), '--result_dir', str(tmp / 'results'),
+              *extra])
     return tmp
 
 
@@ -198,6 +200,32 @@ def test_the_shipped_weights_score_a_radiograph_through_the_api_and_the_cli(tmp_
     assert float(rows[0]['pred_score']) == pytest.approx(det.score(dcm).score, abs=1e-6)
 
 
+def test_the_shipped_weights_as_one_detector_file_score_as_expected(tmp_path):
+    # The folder (checkpoints, detector.json, healthy_pixels_*.pt, lung_prior.pt, aucp.jsonl)
+    # saved as one file: the architecture, members, size, score, run and every fitted reference.
+    det = healthygan.load(shipped())
+    det.save(tmp_path / 'detector.pt')
+    assert not [n for n in os.listdir(tmp_path) if n != 'detector.pt']  # written atomically
+    saved = torch.load(tmp_path / 'detector.pt', weights_only=True)  # safe to load
+    assert saved['members'] == det.members and saved['variant'] == 'ref_z'
+    assert saved['image_size'] == det.image_size and saved['run_id'] == det.run_id
+    one = healthygan.load(tmp_path / 'detector.pt')
+    assert isinstance(one, torch.nn.Module) and one.members == det.members
+    assert repr(one) == repr(det)
+    for row in read_csv(os.path.join(SHIPPED, 'expected_scores.csv')):
+        r = one.score(os.path.join(ROOT, row['path']))
+        assert r.score == pytest.approx(float(row['score']), abs=1e-6)
+        assert r.percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
+    x = build_transform(det.image_size)(Image.open(os.path.join(ROOT, row['path'])).convert('RGB'))
+    out = one(x[None])  # forward: the score, the map and every variant
+    assert out['score'].item() == pytest.approx(r.score, abs=1e-7)
+    assert set(out['variants']) == set(r.variants) and out['map'].shape[-1] == det.image_size
+    (tmp_path / 'not_a_detector.pt').write_bytes((tmp_path / 'detector.pt').read_bytes()[:100])
+    with pytest.raises(Exception) as e:
+        healthygan.load(tmp_path / 'not_a_detector.pt')
+    assert 'not_a_detector.pt' in str(e.value)
+
+
 def test_ship_weights_packages_a_run_that_loads_anywhere(run, tmp_path):
     from tools import ship_weights
     png = anomalous_png(run)
@@ -205,7 +233,8 @@ def test_ship_weights_packages_a_run_that_loads_anywhere(run, tmp_path):
     ship_weights.main(['--run', str(run / 'models'), '--test_iters', '4', '--ensemble', '2',
                        '--out', str(out), '--images', png])
     assert sorted(os.listdir(out)) == ['2-G.ckpt', '4-G.ckpt', 'aucp.jsonl', 'detector.json',
-                                       'expected_scores.csv', 'lung_prior.pt', 'run_config.json']
+                                       'detector_2-4_32px_mean.pt', 'expected_scores.csv',
+                                       'lung_prior.pt', 'run_config.json']
     record = (out / 'run_config.json').read_text()
     assert str(run) not in record and str(tmp_path) not in record  # no machine's paths
     det = healthygan.load(out)  # detector.json: checkpoint 4, ensemble of 2
@@ -325,3 +354,44 @@ def test_ref_z_says_what_it_needs_in_one_line(ref_run, run, trained, tmp_path, c
         (ref_run / 'models' / 'healthy_pixels_2-4_32px.pt').read_bytes())
     with pytest.raises(ConfigError, match='remove it'):
         healthygan.load(tmp_path / 'copy', test_iters=4, score_variant='ref_z')
+
+
+def test_a_new_run_never_scores_against_the_old_runs_healthy_pixel_reference(tmp_path, capsys):
+    # The stale-reference case: a run replaced with --overwrite true has checkpoints of the same
+    # numbers; the old run's reference of them must not be read as the new one's.
+    run_dir = train_tiny_run(tmp_path, 10, 6, 3, 0.3, 1)
+    models, folder = run_dir / 'models', run_dir / 'syn' / 'test'
+    def argv(out):
+        return score_argv(models, folder, tmp_path / out, '--score_variant', 'ref_z',
+                          '--ensemble', '2')
+    cli.main(argv('old'))
+    old_id = json.load(open(models / 'run_config.json'))['run_id']
+    assert torch.load(models / 'healthy_pixels_2-4_32px.pt')['run_id'] == old_id
+    train_tiny_run(run_dir, 10, 6, 3, 0.3, 1, '--overwrite', 'true')
+    new_id = json.load(open(models / 'run_config.json'))['run_id']
+    assert new_id != old_id
+    moved = [d for d in os.listdir(models) if d.startswith('replaced-')]
+    assert [f for d in moved for f in os.listdir(models / d) if f.startswith('healthy_pixels')]
+    assert not (models / 'healthy_pixels_2-4_32px.pt').exists()
+    capsys.readouterr()
+    cli.main(argv('new'))
+    assert 'Building the healthy pixel reference' in capsys.readouterr().out
+    assert torch.load(models / 'healthy_pixels_2-4_32px.pt')['run_id'] == new_id
+    # the old run's reference put back by hand is refused, naming both runs
+    old = models / moved[0] / 'healthy_pixels_2-4_32px.pt'
+    (models / 'healthy_pixels_2-4_32px.pt').write_bytes(old.read_bytes())
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv('stale'))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and old_id in err and new_id in err, err
+    with pytest.raises(ConfigError, match='another run'):
+        healthygan.load(models, ensemble=2, score_variant='ref_z')
+
+
+def test_a_resume_from_an_earlier_set_moves_the_references_of_later_sets_aside(tmp_path):
+    from healthygan.training.checkpoint_sets import later_files
+    for name in ('2-G.ckpt', '4-G.ckpt', 'lung_prior.pt', 'healthy_pixels_2_32px.pt',
+                 'healthy_pixels_2-4_32px.pt', 'healthy_pixels_4_32px.pt'):
+        (tmp_path / name).write_bytes(b'')
+    assert later_files(tmp_path, 2) == ['4-G.ckpt', 'healthy_pixels_2-4_32px.pt',
+                                        'healthy_pixels_4_32px.pt']

@@ -244,3 +244,24 @@ def test_ref_z_healthy_scores_leave_each_image_out():
     mu_all, scale_all = metrics.healthy_pixel_reference(maps)
     inside = metrics.ref_z_score(maps[:, None], mu_all, scale_all)
     assert all(s >= float(i) for s, i in zip(scores, inside))
+
+
+def test_a_new_score_variant_is_one_registry_entry():
+    # The command line's choices, the Detector's scores and the reports' columns come from the
+    # registry: registering a variant is all it takes.
+    from healthygan.cli import build_parser
+    from healthygan.detection import anomaly
+    from healthygan.detection.detector import Detector
+
+    @anomaly.score_variant('max', 'the largest pixel of the anomaly map')
+    def max_score(t, fitted):
+        return t.flat.max(dim=1).values
+    try:
+        assert build_parser().parse_args(['--score_variant', 'max']).score_variant == 'max'
+        torch.manual_seed(0)
+        det = Detector(8, 1, 16, [1], 'max')
+        out = det(torch.rand(2, 3, 16, 16) * 2 - 1)
+        assert torch.equal(out['score'], out['map'].flatten(1).max(dim=1).values)
+        assert det.scored_variants()[-1] == 'max' and list(out['variants'])[-1] == 'max'
+    finally:
+        del anomaly.VARIANTS['max'], anomaly.SCORE_VARIANTS['max']

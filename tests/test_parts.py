@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_args, tiny_config
 from healthygan.detection import anomaly
 from healthygan.detection.lung import LungPrior
-from healthygan.detection.scoring import Scorer
+from healthygan.detection.detector import Detector
 from healthygan.detection.selection import resolve_iters
 from healthygan.errors import CheckpointError
 from healthygan.model.losses import generate, loss_weights
@@ -59,26 +59,32 @@ def test_a_checkpoint_store_writes_and_restores_a_set(tmp_path):
         resolve_iters('7', str(tmp_path), '--test_iters')
 
 
-def test_the_scorer_with_the_fast_paths_off_is_the_plain_translation_bit_for_bit():
-    # The one scoring pass: its default (inference_mode, generate_amp without autocast) and
-    # the eager fp32 form AUCp uses give the original's no_grad generate() exactly.
-    _, nets = networks()
+def watcher(config, nets):
+    """The Detector around the training G that AUCp scores with (as the Solver builds it)."""
+    return Detector(config.g_conv_dim, config.g_repeat_num, config.image_size, [],
+                    generators=[nets.G])
+
+
+def test_the_detector_with_the_fast_paths_off_is_the_plain_translation_bit_for_bit():
+    # The one scoring pass (inference_mode, generate_amp without autocast) gives the
+    # original's no_grad generate() exactly.
+    config, nets = networks()
     x = batch(3)[0]
     with torch.no_grad():
         x_hat, _, mask = generate(nets.G, x)
     expected = anomaly.score_variants(x, x_hat, mask)
-    for scorer in (Scorer(nets), Scorer(nets, eager=True)):
-        _, _, amap, variants = scorer.translate_scored(x)
-        assert torch.equal(amap, anomaly.anomaly_map(x, x_hat))
-        assert all(torch.equal(variants[v], expected[v]) for v in expected)
-    scores = Scorer(nets, eager=True).score_images(x, len(x), CPU)
+    out = watcher(config, nets)(x)
+    assert torch.equal(out['map'], anomaly.anomaly_map(x, x_hat))
+    assert torch.equal(out['score'], expected['mean'])
+    assert all(torch.equal(out['variants'][v], expected[v]) for v in expected)
+    scores = watcher(config, nets).score_images(x, len(x))
     assert all(torch.equal(scores[v], expected[v]) for v in expected)
 
 
 def test_scoring_images_leaves_the_running_statistics_as_they_were():
-    _, nets = networks()
+    config, nets = networks()
     before = [b.clone() for b in nets.G.buffers()]
-    Scorer(nets, eager=True).score_images(batch(4)[0], 2, CPU)
+    watcher(config, nets).score_images(batch(4)[0], 2)
     assert all(torch.equal(a, b) for a, b in zip(before, nets.G.buffers()))
 
 
@@ -100,7 +106,7 @@ def test_a_trainer_built_from_the_parts_trains_and_saves(tmp_path, folder_datase
     trainer = Trainer(config, split, CPU, nets,
                       TrainStep(nets, config.lambda_gp, loss_weights(config, 'G')),
                       CheckpointStore(config, nets), lung,
-                      AUCpLog(config, split, Scorer(nets, eager=True), lung, CPU))
+                      AUCpLog(config, split, watcher(config, nets), lung, CPU))
     trainer.train()
     models = tmp_path / 'run' / 'models'
     assert {'2-G.ckpt', '2-D.ckpt', '2-state.pt', 'run_config.json', 'lung_prior.pt'} <= \

@@ -1,5 +1,5 @@
-"""The released generator's check (healthygan/detection/pretrained.py): a file that is no generator of the
-script's architecture stops with one line before anything else runs."""
+"""The released generator's check (healthygan/detection/pretrained.py): a file that is no generator
+of the script's architecture stops with one line before anything else runs."""
 import os
 
 import pytest

@@ -1,7 +1,8 @@
 """Package a trained run's generator as weights to ship (pretrained/nih-cxr-mini): the G files
 of a snapshot ensemble, the run record, the lung prior and the held-out healthy scores (the
-label-free reference, aucp.jsonl), detector.json naming the checkpoint, ensemble and score, and
-expected_scores.csv, the scores of a few images that tests/test_api.py checks the shipped weights
+label-free reference, aucp.jsonl), detector.json naming the checkpoint, ensemble and score, the
+same detector as one file (detector_<members>_<size>px_<score>.pt, healthygan.load(FILE)) and
+expected_scores.csv, computed from that file: the scores of a few images that tests/test_api.py checks the shipped weights
 against. D, the optimizer states and the logs stay behind.
 
 Usage: python tools/ship_weights.py --run nih_run/models --test_iters 5500 --ensemble 4 \
@@ -19,6 +20,7 @@ if not __package__:  # run as python tools/x.py: the repository root on the path
 
 import healthygan  # noqa: E402
 from healthygan.detection.api import DETECTOR_FILE  # noqa: E402
+from healthygan.detection.detector import detector_file  # noqa: E402
 from healthygan.detection.lung import LUNG_PRIOR_FILE  # noqa: E402
 from healthygan.detection.pixel_reference import reference_file  # noqa: E402
 from healthygan.detection.selection import AUCP_LOG, ensemble_members  # noqa: E402
@@ -84,7 +86,11 @@ def main(argv=None):
     with open(os.path.join(args.out, DETECTOR_FILE), 'w') as f:
         json.dump({'test_iters': args.test_iters, 'ensemble': args.ensemble,
                    'score_variant': args.score_variant}, f, indent=1)
+    # the same detector as one file, which the expected scores are computed from
     det = healthygan.load(args.out)
+    one_file = os.path.join(args.out, detector_file(members, det.image_size, det.variant))
+    det.save(one_file)
+    det = healthygan.load(one_file)
     with open(os.path.join(args.out, 'expected_scores.csv'), 'w', newline='') as f:
         w = csv.writer(f)
         w.writerow(['path', 'score', 'healthy_percentile'])

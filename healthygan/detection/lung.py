@@ -13,6 +13,19 @@ from healthygan.training.distributed import is_main
 LUNG_PRIOR_FILE = 'lung_prior.pt'  # beside the checkpoints: the 'lung' score's region
 
 
+def read_region(model_save_dir, image_size):
+    """(the region [1, 1, H, W] saved with the run at this size, None), else (None, why not)."""
+    path = os.path.join(model_save_dir, LUNG_PRIOR_FILE)
+    if not os.path.exists(path):
+        return None, (f'left out: {path} not found (training saves it; runs trained elsewhere, '
+                      f'e.g. the released checkpoint, have none)')
+    saved = load_checked(path, 'lung prior')
+    if saved.get('image_size') != image_size:
+        return None, (f'left out: {path} was made at {saved.get("image_size")} px, testing is '
+                      f'at --image_size {image_size}')
+    return saved['prior'].float()[None, None], None
+
+
 class LungPrior:
     """The region of one run (its --model_save_dir) at one --image_size, on the scoring device."""
 
@@ -33,7 +46,7 @@ class LungPrior:
         if not self._known:
             self.note = None
             prior = self.read()
-            if prior is None and self.config.score_variant == 'lung':
+            if prior is None and anomaly.VARIANTS[self.config.score_variant].needs == 'region':
                 prior = self.compute(required=True)
             self._region = None if prior is None else prior.to(self.device)
             self._known = True
@@ -41,17 +54,8 @@ class LungPrior:
 
     def read(self):
         """The prior saved with the run at this --image_size, else None and a note."""
-        path = self.path()
-        if not os.path.exists(path):
-            self.note = (f'left out: {path} not found (training saves it; runs trained '
-                         f'elsewhere, e.g. the released checkpoint, have none)')
-            return None
-        saved = load_checked(path, 'lung prior')
-        if saved.get('image_size') != self.config.image_size:
-            self.note = (f'left out: {path} was made at {saved.get("image_size")} px, '
-                         f'testing is at --image_size {self.config.image_size}')
-            return None
-        return saved['prior'].float()[None, None]
+        prior, self.note = read_region(self.config.model_save_dir, self.config.image_size)
+        return prior
 
     def compute(self, required=False):
         """anomaly.lung_prior of the mean healthy training image ([1, 1, H, W], CPU)."""

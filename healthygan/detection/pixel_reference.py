@@ -13,7 +13,6 @@ import torch
 from healthygan.data.loaders import folder_loader
 from healthygan.data.splits import resolve_split
 from healthygan.detection import anomaly
-from healthygan.detection.reference import HealthyReference
 from healthygan.errors import ConfigError, DataError
 from healthygan.training import run_record
 from healthygan.training.checkpoints import load_checked, save_atomic
@@ -70,6 +69,7 @@ class PixelReference:
     def __init__(self, model_save_dir, image_size, members):
         self.members, self.image_size = [int(i) for i in members], int(image_size)
         self.path = os.path.join(model_save_dir, reference_file(self.members, image_size))
+        self.run_id = run_record.folder_run_id(model_save_dir)  # the run it is fitted to
         self.mu = self.scale = None
         self.healthy_scores = []  # each held-out healthy image's leave-one-out 'ref_z'
 
@@ -82,12 +82,16 @@ class PixelReference:
             raise ConfigError(f'{self.path} holds the reference of checkpoints '
                               f'{saved.get("members")} at {saved.get("image_size")} px, not of '
                               f'{self.members} at {self.image_size} px; remove it')
+        if saved.get('run_id') and self.run_id and saved['run_id'] != self.run_id:
+            raise ConfigError(f'{self.path} was built for run {saved["run_id"]}, but the folder '
+                              f'holds run {self.run_id} (its run_config.json): it scores against '
+                              f'another run\'s healthy images; remove it')
         self.mu, self.scale = saved['mu'].double(), saved['scale'].double()
         self.healthy_scores = list(saved['healthy_scores'])
         return True
 
-    def build(self, scorer, config, paths, device):
-        """Translate the held-out healthy images with the scorer's checkpoints (a snapshot
+    def build(self, detector, config, paths, device):
+        """Translate the held-out healthy images with the detector's checkpoints (a snapshot
         ensemble's maps averaged, as in testing) and save the reference (rank 0 writes)."""
         maps = []
         for batch in folder_loader(config, paths):
@@ -95,38 +99,37 @@ class PixelReference:
             if any(bad):
                 raise DataError(f'a held-out healthy image cannot be read: '
                                 f'{next(b for b in bad if b)}')
-            maps.append(scorer.translate_scored(x)[2][:, 0].double().cpu())
+            maps.append(detector.score_all(x)['map'][:, 0].double().cpu())
         maps = torch.cat(maps)
         self.mu, self.scale = anomaly.healthy_pixel_reference(maps)
         self.healthy_scores = leave_one_out_scores(maps)
         if is_main():
             save_atomic({'members': self.members, 'image_size': self.image_size,
+                         'run_id': self.run_id,
                          'mu': self.mu.float(), 'scale': self.scale.float(), 'n': len(maps),
                          'healthy_scores': self.healthy_scores}, self.path)
         # scoring uses the values as saved, so that a re-read reference scores the same
         self.mu, self.scale = self.mu.float().double(), self.scale.float().double()
 
-    def pair(self):
-        return self.mu, self.scale
-
     def describe(self):
         return (f'{len(self.healthy_scores)} healthy images held out of training, translated by '
                 f'checkpoints {self.members} ({os.path.basename(self.path)})')
 
-    def healthy_reference(self, percentile):
-        """The label-free reference of 'ref_z' (reference.py): its healthy images' own
-        leave-one-out scores."""
-        return HealthyReference(self.healthy_scores, percentile, self.members, 'ref_z',
-                                f'{os.path.basename(self.path)}, each image against the others')
+    def fit(self, detector):
+        """Give the detector this reference and, as the label-free reference of 'ref_z'
+        (reference.py), its healthy images' own leave-one-out scores."""
+        detector.fit_pixels(self.mu, self.scale)
+        detector.fit_reference(self.healthy_scores, f'{os.path.basename(self.path)}, each image '
+                                                    f'against the others')
 
 
-def reference_for(config, scorer, members, device):
+def reference_for(config, detector, members, device):
     """The PixelReference of the tested checkpoints: read where saved, else built (the run's
     held-out healthy images must be at hand) and saved beside the checkpoints."""
     ref = PixelReference(config.model_save_dir, config.image_size, members)
     if not ref.read():
         paths = held_out_healthy(config.model_save_dir, config)
         print(f'Building the healthy pixel reference from {len(paths)} held-out healthy images')
-        ref.build(scorer, config, paths, device)
+        ref.build(detector, config, paths, device)
     return ref
 

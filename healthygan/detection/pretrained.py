@@ -1,8 +1,8 @@
 """A released generator file, checked before a script uses it: present, read safely as a state
 dict, of the architecture the script builds, and the expected bytes when a checksum is given.
 
-``python -m healthygan.detection.pretrained PATH --g_conv_dim 64 --g_repeat_num 6 [--sha256 HEX]`` prints
-one line and exits 0, or prints one line saying what is wrong and exits 1.
+``python -m healthygan.detection.pretrained PATH --g_conv_dim 64 --g_repeat_num 6
+[--sha256 HEX]`` prints one line and exits 0, or prints one line saying what is wrong and exits 1.
 """
 import argparse
 import hashlib

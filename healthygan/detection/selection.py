@@ -4,6 +4,7 @@ and the snapshot ensemble of the last checkpoints (added)."""
 import os
 
 from healthygan import errors
+from healthygan.detection import anomaly
 from healthygan.errors import CheckpointError, ConfigError
 from healthygan.reports import statistics
 from healthygan.training import checkpoint_sets, jsonl_logs
@@ -81,10 +82,10 @@ def resolve_iters(value, model_save_dir, flag, variant='mean'):
     if value in BEST.values():
         if flag == '--resume_iters':
             raise ConfigError(f'--resume_iters {value}: resume from a number or latest')
-        if variant == 'ref_z':  # its reference is built for the tested checkpoints only
-            raise ConfigError(f'{flag} {value} cannot rank checkpoints by ref_z (the training '
-                              f'log has no ref_z scores); name a checkpoint or latest, or choose '
-                              f'another --score_variant')
+        if anomaly.VARIANTS[variant].of_map:  # its reference is fitted to the tested ones only
+            raise ConfigError(f'{flag} {value} cannot rank checkpoints by {variant} (the '
+                              f'training log has no {variant} scores); name a checkpoint or '
+                              f'latest, or choose another --score_variant')
         key = next(k for k, name in BEST.items() if name == value)
         return best_aucp_iters(model_save_dir, flag, variant, key)
     if value == 'latest':

@@ -1,5 +1,5 @@
 """Testing (the original's test and testAUC modes) and scoring unlabelled folders (added):
-thresholds, metrics and the files they write; the scores come from scoring.py, the pictures
+thresholds, metrics and the files they write; the scores come from detection/detector.py, the pictures
 from reporting.py."""
 import csv
 import json
@@ -18,6 +18,7 @@ from healthygan.data.decode import IMAGE_EXTENSIONS
 from healthygan.data.loaders import folder_loader, get_loader
 from healthygan.data.splits import find_mask, list_images, load_mask, what_is
 from healthygan.detection import anomaly
+from healthygan.detection.detector import Detector
 from healthygan.detection.pixel_reference import reference_for
 from healthygan.detection.reference import HealthyReference
 from healthygan.detection.selection import ensemble_members, resolve_iters
@@ -30,19 +31,19 @@ from healthygan.training import run_record
 
 class Evaluator:
     """The test modes: translation grids (test), anomaly scores, AUROC and reports (testAUC) and
-    the scores of an unlabelled folder (score), of the checkpoint --test_iters names, loaded
-    into the networks by the checkpoint store and scored by the scorer (scoring.Scorer)."""
+    the scores of an unlabelled folder (score), of the checkpoint --test_iters names, scored by
+    a detector.Detector of the tested checkpoints."""
 
-    def __init__(self, config, split, device, nets, scorer, store, lung):
+    def __init__(self, config, split, device, nets, store, lung):
         self.config, self.split, self.device = config, split, device
-        self.nets, self.scorer, self.store, self.lung = nets, scorer, store, lung
-        self.reports = ReportWriter(config, scorer, device)
-        self.ensemble_iters = []  # --ensemble: the members' iterations, set by load_for_test
+        self.nets, self.store, self.lung = nets, store, lung
+        self.reports = ReportWriter(config, device)
+        self.ensemble_iters = []  # --ensemble: the members' iterations, set by tested_members
+        self.detector = None  # the tested checkpoints and their references, set to score
         self.pixels = None  # --score_variant ref_z: the healthy pixel reference, set to score
 
-    def load_for_test(self):
-        """Resolve --test_iters and load G (D is not needed to test); with --ensemble N keep the
-        N checkpoints' weights up to it."""
+    def tested_members(self):
+        """(--test_iters resolved, the checkpoints tested: with --ensemble N, the N up to it)."""
         c = self.config
         iters = resolve_iters(c.test_iters, c.model_save_dir, '--test_iters', c.score_variant)
         trained = (run_record.saved_run_record(c.model_save_dir, iters) or {}).get('config') or {}
@@ -50,15 +51,39 @@ class Evaluator:
             # G is fully convolutional, so it runs at any size, but on other features than
             # those it learnt: the scores are not the trained model's.
             errors.warn(f'--image_size {c.image_size}, but {self.checkpoint_path(iters)} was '
-                          f'trained at --image_size {trained["image_size"]} (its run record in '
-                          f'{c.model_save_dir}): its scores at another size are not the trained '
-                          f'model\'s; pass --image_size {trained["image_size"]}')
+                        f'trained at --image_size {trained["image_size"]} (its run record in '
+                        f'{c.model_save_dir}): its scores at another size are not the trained '
+                        f'model\'s; pass --image_size {trained["image_size"]}')
         members = ensemble_members(c.model_save_dir, iters, c.ensemble)
-        self.scorer.load_members(members, lambda i: self.store.restore_model(i, load_D=False))
         self.ensemble_iters = members
         if len(members) > 1:
             print(f'Snapshot ensemble of {len(members)} checkpoints: {members}')
+        return iters, members
+
+    def load_for_test(self):
+        """Resolve --test_iters and load G (D is not needed to test)."""
+        iters, _ = self.tested_members()
+        self.store.restore_model(iters, load_D=False)
         return iters
+
+    def load_detector(self, members):
+        """The Detector of the tested checkpoints with every reference fitted: the lung region,
+        and the healthy pixel reference (read, or built and saved) or the held-out healthy
+        scores the run logged."""
+        c = self.config
+        det = Detector(c.g_conv_dim, c.g_repeat_num, c.image_size, members, c.score_variant,
+                       run_record.folder_run_id(c.model_save_dir), c.healthy_percentile)
+        det = det.to(self.device).run_as(self.nets.amp_dtype, self.nets.speed['channels_last'])
+        det.load_members(c.model_save_dir, announce=True)
+        det.fit_region(self.lung.region())
+        if anomaly.VARIANTS[c.score_variant].needs == 'pixels':  # built where missing
+            self.pixels = reference_for(c, det, members, self.device)
+            self.pixels.fit(det)
+        else:
+            ref = HealthyReference.of_run(c.model_save_dir, members, c.score_variant,
+                                          c.healthy_percentile)
+            det.fit_reference(ref and ref.scores, ref and ref.source)
+        return det
 
     def test(self):
         """Write translation grids (input, raw, blended, mask for a mixed and a healthy image)."""
@@ -83,18 +108,15 @@ class Evaluator:
         map is written to map_dir/<names[index]> as a 16-bit PNG.
         """
         n = len(loader.dataset)
-        region = self.lung.region()
-        pixels = self.pixels.pair() if self.pixels else None
-        present = {'lung': region is not None, 'ref_z': pixels is not None}
-        scores = {v: np.full(n, np.nan) for v in anomaly.SCORE_VARIANTS if present.get(v, True)}
+        scores = {v: np.full(n, np.nan) for v in self.detector.scored_variants()}
         kept, errors = {}, {}
         for batch in tqdm(loader, desc=desc, file=sys.stdout):
             x, index = batch[0].to(self.device), batch[2].tolist()
             bad = batch[3] if len(batch) > 3 else [''] * len(index)
-            _, mask, amap, variants = self.scorer.translate_scored(x, region, pixels)
-            variants = {v: anomaly.to_numpy(s) for v, s in variants.items()}
-            amap = anomaly.to_numpy(amap)[:, 0].astype(np.float32)
-            mask = anomaly.to_numpy(mask.float())[:, 0]
+            out = self.detector.score_all(x)
+            variants = {v: anomaly.to_numpy(s) for v, s in out['variants'].items()}
+            amap = anomaly.to_numpy(out['map'])[:, 0].astype(np.float32)
+            mask = anomaly.to_numpy(out['mask'].float())[:, 0]
             for j, k in enumerate(index):
                 if bad[j]:
                     errors[k] = bad[j]
@@ -144,24 +166,14 @@ class Evaluator:
     # -------------------------------------------------------------------------------------- #
 
     def start_scoring(self):
-        """Before any image is read: the lung prior's check, G (and the ensemble), the healthy
-        pixel reference (--score_variant ref_z), result_dir."""
+        """Before any image is read: the lung prior's check, the Detector of the tested
+        checkpoints (--ensemble) with its references (the healthy pixel reference of
+        --score_variant ref_z built where missing), result_dir."""
         self.lung.region()  # --score_variant lung without a prior: one line, before work
-        iters = self.load_for_test()
-        if self.config.score_variant == 'ref_z':
-            self.pixels = reference_for(self.config, self.scorer, self.ensemble_iters,
-                                        self.device)
-            self.reports.pixels = self.pixels.pair()
+        iters, members = self.tested_members()
+        self.detector = self.reports.detector = self.load_detector(members)
         os.makedirs(self.config.result_dir, exist_ok=True)
         return iters
-
-    def healthy_reference(self, iters):
-        """The label-free reference of the tested score (reference.py), or None."""
-        c = self.config
-        if self.pixels is not None:  # ref_z: its own leave-one-out healthy scores
-            return self.pixels.healthy_reference(c.healthy_percentile)
-        return HealthyReference.of_run(c.model_save_dir, self.ensemble_iters or [iters],
-                                       c.score_variant, c.healthy_percentile)
 
     def score_all(self, loader, names, test_paths=(), keep_maps=(), desc='scoring'):
         """The scoring path testAUC and score share: every image of the loader with every score
@@ -282,7 +294,7 @@ class Evaluator:
         ok = [k for k in range(len(paths)) if k not in s.errors]
         selected = s.scores[c.score_variant]
         threshold = s.thresholds.get(c.score_variant)
-        reference = self.healthy_reference(iters)
+        reference = self.detector.reference
         above = None if reference is None else reference.above(selected)
         extra = {} if reference is None else {
             'healthy_percentile': [f'{v:.2f}' for v in reference.percentiles(selected)],

@@ -14,11 +14,15 @@ from healthygan.reports import report
 
 class ReportWriter:
     """Writes report.html and its pictures into --result_dir; the panels' translations come from
-    the scorer (scoring.Scorer) that gave the scores."""
+    the detector (detector.Detector) that gave the scores."""
 
-    def __init__(self, config, scorer, device):
-        self.config, self.scorer, self.device = config, scorer, device
-        self.pixels = None  # --score_variant ref_z: (mu, scale), to draw the excess map too
+    def __init__(self, config, device):
+        self.config, self.device = config, device
+        self.detector = None  # the detector that gave the scores, set before any report
+
+    def own_map(self):
+        """Whether the selected score draws a map of its own (anomaly.VARIANTS' draw)."""
+        return anomaly.VARIANTS[self.config.score_variant].draw is not None
 
     def picture_indices(self, n, order_groups):
         """The first --num_maps images (-1: all) plus the report's examples."""
@@ -64,7 +68,7 @@ class ReportWriter:
                   f'the anomaly map |x - x_hat| / 2 over the input (colours from 0 to {vmax:.4g}, '
                   f'the largest 99th percentile of any map in this run), '
                 + ('its excess over the held-out healthy images at each pixel in their spread '
-                   f'(ref_z\'s map, 0 to {report.REF_Z_VMAX:g}), ' if self.pixels else '')
+                   f'(ref_z\'s map, 0 to {report.REF_Z_VMAX:g}), ' if self.own_map() else '')
                 + f'and the true lesion where a mask exists. Ranked by the {c.score_variant} '
                   f'score.</p>\n'
                 + report.examples_html(examples)
@@ -86,10 +90,11 @@ class ReportWriter:
                       file=sys.stdout, disable=len(indices) < 50):
             chunk = indices[a:a + self.config.batch_size]
             x = torch.stack([dataset[k][0] for k in chunk]).to(self.device)
-            x_hat, mask, amap, _ = self.scorer.translate_scored(x)
+            out = self.detector.score_all(x)
+            x_hat, mask, amap = out['x_hat'], out['mask'], out['map']
             excess = [None] * len(chunk)
-            if self.pixels is not None:
-                excess = anomaly.to_numpy(anomaly.ref_z_map(amap, *self.pixels))
+            if self.own_map():  # the selected variant's own map (ref_z's excess), drawn too
+                excess = anomaly.to_numpy(self.detector.drawn_map(amap))
             x, x_hat = anomaly.to_numpy(x), anomaly.to_numpy(x_hat)
             mask, amap = anomaly.to_numpy(mask)[:, 0], anomaly.to_numpy(amap)[:, 0]
             for j, k in enumerate(chunk):

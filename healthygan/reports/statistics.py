@@ -14,7 +14,6 @@ THRESHOLD_SOURCE_TEST = 'test-optimal (as the original; optimistic)'
 PIXEL_THRESHOLD_SOURCE = 'test-optimal (the best Dice over all thresholds; optimistic)'
 
 
-
 def original_threshold(gt_label, pred_score):
     """The original's operating point: the ROC threshold minimising |TPR - (1 - FPR)|.
 
@@ -28,7 +27,6 @@ def original_threshold(gt_label, pred_score):
     return float(thresholds[k]), float(tpr[k]), float(1 - fpr[k])
 
 
-
 def _check_labels_and_scores(gt_label, pred_score):
     gt_label = np.asarray(gt_label, dtype=int)
     pred_score = np.asarray(pred_score, dtype=float)
@@ -37,7 +35,6 @@ def _check_labels_and_scores(gt_label, pred_score):
     if not np.all(np.isfinite(pred_score)):
         raise ValueError('anomaly scores contain NaN or inf: the generator output is not finite')
     return gt_label, pred_score
-
 
 
 def threshold_metrics(gt_label, pred_score, threshold):
@@ -55,13 +52,11 @@ def threshold_metrics(gt_label, pred_score, threshold):
     }
 
 
-
 def auroc_rows(pos_scores, neg_scores):
     """ROC AUC of each row (Mann-Whitney U with ties counted half, as scikit-learn): [B]."""
     n1, n0 = pos_scores.shape[1], neg_scores.shape[1]
     ranks = rankdata(np.concatenate([pos_scores, neg_scores], axis=1), axis=1)
     return (ranks[:, :n1].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
-
 
 
 def bootstrap_auroc(gt_label, pred_score, n_bootstrap=1000, seed=0, level=0.95, chunk=200):
@@ -87,7 +82,6 @@ def bootstrap_auroc(gt_label, pred_score, n_bootstrap=1000, seed=0, level=0.95, 
     return float(low), float(high), values
 
 
-
 def paired_auroc_difference(gt_label, score_a, score_b, n_bootstrap=1000, seed=0, level=0.95):
     """AUROC(score_a) - AUROC(score_b) on the same images, with a paired percentile bootstrap
     interval: (difference, low, high). Both scores are resampled with the same draws
@@ -100,7 +94,6 @@ def paired_auroc_difference(gt_label, score_a, score_b, n_bootstrap=1000, seed=0
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values_a - values_b, [tail, 100 - tail])
     return float(a - b), float(low), float(high)
-
 
 
 def image_metrics(gt_label, pred_score, threshold=None, threshold_source=None, n_bootstrap=0,
@@ -141,7 +134,6 @@ def image_metrics(gt_label, pred_score, threshold=None, threshold_source=None, n
     return result
 
 
-
 def pixel_metrics(gt_masks, maps):
     """pixel_AUROC and the best pixel Dice over thresholds, over all pixels of all images.
 
@@ -169,13 +161,11 @@ def pixel_metrics(gt_masks, maps):
     }
 
 
-
 def dice(gt_mask, pred_mask):
     """Dice coefficient 2|A & B| / (|A| + |B|) of two boolean masks (1 when both are empty)."""
     a, b = np.asarray(gt_mask, bool), np.asarray(pred_mask, bool)
     total = a.sum() + b.sum()
     return float(2 * (a & b).sum() / total) if total else 1.0
-
 
 
 def aucp(pseudo_label, pred_score):

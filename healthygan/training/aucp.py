@@ -28,13 +28,13 @@ class AUCpLog:
     mixed = 1), the authors' later label-free criterion (Siddiquee et al., IEEE TMI), and, with
     --holdout_labels, the validation AUROC of the same images by their true labels.
 
-    The images are scored eagerly in fp32 whatever the speed switches (scorer: a
-    scoring.Scorer with eager=True), as before they existed, so that the logged values of runs
-    with and without them compare."""
+    The images are scored eagerly in fp32 whatever the speed switches (detector: a
+    detector.Detector around the training G), as before they existed, so that the logged values
+    of runs with and without them compare."""
 
-    def __init__(self, config, split, scorer, lung, device):
-        self.config, self.split, self.scorer, self.lung, self.device = (config, split, scorer,
-                                                                         lung, device)
+    def __init__(self, config, split, detector, lung, device):
+        self.config, self.split, self.detector, self.lung, self.device = (config, split, detector,
+                                                                           lung, device)
 
     def load_holdout(self):
         """The held-out images as CPU tensors (healthy, mixed) and, with --holdout_labels, the
@@ -72,9 +72,10 @@ class AUCpLog:
     def holdout_aucp(self, holdout):
         """{'AUCp': {variant: value}} of the held-out images and, with their true labels,
         {'val_AUROC': {variant: value}} (held-out healthy = 0, mixed by label)."""
-        batch_size, region = self.config.batch_size, self.lung.region()
-        s_healthy = self.scorer.score_images(holdout.healthy, batch_size, self.device, region)
-        s_mixed = self.scorer.score_images(holdout.mixed, batch_size, self.device, region)
+        batch_size = self.config.batch_size
+        self.detector.fit_region(self.lung.region())
+        s_healthy = self.detector.score_images(holdout.healthy, batch_size)
+        s_mixed = self.detector.score_images(holdout.mixed, batch_size)
         scores = {name: anomaly.to_numpy(torch.cat([s_healthy[name], s_mixed[name]]))
                   for name in s_healthy}
         pseudo = [0] * len(holdout.healthy) + [1] * len(holdout.mixed)

@@ -16,17 +16,20 @@ from healthygan.errors import warn
 TMP_SUFFIX = '.tmp'  # save_checkpoint_set and checkpoints.save_atomic write <file>.tmp, then rename
 
 
-
 # The files that make a folder hold a run: checkpoints, training states, run records.
 RUN_FILE = re.compile(r'^(\d+)-(G|D|G_ema)\.ckpt$|^(\d+)-state\.pt$|^run_config(-resume\d+)?\.json$'
                       r'|^aucp\.jsonl$')
 
 
+# Files the detector fits from a run's data (detection/): the lung prior, the healthy pixel
+# reference of checkpoints <members> at a size (pixel_reference.reference_file), the detector
+# file of checkpoints <members> (detector.detector_file). They are the run's: moved aside with its
+# checkpoints (--overwrite true) and with later sets on a resume, but no conflict alone.
+FITTED = re.compile(r'^lung_prior\.pt$|^healthy_pixels_(\d+(?:-\d+)*)_\d+px\.pt$'
+                    r'|^detector_(\d+(?:-\d+)*)_\d+px_\w+\.pt$')
 
-# Files a run derives from its data, moved aside with its checkpoints but no conflict alone.
-RUN_EXTRA = ('lung_prior.pt',)
+
 SET_MEMBER = re.compile(r'^(\d+)-(G|D|G_ema|state)\.(ckpt|pt)$')
-
 
 
 def set_members(model_save_dir):
@@ -41,7 +44,6 @@ def set_members(model_save_dir):
     return sets
 
 
-
 def complete_iters(model_save_dir):
     """Sorted iterations whose set is complete: G and D both present. save_checkpoint_set
     renames G last, so a G beside its D means the whole set (state included) landed; older sets
@@ -49,12 +51,10 @@ def complete_iters(model_save_dir):
     return sorted(n for n, have in set_members(model_save_dir).items() if {'G', 'D'} <= have)
 
 
-
 def incomplete_iters(model_save_dir):
     """Sorted iterations with a G but no D: a save that was cut short, or a copied G alone."""
     return sorted(n for n, have in set_members(model_save_dir).items()
                   if 'G' in have and 'D' not in have)
-
 
 
 def save_checkpoint_set(files, model_save_dir, iters):
@@ -83,7 +83,6 @@ def save_checkpoint_set(files, model_save_dir, iters):
             f'another --model_save_dir, then resume with --resume_iters latest') from None
 
 
-
 def remove_stale_temporaries(model_save_dir):
     """Delete <file>.tmp left by a killed save (the lock says no other run writes here)."""
     removed = []
@@ -98,7 +97,6 @@ def remove_stale_temporaries(model_save_dir):
     return removed
 
 
-
 def looks_like_torch_file(path):
     """True for what torch.save writes: a zip archive, or (torch < 1.6) a pickle stream."""
     try:
@@ -107,7 +105,6 @@ def looks_like_torch_file(path):
     except OSError:
         return False
     return head == b'PK' or head[:1] == b'\x80'
-
 
 
 def load_weights_only(path, what='checkpoint'):
@@ -133,7 +130,6 @@ def load_weights_only(path, what='checkpoint'):
             f'PyTorch state dict.') from None
 
 
-
 def run_files(model_save_dir):
     """Names of another run's files in the folder (checkpoints, states, run records)."""
     if not os.path.isdir(model_save_dir):
@@ -141,12 +137,25 @@ def run_files(model_save_dir):
     return sorted(n for n in os.listdir(model_save_dir) if RUN_FILE.match(n))
 
 
+def fitted_files(model_save_dir):
+    """{name: the checkpoints it was fitted with (None: the whole run)} of the FITTED files."""
+    found = {}
+    for n in sorted(os.listdir(model_save_dir)) if os.path.isdir(model_save_dir) else []:
+        m = FITTED.match(n)
+        if m:
+            members = m.group(1) or m.group(2)
+            found[n] = [int(i) for i in members.split('-')] if members else None
+    return found
+
 
 def later_files(model_save_dir, iters):
-    """Names of the set files of iterations after `iters` (a resume from an earlier set)."""
-    return sorted(n for n in os.listdir(model_save_dir)
-                  if SET_MEMBER.match(n) and int(SET_MEMBER.match(n).group(1)) > iters)
-
+    """Names of the set files of iterations after `iters` and of the files fitted with any of
+    them (a resume from an earlier set)."""
+    later = [n for n in os.listdir(model_save_dir)
+             if SET_MEMBER.match(n) and int(SET_MEMBER.match(n).group(1)) > iters]
+    later += [n for n, members in fitted_files(model_save_dir).items()
+              if members and max(members) > iters]
+    return sorted(later)
 
 
 def move_aside(model_save_dir, names, now=None):
@@ -161,7 +170,6 @@ def move_aside(model_save_dir, names, now=None):
     for name in names:
         shutil.move(os.path.join(model_save_dir, name), os.path.join(dest, name))
     return dest
-
 
 
 def available_iters(model_save_dir, suffix='-G.ckpt'):

@@ -22,7 +22,6 @@ def read_jsonl(path):
     return records
 
 
-
 def repair_jsonl(path):
     """Cut a torn tail (an unfinished or unparsable last line) before appending, so the log's
     next record starts on a line of its own; the cut bytes are reported. Returns their count."""

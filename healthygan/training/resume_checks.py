@@ -15,7 +15,6 @@ RUN_FLAGS = ('dataset', 'image_dir', 'list_dir', 'image_size', 'g_conv_dim', 'd_
              'holdout_fraction', 'holdout_stratify', 'bad_images', 'seed', 'batch_size')
 
 
-
 def parse_allowed(value):
     """--allow_changes 'g_lr,batch_size' -> {'g_lr', 'batch_size'} (leading dashes ignored)."""
     names = {v.strip().lstrip('-') for v in (value or '').split(',') if v.strip()}
@@ -27,7 +26,6 @@ def parse_allowed(value):
     return names
 
 
-
 def _same(a, b):
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
@@ -36,17 +34,14 @@ def _same(a, b):
     return a == b
 
 
-
 # Folder flags compared as the folders they name: 'data/', './data' and its absolute path are
 # the same data. The run records the resolved paths at its start (run_paths).
 PATH_FLAGS = ('image_dir', 'list_dir')
 
 
-
 def run_paths(config):
     """{flag: resolved path} of the folder flags, recorded in the run's metadata."""
     return {flag: os.path.realpath(getattr(config, flag)) for flag in PATH_FLAGS}
-
 
 
 def config_changes(saved, saved_world, current, current_world, saved_paths=None):
@@ -69,7 +64,6 @@ def config_changes(saved, saved_world, current, current_world, saved_paths=None)
     return changes
 
 
-
 def speed_changes(saved, current):
     """{switch: (saved, now)} for the speed switches (fast.SPEED_FLAGS, as resolved) a resume
     changes. They are allowed (a resume on a faster machine), but each changes the floating-point
@@ -77,7 +71,6 @@ def speed_changes(saved, current):
     from healthygan.training.fast import SPEED_FLAGS
     return {k: (saved[k], current.get(k)) for k in SPEED_FLAGS
             if k in saved and saved[k] != current.get(k)}
-
 
 
 def check_resume_config(saved, saved_world, current, current_world, allowed, saved_paths=None):
@@ -95,7 +88,6 @@ def check_resume_config(saved, saved_world, current, current_world, allowed, sav
             f'Use the saved value, or pass --allow_changes {",".join(refused)} if the change is '
             f'wanted (it is then recorded in the run config)')
     return {k: list(v) for k, v in changes.items()}
-
 
 
 def check_optimizer_fits(opt_state, model, name):

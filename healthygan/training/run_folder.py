@@ -6,8 +6,11 @@ import shutil
 
 from healthygan import errors
 from healthygan.errors import warn
-from healthygan.training.checkpoint_sets import (RUN_EXTRA, complete_iters, later_files, move_aside,
-                                                 remove_stale_temporaries, run_files, set_members)
+from healthygan.training.checkpoint_sets import (complete_iters, fitted_files, later_files,
+                                                 move_aside, remove_stale_temporaries, run_files,
+                                                 set_members)
+
+
 from healthygan.training.distributed import is_main
 from healthygan.training.resume_checks import parse_allowed
 from healthygan.training.run_lock import RunLocks
@@ -18,7 +21,6 @@ from healthygan.training.run_lock import RunLocks
 # TensorBoard would draw both runs' curves as one, and old grids would sit among new ones).
 EVENTS = re.compile(r'^events\.out\.tfevents\.')
 SAMPLE = re.compile(r'^\d+-images\.jpg$')
-
 
 
 def move_logs_aside(config, dest):
@@ -39,7 +41,6 @@ def move_logs_aside(config, dest):
     return len(moves)
 
 
-
 def check_new_run(model_save_dir, overwrite, move=True):
     """A new run (no --resume_iters) into a folder holding another run's files: refuse, or
     with --overwrite true move them aside. Returns the folder they went to, or None."""
@@ -55,11 +56,10 @@ def check_new_run(model_save_dir, overwrite, move=True):
             f'--model_save_dir, or pass --overwrite true to move its files aside')
     if not move:
         return None
-    names += [n for n in RUN_EXTRA if os.path.exists(os.path.join(model_save_dir, n))]
+    names += list(fitted_files(model_save_dir))
     dest = move_aside(model_save_dir, names)
     warn(f'--overwrite true: moved the earlier run\'s {len(names)} files to {dest}')
     return dest
-
 
 
 def check_resume_point(model_save_dir, iters, num_iters, overwrite, move=True, asked=None):
@@ -92,7 +92,6 @@ def check_resume_point(model_save_dir, iters, num_iters, overwrite, move=True, a
     if later and move:
         dest = move_aside(model_save_dir, later)
         warn(f'--overwrite true: moved the later checkpoints ({len(later)} files) to {dest}')
-
 
 
 def prepare_run_folder(config):

@@ -10,7 +10,6 @@ from healthygan.errors import warn
 LOCK = '.healthygan.lock'
 
 
-
 def pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -19,7 +18,6 @@ def pid_alive(pid):
     except PermissionError:  # exists, owned by someone else
         return True
     return True
-
 
 
 class RunLock:
@@ -74,7 +72,6 @@ class RunLock:
                 os.remove(self.path)
             except FileNotFoundError:
                 pass
-
 
 
 class RunLocks:

@@ -27,10 +27,8 @@ def saved_run_record(model_save_dir, iters):
     return None
 
 
-
 # The flags that fix the networks' shapes: a run's checkpoints load only with these.
 ARCHITECTURE_FLAGS = ('image_size', 'g_conv_dim', 'g_repeat_num', 'd_conv_dim', 'd_repeat_num')
-
 
 
 def run_architecture(model_save_dir):
@@ -44,12 +42,10 @@ def run_architecture(model_save_dir):
     return saved or None
 
 
-
 def saved_run_config(model_save_dir, iters):
     """(config, processes) of the run record that wrote set `iters`; (None, 1) when absent."""
     meta = saved_run_record(model_save_dir, iters) or {}
     return meta.get('config'), meta.get('world_size', 1)
-
 
 
 def folder_run_id(model_save_dir):
@@ -61,7 +57,6 @@ def folder_run_id(model_save_dir):
     except (OSError, ValueError):
         return None
     return meta.get('run_id') if isinstance(meta, dict) else None
-
 
 
 def new_run_id():
