@@ -18,8 +18,8 @@ from healthygan.errors import ConfigError, DataError
 from healthygan.selection import resolve_iters
 from healthygan.device import resolve_device
 from healthygan.fast import add_speed_flags
-from healthygan.flags import (DefaultsFormatter, iters_or_latest, positive_int,  # noqa: F401
-                              str2bool)
+from healthygan.flags import (DefaultsFormatter, iters_or_latest, percentile,  # noqa: F401
+                              positive_int, seed, str2bool)
 from healthygan.solver import Solver
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -216,7 +216,7 @@ def add_added_training_flags(p):
                    help='resume: comma-separated flags (e.g. g_lr,batch_size) whose change '
                         'from the saved run is wanted; recorded in the run config. Without it a '
                         'change to a flag that alters the run is refused (added)')
-    g.add_argument('--seed', type=int, default=None,
+    g.add_argument('--seed', type=seed, default=None,
                    help='random seed for weights, data order and flips; drawn at random and '
                         'recorded in run_config.json when not given (added)')
     add_shared_flag(g, '--device')
@@ -263,7 +263,7 @@ def add_evaluation_flags(p):
                    help='--mode score: one image, or a folder of images searched recursively; '
                         "the architecture flags are read from the run's run_config.json "
                         '(added)')
-    g.add_argument('--healthy_percentile', type=float, default=95.0,
+    g.add_argument('--healthy_percentile', type=percentile, default=95.0,
                    help='score / API: mark the images whose score exceeds this percentile of '
                         'the scores of the healthy images held out of training (a label-free '
                         'threshold; needs a run trained with --holdout_fraction > 0) (added)')
@@ -348,6 +348,10 @@ def parse(argv):
             adopt_run_architecture(config, given_flags(args))
         except ConfigError as e:
             fail(e)
+    if config.mode == 'score':
+        # Scoring a folder gains nothing from more loading processes than cores (torch warns
+        # of them); the flag's default stays the original's for training.
+        config.num_workers = min(config.num_workers, limits.usable_cpus())
     problem = limits.check_architecture(config) or limits.check_limits(config)
     if problem:
         fail(problem)

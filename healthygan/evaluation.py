@@ -277,6 +277,10 @@ class Evaluator:
         loader = folder_loader(c, paths)
         s = self.score_all(loader, names, desc='score')
         ok = [k for k in range(len(paths)) if k not in s.errors]
+        if not ok:  # a calling script must not take an empty scores.csv for success
+            raise DataError(f'none of the {len(paths)} image(s) under --score_dir '
+                            f'{c.score_dir} could be read, e.g. {next(iter(s.errors.values()))}; '
+                            f'nothing was scored')
         selected = s.scores[c.score_variant]
         threshold = s.thresholds.get(c.score_variant)
         reference = self.healthy_reference(iters)
@@ -354,6 +358,12 @@ def score_paths(config):
     results = os.path.abspath(c.result_dir) + os.sep
     paths = [p for p in list_images(c.score_dir)
              if not os.path.abspath(p).startswith(results)]
+    # A FIFO or a device would block or never end when read (training refuses them too).
+    odd = [p for p in paths if not os.path.isfile(p)]
+    if odd:
+        runfiles.warn(f'leaving out {len(odd)} file(s) under --score_dir that are no regular '
+                      f'files, e.g. {odd[0]} is {what_is(odd[0])}')
+        paths = [p for p in paths if p not in odd]
     if not paths:
         raise DataError(f'no images in --score_dir {c.score_dir} outside '
                         f'--result_dir {c.result_dir}')
