@@ -18,11 +18,16 @@ def save_atomic(obj, path):
     """torch.save to a temporary file, then rename: a crash never leaves a truncated file."""
     tmp = path + runfiles.TMP_SUFFIX  # the suffix a killed save's leftovers are found by
     try:
-        torch.save(obj, tmp)
+        # Through a Python file: a full disk is then an OSError with its errno (torch's own
+        # writer says only "unexpected pos").
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if os.path.lexists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            raise OSError(e.errno, e.strerror, path) from None  # a write's error names no file
         raise
 
 

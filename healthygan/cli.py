@@ -4,6 +4,7 @@ Flag names and defaults are the original's; flags added by this project say so i
 """
 import argparse
 import errno
+import json
 import os
 import random
 import sys
@@ -377,10 +378,15 @@ def adopt_run_architecture(config, given):
     """--mode score (added): the architecture flags from the run's run_config.json, so that
     they need not be typed again; one typed otherwise is refused with both values. Without a run
     record (the released checkpoint) the flags stay as given, as in the original."""
+    record = os.path.join(config.model_save_dir, 'run_config.json')
+    if os.path.exists(record) and not readable_record(record):
+        raise ConfigError(f'{record} is not a run record this program wrote (unreadable or '
+                          f'not JSON), so the architecture of the checkpoints beside it cannot '
+                          f'be read from it; restore it from the run, or remove it and pass the '
+                          f'architecture flags the run was trained with')
     saved = runfiles.run_architecture(config.model_save_dir)
     if saved is None:
         return
-    record = os.path.join(config.model_save_dir, 'run_config.json')
     for name, value in saved.items():
         if name in given and getattr(config, name) != value:
             raise ConfigError(f'--{name} {getattr(config, name)} disagrees with {record}, '
@@ -390,7 +396,25 @@ def adopt_run_architecture(config, given):
     print('Architecture from ' + record + ': ' + ', '.join(f'--{k} {v}' for k, v in saved.items()))
 
 
+def readable_record(path):
+    """Whether path holds a run record: JSON of an object with a 'config' object."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get('config'), dict)
+
+
 OUTPUT_FLAGS = ('model_save_dir', 'log_dir', 'sample_dir', 'result_dir')
+
+
+def written_flags(config):
+    """The folder flags a mode writes into: training its three, the test modes --result_dir
+    (and, for ref_z, the reference saved beside the checkpoints)."""
+    if config.mode == 'train':
+        return OUTPUT_FLAGS[:3]
+    return (('model_save_dir',) if config.score_variant == 'ref_z' else ()) + ('result_dir',)
 
 
 def disk_full_line(e, config):
@@ -407,8 +431,7 @@ def disk_full_line(e, config):
             where += f' (under --{flags[0]} {getattr(config, flags[0])})'
     else:
         where = ' writing into ' + ', '.join(f'--{f} {getattr(config, f)}'
-                                             for f in OUTPUT_FLAGS if config.mode != 'train'
-                                             or f != 'result_dir')
+                                             for f in written_flags(config))
     fix = f'free space on it (or choose another --{flags[0]})' if flags else \
         'free space (or choose other output folders)'
     if config.mode != 'train':

@@ -254,6 +254,10 @@ class Evaluator:
             result['notes'] = {'lung': self.lung.note}
         if self.pixels is not None:
             result['healthy_pixel_reference'] = self.pixels.describe()
+        overlap = training_test_overlap(c.model_save_dir, iters)
+        if overlap:  # the run was trained despite its warning: the metrics must say so
+            runfiles.warn(overlap)
+            result.setdefault('notes', {})['data_overlap'] = overlap
         result['variants'] = {v: {key: r[key] for key in (
             'description', 'image_AUROC', 'image_AUROC_ci95', 'image_AUPRC', 'threshold',
             'sensitivity', 'specificity', 'accuracy', 'F1') if key in r}
@@ -335,6 +339,17 @@ class Evaluator:
         print('Saved scores.csv, maps/ and summary.json' + (' and report.html' if c.report
                                                               else '') + f' into {c.result_dir}')
         return summary
+
+
+def training_test_overlap(model_save_dir, iters):
+    """What the run record of checkpoint `iters` says of training images that were also test
+    images (counted when it was trained), or None."""
+    record = runfiles.saved_run_record(model_save_dir, iters) or {}
+    n = (record.get('data_overlap') or {}).get('train_test')
+    if not n:
+        return None
+    return (f'{n} training image(s) of the run in {model_save_dir} were also test images when it '
+            f'was trained (data_overlap in its run record): these test metrics are optimistic')
 
 
 def score_paths(config):

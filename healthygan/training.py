@@ -32,13 +32,31 @@ from healthygan.selection import AUCP_LOG, resolve_iters
 class StopFlag:
     """Records SIGINT/SIGTERM instead of dying mid-step, so the loop can save and exit."""
 
+    # One kill often arrives twice (timeout forwarding its own, a scheduler signalling the
+    # whole process group): a second signal within this many seconds is the same request.
+    MOMENT = 1.0
+
     def __init__(self):
         self.signal = None
+        self.received = None  # time.monotonic() of the first signal
+        self.previous, self.closed = {}, False
 
     def _handler(self, signum, frame):
-        if self.signal is not None:  # a second signal: stop at once
-            raise KeyboardInterrupt
-        self.signal = signum
+        now = time.monotonic()
+        if self.signal is not None:
+            if now - self.received < self.MOMENT:
+                return
+            if self.closed:  # after the loop: the handlers from before it take the signal
+                self.restore()
+                signal.raise_signal(signum)
+                return
+            # a second request: stop at once, without a traceback; a set being written is
+            # left as temporaries (removed at the next start), earlier sets stay whole
+            print(f'{signal.Signals(signum).name} received again: stopped at once, without '
+                  f'saving; resume from the last complete checkpoint set with --resume_iters '
+                  f'latest', file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
+        self.signal, self.received = signum, now
         print(f'\n{signal.Signals(signum).name} received: saving at the end of this iteration '
               f'(send it again to stop at once)...', file=sys.stderr, flush=True)
 
@@ -47,12 +65,21 @@ class StopFlag:
         if threading.current_thread() is not threading.main_thread():
             yield self  # signal handlers can only be set from the main thread
             return
-        previous = {s: signal.signal(s, self._handler) for s in signums}
+        self.previous = {s: signal.signal(s, self._handler) for s in signums}
         try:
             yield self
         finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+            self.closed = True
+            # the stop's own echo may still arrive while the program exits: absorbed by
+            # _handler, which hands later signals to the handlers from before
+            if self.signal is None or time.monotonic() - self.received >= self.MOMENT:
+                self.restore()
+
+    def restore(self):
+        """Put back the handlers from before catching."""
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        self.previous = {}
 
 
 LARGE_WEIGHT = 1e3  # the paper's weights are 10 at most; far above, gradients overflow float32

@@ -151,3 +151,145 @@ def test_testauc_advice_on_unreadable_images_names_no_training(scored_run, capsy
         os.remove(bad)
     line = error_line(err)
     assert code == 2 and '--bad_images skip to test without them' in line and 'train' not in line
+
+
+# ---- 5. a full disk under the ref_z reference; signals during a save ------------------------- #
+
+@pytest.fixture(scope='module')
+def held_out_run(tmp_path_factory):
+    """A tiny run of 2 iterations that held 3 healthy images out of training (ref_z's need)."""
+    tmp = tmp_path_factory.mktemp('held_out')
+    write_folder_layout(tmp / 'data', 6, 2)
+    cli.main(eval_args(tmp, tmp / 'data', 'run', '--mode', 'train', '--num_iters', '2',
+                       '--holdout_fraction', '0.5'))
+    return tmp
+
+
+def test_5_a_full_disk_while_the_ref_z_reference_is_written_is_one_line_and_blocks_nothing(
+        held_out_run, capsys):
+    tmp = held_out_run
+    reference = tmp / 'models' / 'healthy_pixels_2_32px.pt'
+    os.symlink('/dev/full', str(reference) + '.tmp')  # a real "No space left on device"
+    argv = score(tmp, tmp / 'data' / 'test', 'ref_z', '--score_variant', 'ref_z')
+    code, _, err = run(capsys, argv)
+    line = error_line(err)
+    assert code == 2 and 'No space left' in line and str(reference) in line
+    assert '--model_save_dir' in line and '--sample_dir' not in line
+    assert not os.path.lexists(str(reference) + '.tmp') and not reference.exists()
+    code, _, err = run(capsys, argv)  # space freed: the next try builds it
+    assert code in (None, 0), err
+    assert reference.exists()
+
+
+def test_5_one_kill_that_reaches_the_process_group_twice_saves_once_without_a_traceback(
+        tmp_path, folder_dataset):
+    import glob
+    import signal
+    import time
+    models = tmp_path / 'run' / 'models'
+    argv = eval_args(tmp_path / 'run', folder_dataset, 'results', '--mode', 'train',
+                     '--num_iters', '100000', '--model_save_step', '1')
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'}, start_new_session=True)
+    deadline = time.time() + 120
+    while len(glob.glob(str(models / '*-G.ckpt'))) < 2:  # training and saving
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    # what `kill -TERM` of a `timeout` parent gives: a second SIGTERM while the first one's
+    # message is printed (CPython runs one handler for two that arrive before it runs)
+    os.killpg(proc.pid, signal.SIGTERM)
+    first = ''
+    while 'received' not in first:
+        first += proc.stderr.readline()
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    err = first + err
+    assert proc.returncode == 128 + signal.SIGTERM and 'Traceback' not in err
+    assert err.count('SIGTERM received') == 1 and 'Interrupted by SIGTERM' in out
+    stopped = int(out.split('Interrupted by SIGTERM at iteration ')[1].split(';')[0])
+    for name in ('G.ckpt', 'D.ckpt', 'state.pt'):  # its set whole, nothing half-written
+        assert (models / f'{stopped}-{name}').exists()
+    assert not glob.glob(str(models / '*.tmp'))
+
+
+def test_5_a_later_second_signal_stops_at_once_in_one_line(capsys):
+    import signal
+    from healthygan.training import StopFlag
+    stop = StopFlag()
+    with stop.catching(signal.SIGTERM):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the same request, delivered twice
+        assert stop.signal == signal.SIGTERM
+        stop.received -= 2 * StopFlag.MOMENT  # a second request, later
+        with pytest.raises(SystemExit) as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert e.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith('SIGTERM received again: stopped at once')
+    assert err.count('received again') == 1 and 'Traceback' not in err
+
+
+# ---- 13. testAUC of a run trained on test images --------------------------------------------- #
+
+def test_13_testauc_of_a_run_trained_on_test_images_says_so_and_notes_it(tmp_path,
+                                                                         folder_dataset, capsys):
+    import json
+    import shutil
+    shutil.copy(folder_dataset / 'test' / 'anomalous' / 'img_0.png',
+                folder_dataset / 'healthy' / 'copied.png')
+    code, _, _ = run(capsys, eval_args(tmp_path, folder_dataset, 'run', '--mode', 'train',
+                                       '--num_iters', '2'))
+    assert code in (None, 0)
+    code, _, err = run(capsys, eval_args(tmp_path, folder_dataset, 'auc', '--report', 'false',
+                                         '--bootstrap', '0'))
+    assert code in (None, 0)
+    assert 'were also test images when it was trained' in err and 'optimistic' in err
+    notes = json.load(open(tmp_path / 'auc' / 'metrics.json'))['notes']
+    assert 'optimistic' in notes['data_overlap']
+
+
+# ---- 15. misleading messages ----------------------------------------------------------------- #
+
+def test_15_a_full_disk_at_the_first_checkpoint_offers_no_earlier_set(tmp_path, folder_dataset,
+                                                                       capsys, monkeypatch):
+    import errno
+    import torch
+    real_save = torch.save
+
+    def full_disk(obj, path, *a, **k):  # a real full disk cannot be made here
+        if os.path.basename(str(path)).startswith('2-D'):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, 'save', full_disk)
+    code, _, err = run(capsys, eval_args(tmp_path, folder_dataset, 'r', '--mode', 'train',
+                                         '--num_iters', '2'))
+    line = error_line(err)
+    assert code == 2 and 'nothing to resume' in line and '--overwrite true' in line
+    assert 'earlier checkpoint sets' not in line and '--resume_iters' not in line
+
+
+def test_15_a_full_result_dir_in_score_mode_names_only_what_it_writes(scored_run, capsys):
+    tmp = scored_run
+    os.makedirs(tmp / 'full')
+    os.symlink('/dev/full', tmp / 'full' / 'scores.csv')  # a real "No space left on device"
+    code, _, err = run(capsys, score(tmp, tmp / 'data' / 'test', 'full'))
+    line = error_line(err)
+    assert code == 2 and 'No space left' in line and '--result_dir' in line
+    assert not any(f in line for f in ('--sample_dir', '--log_dir', '--model_save_dir'))
+
+
+def test_15_a_garbage_run_record_in_score_mode_is_named_without_a_resume(scored_run, tmp_path,
+                                                                         capsys):
+    import shutil
+    models = tmp_path / 'models'
+    shutil.copytree(scored_run / 'models', models)
+    (models / 'run_config.json').write_text('garbage{')
+    argv = score(scored_run, scored_run / 'data' / 'test', 'garbage')
+    argv[argv.index('--model_save_dir') + 1] = str(models)
+    code, _, err = run(capsys, argv)
+    line = error_line(err)
+    assert code == 2 and str(models / 'run_config.json') in line
+    assert 'resume' not in err and 'architecture' in line
