@@ -293,3 +293,48 @@ def test_15_a_garbage_run_record_in_score_mode_is_named_without_a_resume(scored_
     line = error_line(err)
     assert code == 2 and str(models / 'run_config.json') in line
     assert 'resume' not in err and 'architecture' in line
+
+
+# ---- 4. tools/ship_weights.py ---------------------------------------------------------------- #
+
+def test_4_ship_weights_refuses_what_it_cannot_ship_in_one_line_and_leaves_no_half_written_out(
+        held_out_run, tmp_path, capsys):
+    import shutil
+    from tools import ship_weights
+    image = str(held_out_run / 'data' / 'test' / 'anomalous' / 'img_0.png')
+    (tmp_path / 'text.png').write_text('not an image')
+
+    def run_copy(name, remove=None):
+        copy = tmp_path / name
+        shutil.copytree(held_out_run / 'models', copy)
+        if remove:
+            os.remove(copy / remove)
+        return str(copy)
+
+    out = tmp_path / 'shipped'
+    cases = {  # argv changes -> what the one line names
+        'no run': (['--run', str(tmp_path / 'nope')], 'is not a folder'),
+        'no record': (['--run', run_copy('a', 'run_config.json')], 'run_config.json'),
+        'no prior': (['--run', run_copy('b', 'lung_prior.pt')], 'lung_prior.pt not found'),
+        'no log': (['--run', run_copy('c', 'aucp.jsonl')], 'aucp.jsonl not found'),
+        'no checkpoint': (['--test_iters', '7'], 'no 7-G.ckpt'),
+        'missing image': (['--images', str(tmp_path / 'gone.png')], 'gone.png'),
+        'unreadable image': (['--images', str(tmp_path / 'text.png')], 'text.png'),
+    }
+    for what, (change, said) in cases.items():
+        argv = {'--run': str(held_out_run / 'models'), '--test_iters': '2', '--out': str(out),
+                '--images': image}
+        argv.update(dict(zip(change[::2], change[1::2])))
+        with pytest.raises(SystemExit) as e:
+            ship_weights.main([item for pair in argv.items() for item in pair])
+        line = str(e.value.code)
+        assert line.startswith('error: ') and said in line and '\n' not in line, what
+        assert not out.exists() and os.listdir(tmp_path).count('shipped') == 0, what
+        assert not [n for n in os.listdir(tmp_path) if n.startswith('.shipped')], what
+    with pytest.raises(SystemExit) as e:
+        ship_weights.main(['--run', str(held_out_run / 'models'), '--test_iters', '2',
+                           '--out', str(out), '--images', image, '--score_variant', 'bogus'])
+    assert e.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
+    assert ship_weights.main(['--run', str(held_out_run / 'models'), '--test_iters', '2',
+                              '--out', str(out), '--images', image]) == 0  # the next try
+    assert 'expected_scores.csv' in os.listdir(out)
