@@ -16,7 +16,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from healthygan import runfiles
-from healthygan.checkpoints import last_good, run_metadata
+from healthygan.checkpoints import check_same_data, data_record, last_good, run_metadata
 from healthygan.data.loaders import get_loader
 from healthygan.data.overlap import check_training_overlap
 from healthygan.data.splits import resolve_split
@@ -175,9 +175,10 @@ class Trainer:
         # that a run can resume with another number of ranks.
         self.store.start_run()  # a resume takes the run's own id (load_training_state)
         run.data_overlap = {}
+        split = self.split or resolve_split(c, 'train')
+        run.data = data_record(split, c.image_dir)  # compared on resume: hold-out, images
         if run.main_rank:  # training on test images, or one image in both sets: said, not silent
-            lines, run.data_overlap = check_training_overlap(
-                c, self.split or resolve_split(c, 'train'))
+            lines, run.data_overlap = check_training_overlap(c, split)
             for line in lines:
                 runfiles.warn(line)
         if c.resume_iters is not None:
@@ -187,6 +188,12 @@ class Trainer:
                                         c.overwrite, move=run.main_rank, asked=c.resume_iters)
             self.store.restore_model(run.start_iters)
             state = self.store.load_training_state(run.start_iters)
+            saved = (state.get('metadata') if state is not None else
+                     runfiles.saved_run_record(c.model_save_dir, run.start_iters)) or {}
+            if 'image_dir' not in runfiles.parse_allowed(c.allow_changes):
+                check_same_data(saved.get('data'), run.data,
+                                os.path.join(c.model_save_dir, f'{run.start_iters}-state.pt'),
+                                c.image_dir)
             if state is not None:
                 run.sampler.epoch, run.pairs_done = state['data_epoch'], state['data_pairs_done']
         run.last_saved = run.start_iters
@@ -227,6 +234,7 @@ class Trainer:
             run.metadata['accepted_changes'] = self.store.accepted_changes
         if self.store.speed_changes:  # speed switches changed on resume: {switch: [saved, now]}
             run.metadata['speed_changes'] = self.store.speed_changes
+        run.metadata['data'] = run.data
         if run.data_overlap:  # {what: count} of the overlap warnings
             run.metadata['data_overlap'] = run.data_overlap
         name = ('run_config.json' if run.start_iters == 0

@@ -100,6 +100,7 @@ def test_17_score_mode_with_no_readable_image_fails_and_writes_no_scores(scored_
 
 # ---- 18. a FIFO among the images to score ---------------------------------------------------- #
 
+@pytest.mark.slow
 def test_18_a_fifo_named_png_in_the_score_folder_is_skipped_with_a_warning(scored_run):
     tmp, folder = scored_run, scored_run / 'with_fifo'
     write_image(str(folder / 'a.png'), np.random.default_rng(0))
@@ -181,6 +182,7 @@ def test_5_a_full_disk_while_the_ref_z_reference_is_written_is_one_line_and_bloc
     assert reference.exists()
 
 
+@pytest.mark.slow
 def test_5_one_kill_that_reaches_the_process_group_twice_saves_once_without_a_traceback(
         tmp_path, folder_dataset):
     import glob
@@ -297,6 +299,7 @@ def test_15_a_garbage_run_record_in_score_mode_is_named_without_a_resume(scored_
 
 # ---- 4. tools/ship_weights.py ---------------------------------------------------------------- #
 
+@pytest.mark.slow
 def test_4_ship_weights_refuses_what_it_cannot_ship_in_one_line_and_leaves_no_half_written_out(
         held_out_run, tmp_path, capsys):
     import shutil
@@ -338,3 +341,46 @@ def test_4_ship_weights_refuses_what_it_cannot_ship_in_one_line_and_leaves_no_ha
     assert ship_weights.main(['--run', str(held_out_run / 'models'), '--test_iters', '2',
                               '--out', str(out), '--images', image]) == 0  # the next try
     assert 'expected_scores.csv' in os.listdir(out)
+
+
+# ---- 12. resume checks ----------------------------------------------------------------------- #
+
+def resume_refusal(capsys, tmp_path, data, change, *extra):
+    """Train 2 iterations, apply change(models), resume to 3: the refusal's one line."""
+    from test_faults import train
+    code, _, _ = run(capsys, train(tmp_path, data, '--num_iters', '2', *extra))
+    assert code in (None, 0)
+    change(tmp_path / 'run' / 'models')
+    code, _, err = run(capsys, train(tmp_path, data, '--num_iters', '3', '--resume_iters',
+                                     'latest', *extra))
+    assert code == 2
+    assert not (tmp_path / 'run' / 'models' / '3-G.ckpt').exists()
+    return error_line(err)
+
+
+def test_12_a_generator_of_another_run_in_its_place_is_refused(tmp_path, folder_dataset, capsys):
+    import shutil
+    from test_faults import train
+    other = tmp_path / 'other'
+    run(capsys, train(other, folder_dataset, '--num_iters', '2', '--seed', '5'))
+    line = resume_refusal(capsys, tmp_path, folder_dataset, lambda models: shutil.copy(
+        other / 'run' / 'models' / '2-G.ckpt', models / '2-G.ckpt'))
+    assert '2-G.ckpt is not the G this run saved' in line
+
+
+def test_12_mixed_images_replaced_under_the_same_names_are_refused(tmp_path, folder_dataset,
+                                                                    capsys):
+    def replace(models):
+        write_image(str(folder_dataset / 'mixed' / 'img_0.png'), np.random.default_rng(9))
+    line = resume_refusal(capsys, tmp_path, folder_dataset, replace)
+    assert 'training images under --image_dir' in line and 'changed' in line
+
+
+def test_12_images_added_to_healthy_that_move_the_hold_out_are_refused(tmp_path, folder_dataset,
+                                                                       capsys):
+    def add(models):
+        for k in (6, 7):
+            write_image(str(folder_dataset / 'healthy' / f'img_{k}.png'),
+                        np.random.default_rng(k))
+    line = resume_refusal(capsys, tmp_path, folder_dataset, add, '--holdout_fraction', '0.5')
+    assert 'the hold-out is not the one saved' in line and 'best_aucp' in line
