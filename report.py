@@ -1,3 +1,3 @@
-"""report.html, its plots, panels and the 16-bit anomaly maps: healthygan/report.py, re-exported
+"""report.html, its plots, panels and the 16-bit anomaly maps: healthygan/reports/report.py, re-exported
 here so that ``import report`` keeps working."""
-from healthygan.report import *  # noqa: F401,F403
+from healthygan.reports.report import *  # noqa: F401,F403

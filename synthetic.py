@@ -1,7 +1,7 @@
 """Deterministic synthetic chest radiographs for the CPU quick-start demo and the tests.
 
 This module writes the datasets (folders, masks, labels, the .complete check) and is the
-command line; healthygan/synthetic_phantom.py draws each radiograph (the anatomy model, the
+command line; healthygan/data/synthetic_phantom.py draws each radiograph (the anatomy model, the
 lesions, and how every random draw is ordered).
 
 Usage: python synthetic.py --out datasets/synthetic --seed 0 --size 128
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from healthygan.synthetic_phantom import LESION_STRENGTH, render_radiograph
+from healthygan.data.synthetic_phantom import LESION_STRENGTH, render_radiograph
 
-# Bump whenever the rendering (healthygan/synthetic_phantom.py) changes, so cached datasets are
+# Bump whenever the rendering (healthygan/data/synthetic_phantom.py) changes, so cached datasets are
 # regenerated.
 GENERATOR_VERSION = 2
 

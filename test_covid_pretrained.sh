@@ -30,7 +30,7 @@ fi
 # after the split lists are built.
 SHA=()
 if [ -n "$PRETRAINED_SHA256" ]; then SHA=(--sha256 "$PRETRAINED_SHA256"); fi
-python -m healthygan.pretrained "$CKPT" --g_conv_dim "$G_CONV_DIM" \
+python -m healthygan.detection.pretrained "$CKPT" --g_conv_dim "$G_CONV_DIM" \
     --g_repeat_num "$G_REPEAT_NUM" "${SHA[@]}"
 
 # No split lists in $LIST_DIR: build them from the label files in data/covidnet_labels/

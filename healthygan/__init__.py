@@ -2,30 +2,23 @@
 data_loader.py, logger.py, metrics.py, report.py) re-export them under the original's names;
 nothing here imports them, so the package runs with only itself on the path.
 
-- api.py: the Python API, load(RUN_DIR) -> Detector with score() and translate()
-- cli.py, flags.py: the command line (build_parser, main) and its argument types
-- console.py, __main__.py, version.py: the `healthygan MODE` command; the version
-- pretrained.py: the check of a released generator file before it is used
-- solver.py: the Solver, which composes the parts below
-- networks.py, build.py: the paper's G and D; the networks, optimizers and fast paths of a run
-- errors.py: the errors a user must fix (one line each, no traceback)
-- losses.py: the paper's losses and their weighted sums, the translation, the learning rate
-- steps.py, training.py: the critic and generator steps; the training loop
-- checkpoints.py: checkpoint files, training state, run metadata
-- runfiles.py: run folders, checkpoint sets, resume consistency, append-only logs
-- limits.py: flag, memory and disk checks made before any work
-- selection.py, aucp.py: choosing checkpoints (latest, best AUCp, the snapshot ensemble); AUCp
-- scoring.py, lung.py: translate and score a batch, the one scoring pass; the 'lung' region
-- reference.py: the held-out healthy images' scores as a label-free reference
-- evaluation.py, reporting.py: thresholds and the testAUC / score outputs; report.html
-- metrics.py, report.py: anomaly scores and metrics; plots, panels and maps
-- images.py, logs.py: translation grids; TensorBoard and stats.jsonl
-- device.py, distributed.py: the device; several processes under torchrun
-- fast.py, fast_critic.py: the opt-in fast paths of the training step and their flags
-- data/: splits, decoding, the uint8 cache, datasets, samplers and loaders
-- synthetic_phantom.py: one synthetic radiograph, for synthetic.py's demo and test datasets
+- model/: the paper's networks (networks.py) and losses (losses.py)
+- training/: the loop (loop.py) and its steps (steps.py); the networks, optimizers and fast paths of
+  a run (build.py, fast.py, fast_critic.py); checkpoint files (checkpoints.py) and run files, one job
+  each (checkpoint_sets.py, run_lock.py, run_folder.py, resume_checks.py, run_record.py,
+  jsonl_logs.py); AUCp (aucp.py); several processes (distributed.py); TensorBoard logs (logs.py)
+- detection/: the detector's scores and maps (anomaly.py, scoring.py), its references (lung.py,
+  pixel_reference.py, reference.py), the choice of checkpoints (selection.py), the Python API
+  (api.py: load(RUN_DIR) -> Detector) and the check of a released generator (pretrained.py)
+- reports/: the testAUC and score outputs (evaluation.py), report.html (reporting.py, report.py),
+  metrics (statistics.py), translation grids (images.py)
+- data/: splits, decoding, the uint8 cache, datasets, loaders; the synthetic radiograph
+- cli.py, flags.py, console.py, __main__.py: the command line and the `healthygan MODE` command
+- solver.py: the Solver, which composes the parts for the mode asked
+- device.py, limits.py, errors.py, version.py: the device; checks before work; the errors a user
+  must fix; the version
 """
-from healthygan.api import Detector, Result, load  # noqa: E402  (the package's public API)
+from healthygan.detection.api import Detector, Result, load  # noqa: E402  (the public API)
 from healthygan.version import __version__  # noqa: E402
 
 __all__ = ['load', 'Detector', 'Result', '__version__']

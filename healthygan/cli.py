@@ -12,16 +12,17 @@ import sys
 import numpy as np
 import torch
 
-from healthygan import limits, runfiles
+from healthygan import limits
 from healthygan.data.splits import resolve_split
-from healthygan.distributed import broadcast_object, init_distributed, is_main
-from healthygan.errors import ConfigError, DataError
-from healthygan.selection import resolve_iters
+from healthygan.detection.selection import resolve_iters
 from healthygan.device import resolve_device
-from healthygan.fast import add_speed_flags
+from healthygan.errors import ConfigError, DataError
 from healthygan.flags import (DefaultsFormatter, iters_or_latest, percentile,  # noqa: F401
                               positive_int, seed, str2bool)
 from healthygan.solver import Solver
+from healthygan.training import checkpoint_sets, run_folder, run_record
+from healthygan.training.distributed import broadcast_object, init_distributed, is_main
+from healthygan.training.fast import add_speed_flags
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
@@ -327,11 +328,11 @@ def resumed_seed(config):
     path = os.path.join(config.model_save_dir, f'{iters}-state.pt')
     saved = None
     if os.path.exists(path):
-        state = runfiles.load_weights_only(path, 'training state')
+        state = checkpoint_sets.load_weights_only(path, 'training state')
         saved = ((state.get('metadata') or {}).get('config') or {}) if isinstance(state, dict) \
             else {}
     if not saved:
-        saved = runfiles.saved_run_config(config.model_save_dir, iters)[0] or {}
+        saved = run_record.saved_run_config(config.model_save_dir, iters)[0] or {}
     return saved.get('seed')
 
 
@@ -345,11 +346,13 @@ def parse(argv):
     parser = build_parser()
     config = parser.parse_args(args)
     if config.mode == 'score':
+        given = given_flags(args)
         try:
-            adopt_run_architecture(config, given_flags(args))
+            adopt_run_architecture(config, given)
         except ConfigError as e:
             fail(e)
-    if config.mode == 'score':
+        if 'result_dir' not in given:
+            config.result_dir = score_result_dir(config.model_save_dir)
         # Scoring a folder gains nothing from more loading processes than cores (torch warns
         # of them); the flag's default stays the original's for training.
         config.num_workers = min(config.num_workers, limits.usable_cpus())
@@ -384,7 +387,7 @@ def adopt_run_architecture(config, given):
                           f'not JSON), so the architecture of the checkpoints beside it cannot '
                           f'be read from it; restore it from the run, or remove it and pass the '
                           f'architecture flags the run was trained with')
-    saved = runfiles.run_architecture(config.model_save_dir)
+    saved = run_record.run_architecture(config.model_save_dir)
     if saved is None:
         return
     for name, value in saved.items():
@@ -404,6 +407,13 @@ def readable_record(path):
     except (OSError, ValueError):
         return False
     return isinstance(record, dict) and isinstance(record.get('config'), dict)
+
+
+def score_result_dir(model_save_dir):
+    """--mode score without --result_dir (added): scores/ beside the run's checkpoint folder
+    (my_run/models -> my_run/scores), so that scoring new images never overwrites the scores.csv
+    testAUC writes into the original's default, covid/results."""
+    return os.path.normpath(os.path.join(model_save_dir, os.pardir, 'scores'))
 
 
 OUTPUT_FLAGS = ('model_save_dir', 'log_dir', 'sample_dir', 'result_dir')
@@ -436,7 +446,7 @@ def disk_full_line(e, config):
         'free space (or choose other output folders)'
     if config.mode != 'train':
         return f'{e.strerror}{where}; {fix}, then run the command again'
-    done = runfiles.complete_iters(config.model_save_dir)
+    done = checkpoint_sets.complete_iters(config.model_save_dir)
     if done:
         return (f'{e.strerror}{where}; {fix}, then resume with --resume_iters latest (the last '
                 f'complete checkpoint set is {done[-1]} in {config.model_save_dir})')
@@ -462,7 +472,7 @@ def main(argv=None):
         if is_main():  # one probe file, not one per rank
             limits.check_writable(config)
         if config.mode == 'train':
-            lock = runfiles.prepare_run_folder(config)
+            lock = run_folder.prepare_run_folder(config)
         # score needs no dataset layout, only the images under --score_dir
         split = (resolve_split(config, config.mode) if config.mode != 'score'
                  else None)
@@ -483,7 +493,7 @@ def main(argv=None):
         if e.errno not in DISK_FULL:
             raise
         # A full disk or quota while writing a log, sample or record: one line; the checkpoint
-        # sets written before are whole (runfiles.save_checkpoint_set).
+        # sets written before are whole (checkpoint_sets.save_checkpoint_set).
         fail(disk_full_line(e, config))
     finally:
         if lock is not None:

@@ -1,4 +1,6 @@
-"""Problems the user must fix. main.py prints each as one line (no traceback) and exits 2."""
+"""Problems the user must fix and warnings they should read. main.py prints each error as one line
+(no traceback) and exits 2."""
+import sys
 
 
 class DataError(ValueError):
@@ -15,3 +17,8 @@ class CheckpointError(ConfigError):
 
 class NonFiniteLossError(ConfigError):
     """A loss became NaN or infinite: training stops before anything non-finite is saved."""
+
+
+def warn(message):
+    """Print a one-line warning a user should read (the run goes on)."""
+    print(f'warning: {message}', file=sys.stderr, flush=True)

@@ -10,16 +10,16 @@ The Solver reads as the original's and composes parts, each built from what it u
 - aucp.AUCpLog: the label-free AUCp of every checkpoint (selection.py chooses by it);
 - training.Trainer: the loop; evaluation.Evaluator: test, testAUC and score.
 """
-from healthygan.aucp import AUCpLog
-from healthygan.build import Networks
-from healthygan.checkpoints import CheckpointStore
+from healthygan.detection.lung import LungPrior
+from healthygan.detection.scoring import Scorer
 from healthygan.device import resolve_device
-from healthygan.evaluation import Evaluator
-from healthygan.losses import loss_weights
-from healthygan.lung import LungPrior
-from healthygan.scoring import Scorer
-from healthygan.steps import TrainStep
-from healthygan.training import Trainer
+from healthygan.model.losses import loss_weights
+from healthygan.reports.evaluation import Evaluator
+from healthygan.training.aucp import AUCpLog
+from healthygan.training.build import Networks
+from healthygan.training.checkpoints import CheckpointStore
+from healthygan.training.loop import Trainer
+from healthygan.training.steps import TrainStep
 
 
 class Solver:

@@ -12,8 +12,8 @@ import healthygan
 import main as cli
 from conftest import ROOT, eval_args, read_csv, tiny_flags
 from healthygan.data.decode import build_transform
+from healthygan.detection.reference import HealthyReference, healthy_scores
 from healthygan.errors import ConfigError, DataError
-from healthygan.reference import HealthyReference, healthy_scores
 from test_formats import write_dicom
 
 SHIPPED = os.path.join(ROOT, 'pretrained', 'nih-cxr-mini')
@@ -231,7 +231,7 @@ def ref_run(tmp_path_factory):
 
 
 def test_ref_z_builds_the_healthy_reference_once_and_scores_alike_everywhere(ref_run, capsys):
-    from healthygan import metrics
+    from healthygan.detection import anomaly
     models, folder = ref_run / 'models', ref_run / 'syn' / 'test'
     argv = score_argv(models, folder, ref_run / 'first', '--score_variant', 'ref_z',
                       '--ensemble', '2')
@@ -259,7 +259,7 @@ def test_ref_z_builds_the_healthy_reference_once_and_scores_alike_everywhere(ref
         assert r.score == pytest.approx(float(row['pred_score']), abs=1e-6)
         assert r.score == pytest.approx(np.maximum((r.map - mu) / scale, 0).mean(), abs=1e-5)
         assert r.percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
-    assert metrics.SCORE_VARIANTS['ref_z'].startswith('mean over pixels')
+    assert anomaly.SCORE_VARIANTS['ref_z'].startswith('mean over pixels')
     # shipped weights carry the reference of their checkpoints and score alike
     from tools import ship_weights
     ship_weights.main(['--run', str(models), '--test_iters', '4', '--ensemble', '2',
@@ -291,8 +291,8 @@ def test_ref_z_in_testauc_reports_its_reference(ref_run):
     assert "ref_z's map" in (ref_run / 'auc' / 'report.html').read_text()
     assert result['healthy_pixel_reference'].startswith('3 healthy images held out')
     rows = read_csv(ref_run / 'auc' / 'scores.csv')
-    from healthygan import metrics as m
-    assert result['image_AUROC'] == pytest.approx(m.image_metrics(
+    from healthygan.reports import statistics
+    assert result['image_AUROC'] == pytest.approx(statistics.image_metrics(
         [int(r['gt_label']) for r in rows], [float(r['score_ref_z']) for r in rows])['image_AUROC'])
 
 

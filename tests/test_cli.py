@@ -234,3 +234,27 @@ def test_a_removed_flag_is_one_line_naming_what_replaced_it(flag, replacement, c
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count('\n') == 1
     assert f'{flag} was removed' in err and replacement in err and 'docs/results.md' in err
+
+
+def test_score_mode_writes_beside_the_run_not_into_covid_results(tmp_path, monkeypatch):
+    # Score mode without --result_dir wrote into the original's testAUC folder, covid/results,
+    # whatever the images: it now writes scores/ beside the run's checkpoint folder.
+    import shutil
+    from healthygan.cli import score_result_dir
+    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'pretrained', 'nih-cxr-mini')
+    image = os.path.join(os.path.dirname(shipped), os.pardir, 'datasets', 'nih-cxr-mini', 'test',
+                         'normal', 'nih_00001362_001.png')
+    os.makedirs(tmp_path / 'run' / 'models')
+    for name in ('8000-G.ckpt', 'run_config.json'):
+        shutil.copy(os.path.join(shipped, name), tmp_path / 'run' / 'models' / name)
+    monkeypatch.chdir(tmp_path)
+    cli.main(['--mode', 'score', '--model_save_dir', 'run/models', '--test_iters', '8000',
+              '--score_dir', os.path.abspath(image), '--device', 'cpu', '--num_workers', '0',
+              '--report', 'false'])
+    assert os.path.isfile(tmp_path / 'run' / 'scores' / 'scores.csv')
+    assert not os.path.exists(tmp_path / 'covid')
+    assert score_result_dir('my_run/models') == os.path.join('my_run', 'scores')
+    assert score_result_dir('models') == 'scores'
+    # --result_dir given, and testAUC's default, stay as they were
+    assert cli.build_parser().parse_args(['--mode', 'testAUC']).result_dir == 'covid/results'

@@ -1,4 +1,4 @@
-"""Evaluation (healthygan/evaluation.py): the generator at test time (per-image statistics, as
+"""Evaluation (healthygan/reports/evaluation.py): the generator at test time (per-image statistics, as
 the original), thresholds from a validation set, and --mode score."""
 import os
 import shutil
@@ -43,7 +43,7 @@ def test_test_time_uses_per_image_statistics_not_the_stored_running_ones(tmp_pat
     # ... while eval() (running statistics) would change them: the test above is not vacuous.
     solver2.G.eval()
     with torch.no_grad():
-        from healthygan.losses import generate
+        from healthygan.model.losses import generate
         from metrics import anomaly_score
         x_hat_eval, _, _ = generate(solver2.G, x)
     assert not torch.allclose(anomaly_score(x, x_hat_eval), reference, atol=1e-3)

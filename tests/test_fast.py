@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import main as cli
-from healthygan import fast, losses  # noqa: E402
+from healthygan.model import losses
+from healthygan.training import fast  # noqa: E402
 from conftest import tiny_args, tiny_flags, tiny_solver
 from tools import benchmark
 
@@ -100,7 +101,7 @@ def test_conv2d_as_matmul_is_the_convolution_and_its_double_backward(shape, out_
                                                                      channels_last):
     # Values, input and weight gradients, and the gradient penalty's second-order gradient
     # with respect to the weights: what the critic step needs of each of D's layers.
-    from healthygan.fast_critic import conv2d_as_matmul
+    from healthygan.training.fast_critic import conv2d_as_matmul
     torch.manual_seed(0)
     k, stride = (4, 2) if out_channels > 1 else (3, 1)
     conv = torch.nn.Conv2d(shape[1], out_channels, k, stride, 1, bias=bias).double()
@@ -131,7 +132,7 @@ def test_input_gradient_is_autograds_and_so_is_the_penalty_gradient(image_size, 
     # --gp_explicit: D.input_gradient against autograd's gradient of D's summed patch logits,
     # and the gradient penalty's weight gradients (one first-order backward) against autograd's
     # double backward, in float64 so that only the order of the sums differs.
-    from healthygan.fast_critic import FastCritic as Discriminator
+    from healthygan.training.fast_critic import FastCritic as Discriminator
     torch.manual_seed(0)
     D = Discriminator(image_size, 4, 0, repeat_num).double()
     D.matmul_side = matmul_side
@@ -168,7 +169,7 @@ def test_input_gradient_is_autograds_and_so_is_the_penalty_gradient(image_size, 
 def test_inplace_critic_activations_change_no_gradient(explicit):
     # --compile turns the critic's LeakyReLU in place; the critic step's gradients, through
     # the real/fake passes and either form of the gradient penalty, stay the same bit for bit.
-    from healthygan.fast_critic import FastCritic as Discriminator
+    from healthygan.training.fast_critic import FastCritic as Discriminator
     x_real, x_fake = torch.randn(2, 4, 3, 16, 16).unbind()
 
     def critic_step_grads(inplace):
@@ -203,7 +204,7 @@ def test_gp_explicit_skips_the_double_backward(monkeypatch):
 
 
 def test_critic_matmul_runs_only_the_small_maps_as_matmuls(monkeypatch):
-    from healthygan import fast_critic
+    from healthygan.training import fast_critic
     solver = make('--critic_matmul', 'true')  # 16 px, d_repeat_num 3: inputs 16, 8, 4 px
     sides = []
     real = fast_critic.conv2d_as_matmul

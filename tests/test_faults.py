@@ -174,7 +174,7 @@ def test_a_full_disk_during_a_save_keeps_earlier_sets_and_says_so_in_one_line(
 
 def test_a_full_disk_while_writing_a_sample_is_one_line(tmp_path, folder_dataset, capsys,
                                                        monkeypatch, run2):
-    from healthygan import training
+    from healthygan.training import loop as training
     before = digests(run2)
 
     def full_disk(grid, path, **k):  # a real full disk cannot be made here

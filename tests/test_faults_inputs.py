@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from healthygan import logs as logger  # its open() is replaced below
+from healthygan.training import logs as logger  # its open() is replaced below
 from conftest import tiny_args
 from test_faults import QUIET, error_line, run, run2, train  # noqa: F401 (run2: a fixture)
 

@@ -16,7 +16,8 @@ import main as cli
 from conftest import ROOT, eval_args, write_folder_layout, write_image
 from healthygan import limits
 from healthygan import cli as program
-from healthygan import console, pretrained
+from healthygan import console
+from healthygan.detection import pretrained
 from test_faults import error_line, run
 
 
@@ -64,7 +65,7 @@ def test_2_a_seed_or_percentile_out_of_range_is_refused_by_flag(tmp_path, folder
 def test_16_sha256sums_line_is_taken_and_a_value_that_is_no_sha256_is_said_to_be_none(
         tmp_path, capsys):
     import torch
-    from healthygan.networks import Generator
+    from healthygan.model.networks import Generator
     path = tmp_path / '360000-G.ckpt'
     torch.save(Generator(4, 0, 1).state_dict(), path)
     digest = pretrained.sha256_of(path)
@@ -217,7 +218,7 @@ def test_5_one_kill_that_reaches_the_process_group_twice_saves_once_without_a_tr
 
 def test_5_a_later_second_signal_stops_at_once_in_one_line(capsys):
     import signal
-    from healthygan.training import StopFlag
+    from healthygan.training.loop import StopFlag
     stop = StopFlag()
     with stop.catching(signal.SIGTERM):
         os.kill(os.getpid(), signal.SIGTERM)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from healthygan import losses  # noqa: E402
+from healthygan.model import losses  # noqa: E402
 
 
 def test_mask_from_logit_and_blend():

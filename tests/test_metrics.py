@@ -234,7 +234,7 @@ def test_ref_z_counts_only_what_healthy_images_do_not_show_at_the_same_place():
 
 
 def test_ref_z_healthy_scores_leave_each_image_out():
-    from healthygan.pixel_reference import leave_one_out_scores
+    from healthygan.detection.pixel_reference import leave_one_out_scores
     torch.manual_seed(1)
     maps = torch.rand(5, 6, 6).double() * 0.1
     scores = leave_one_out_scores(maps)

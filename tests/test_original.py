@@ -109,7 +109,7 @@ def plain_original_loop(ref):
 
 def project_default_training(ref):
     """This project's training step, every added flag at its default, from the same start."""
-    from healthygan.losses import learning_rate
+    from healthygan.model.losses import learning_rate
     c = ref['config']
     # The preset with the reference run's sizes and schedule, not the preset's: the comparison
     # is bit for bit against the original code run at that configuration.

@@ -5,17 +5,17 @@ import pytest
 import torch
 
 from conftest import tiny_args, tiny_config
-from healthygan import metrics
-from healthygan.aucp import AUCpLog
-from healthygan.build import Networks
-from healthygan.checkpoints import CheckpointStore
+from healthygan.detection import anomaly
+from healthygan.detection.lung import LungPrior
+from healthygan.detection.scoring import Scorer
+from healthygan.detection.selection import resolve_iters
 from healthygan.errors import CheckpointError
-from healthygan.losses import generate, loss_weights
-from healthygan.lung import LungPrior
-from healthygan.scoring import Scorer
-from healthygan.selection import resolve_iters
-from healthygan.steps import TrainStep
-from healthygan.training import Trainer
+from healthygan.model.losses import generate, loss_weights
+from healthygan.training.aucp import AUCpLog
+from healthygan.training.build import Networks
+from healthygan.training.checkpoints import CheckpointStore
+from healthygan.training.loop import Trainer
+from healthygan.training.steps import TrainStep
 
 CPU = torch.device('cpu')
 
@@ -66,10 +66,10 @@ def test_the_scorer_with_the_fast_paths_off_is_the_plain_translation_bit_for_bit
     x = batch(3)[0]
     with torch.no_grad():
         x_hat, _, mask = generate(nets.G, x)
-    expected = metrics.score_variants(x, x_hat, mask)
+    expected = anomaly.score_variants(x, x_hat, mask)
     for scorer in (Scorer(nets), Scorer(nets, eager=True)):
         _, _, amap, variants = scorer.translate_scored(x)
-        assert torch.equal(amap, metrics.anomaly_map(x, x_hat))
+        assert torch.equal(amap, anomaly.anomaly_map(x, x_hat))
         assert all(torch.equal(variants[v], expected[v]) for v in expected)
     scores = Scorer(nets, eager=True).score_images(x, len(x), CPU)
     assert all(torch.equal(scores[v], expected[v]) for v in expected)

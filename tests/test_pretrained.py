@@ -1,13 +1,13 @@
-"""The released generator's check (healthygan/pretrained.py): a file that is no generator of the
+"""The released generator's check (healthygan/detection/pretrained.py): a file that is no generator of the
 script's architecture stops with one line before anything else runs."""
 import os
 
 import pytest
 import torch
 
-from healthygan import pretrained
+from healthygan.detection import pretrained
 from healthygan.errors import CheckpointError
-from healthygan.networks import Generator
+from healthygan.model.networks import Generator
 
 
 @pytest.fixture(scope='module')

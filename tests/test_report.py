@@ -54,7 +54,7 @@ def test_testauc_writes_metrics_scores_maps_and_report(tested):
     assert again['pixel_AUROC'] == pytest.approx(saved['pixel_AUROC'], abs=2e-3)
     # G's mask as a lesion map of its own, from the tested checkpoint's translations
     import torch
-    from healthygan.losses import generate
+    from healthygan.model.losses import generate
     from model import Generator
     from conftest import TINY
     G = Generator(TINY['g_conv_dim'], 0, TINY['g_repeat_num'])

@@ -18,6 +18,16 @@ def test_healthy_z_is_the_excess_over_the_healthy_images_in_their_spread():
     assert np.allclose(z, (4 - 2) / (1 + 1))  # sd plus the median sd
 
 
+def test_the_best_statistic_is_turned_the_way_it_separates():
+    labels = np.array([0, 0, 1, 1])
+    stats = np.array([[0.5, 1.0, 4.0], [0.4, 2.0, 3.0], [0.6, 3.0, 2.0], [0.5, 4.0, 1.0]])
+    name, values, auroc = score_study.best_statistic(labels, stats)
+    # contrast and sharpness both separate perfectly; sharpness only turned round
+    assert auroc == 1.0 and name == 'contrast' and np.array_equal(values, stats[:, 1])
+    name, values, auroc = score_study.best_statistic(labels, stats[:, [0, 2, 2]])
+    assert name == 'contrast' and np.array_equal(values, -stats[:, 2])
+
+
 @pytest.mark.slow
 def test_the_table_scores_validation_and_hold_out_with_the_cli_translations(tmp_path, capsys):
     root, truth = labelled_layout(tmp_path / 'data')
@@ -41,6 +51,13 @@ def test_the_table_scores_validation_and_hold_out_with_the_cli_translations(tmp_
     cell = t['checkpoints'][1]['ensemble']['mean']
     assert 0 <= cell['AUROC'] <= 1 and cell['ci95'][0] <= cell['AUROC'] <= cell['ci95'][1]
     assert t['last_ensemble'] == [2, 4] and 'disagreement' in t['residual']
+    d, lo, hi = t['residual']['ref_z']['lead_over_best_statistic']
+    assert lo <= d <= hi and t['best_statistic']['AUROC'] >= 0.5
+    assert 'Lead over the best of them' in out
+    with open(os.path.join(models, 'validation_images_scores.csv')) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and {'path', 'gt_label', 'ref_z', 'mean'} <= set(rows[0])
+    assert sorted(int(r['gt_label']) for r in rows).count(1) == t['n_anomalous']
 
     # The table's translations are the CLI's: testAUC's mean score of the test images, again.
     cli.main(['--mode', 'testAUC', *run, '--test_iters', '4', '--report', 'false',

@@ -310,3 +310,31 @@ def test_train_folder_script_needs_healthy_and_mixed(tmp_path):
     r = run_script('train_folder.sh', {'DATA': ''})
     assert r.returncode == 2 and 'set DATA' in r.stderr and r.stderr.count('\n') == 1, r.stderr
     assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.slow
+def test_bench_zhanglab_prints_the_validation_table_with_references_and_leaves_test_alone(
+        tmp_path):
+    import numpy as np
+    from conftest import write_image
+    from test_selection import labelled_layout
+    data, _ = labelled_layout(tmp_path / 'zl')
+    shutil.rmtree(data / 'test')  # as in development: no official test split
+    rng = np.random.default_rng(5)
+    for sub, bright in (('normal', 0), ('anomalous', 100)):
+        for k in range(3):
+            write_image(str(data / 'validation' / sub / f'{sub}_{k}.png'), rng, bright=bright)
+    env = {**TINY, 'DATA': str(data), 'OUT': str(tmp_path / 'run'), 'NUM_ITERS': '4',
+           'MODEL_SAVE_STEP': '2', 'PCA_COMPONENTS': '2', 'KNN_K': '2', 'ENSEMBLE': '2',
+           'HOLDOUT': '0.34'}
+    r = run_script('bench_zhanglab.sh', env, '--use_tensorboard', 'false')
+    assert r.returncode == 0, r.stderr
+    assert 'Lead over the best of them' in r.stdout and 'TEST=0' in r.stdout
+    assert not os.path.exists(tmp_path / 'run' / 'results' / 'metrics.json')  # test/ untouched
+    refs = json.load(open(tmp_path / 'run' / 'baselines_validation' / 'baselines.json'))
+    assert (refs['n_normal'], refs['n_anomalous']) == (3, 3) and 'knn' in refs['methods']
+    table = r.stdout[r.stdout.index('| run | validation AUROC'):]
+    assert str(tmp_path / 'run') in table and ('knn' in table or 'pca' in table)
+
+    r = run_script('bench_zhanglab.sh', {**env, 'DATA': str(tmp_path / 'none')})
+    assert r.returncode == 2 and 'prepare_zhanglab.py' in r.stderr

@@ -1,4 +1,4 @@
-"""Choosing checkpoints (healthygan/selection.py): label-free selection (held-out split, AUCp
+"""Choosing checkpoints (healthygan/detection/selection.py): label-free selection (held-out split, AUCp
 logged at checkpoints, best_aucp) and --ensemble N, a snapshot ensemble of the last N
 checkpoints in testAUC and score modes."""
 import csv
@@ -13,8 +13,8 @@ import data_loader
 import main as cli
 import metrics
 from conftest import tiny_args
+from healthygan.detection.selection import best_aucp_iters, ensemble_val_auroc, read_aucp_log
 from healthygan.errors import CheckpointError
-from healthygan.selection import best_aucp_iters, ensemble_val_auroc, read_aucp_log
 
 
 def test_hold_out_depends_on_names_only():

@@ -1,4 +1,4 @@
-"""The training loop (healthygan/training.py): runs that never lose work: exact resume,
+"""The training loop (healthygan/training/loop.py): runs that never lose work: exact resume,
 interruption by SIGTERM, the NaN guard, bounded state files."""
 import os
 import signal

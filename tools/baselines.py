@@ -37,18 +37,17 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
 import data_loader  # noqa: E402
 from healthygan import cli  # noqa: E402
 import metrics  # noqa: E402
 from data_loader import DataError  # noqa: E402
 from model import Generator, count_parameters  # noqa: E402
-from healthygan.checkpoints import load_state_dict_checked, save_atomic  # noqa: E402
-from healthygan.errors import ConfigError  # noqa: E402
 from healthygan.device import resolve_device  # noqa: E402
+from healthygan.errors import ConfigError  # noqa: E402
+from healthygan.training.checkpoints import load_state_dict_checked, save_atomic  # noqa: E402
 from tools.explain import print_explain, read_score_tables, run_explain  # noqa: E402
 # The analysis's parts, as tests and scripts reach them through this module.
 from tools.explain import crossfit_residuals, explain_score, stratified_auroc  # noqa: E402,F401

@@ -34,13 +34,14 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
 from healthygan import cli  # noqa: E402
-from healthygan import errors, fast, limits, losses  # noqa: E402
+from healthygan import errors, limits  # noqa: E402
 from healthygan.device import resolve_device  # noqa: E402
+from healthygan.model import losses
+from healthygan.training import fast
 from solver import Solver  # noqa: E402
 
 # Each variant: the fast-path flags it sets on top of the command line's (None: the original

@@ -14,7 +14,6 @@ Prints images per second for both and their ratio.
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from types import SimpleNamespace
@@ -23,9 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
 import data_loader  # noqa: E402
 import synthetic  # noqa: E402

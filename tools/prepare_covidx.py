@@ -26,9 +26,8 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
 # Not data_loader (it imports torch): the COVIDx scripts run this tool before training.
 from healthygan.errors import DataError  # noqa: E402

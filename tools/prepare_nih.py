@@ -19,9 +19,8 @@ from collections import OrderedDict
 import numpy as np
 import pandas as pd
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
 from data_loader import DataError  # noqa: E402
 from tools.prepare_covidx import SETS, add_common_arguments, counts_of, finish  # noqa: E402

@@ -16,6 +16,7 @@ never read: choices made with this table are made on validation data.
         --val_dir datasets/nih-cxr-mini/validation --ensemble 4
 """
 import argparse
+import csv
 import json
 import os
 import sys
@@ -23,13 +24,14 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
 import data_loader  # noqa: E402
 from healthygan import cli  # noqa: E402
 import metrics  # noqa: E402
 from healthygan.errors import ConfigError, DataError  # noqa: E402
-from healthygan.runfiles import available_iters  # noqa: E402
+from healthygan.training.checkpoint_sets import available_iters  # noqa: E402
 from solver import Solver  # noqa: E402
 from tools.explain import explain_score  # noqa: E402
 from tools.image_statistics import STATISTICS, global_statistics  # noqa: E402
@@ -126,6 +128,21 @@ def study_scores(maps, residuals, masks, ref_maps, lung):
     return out
 
 
+def best_statistic(labels, stats):
+    """(name, values, AUROC) of the global statistic that separates these images best, each
+    turned the way that separates (generous to the statistic: its direction is read off the
+    labels it is compared on)."""
+    best = None
+    for j, name in enumerate(STATISTICS):
+        values = stats[:, j]
+        auroc = metrics.image_metrics(labels, values)['image_AUROC']
+        if auroc < 0.5:
+            values, auroc = -values, 1 - auroc
+        if best is None or auroc > best[2]:
+            best = (name, values, auroc)
+    return best
+
+
 def auroc_cell(labels, score, n_bootstrap):
     m = metrics.image_metrics(labels, score, n_bootstrap=n_bootstrap)
     return {'AUROC': m['image_AUROC'], 'ci95': m.get('image_AUROC_ci95')}
@@ -162,6 +179,7 @@ def validation_table(model_save_dir, val_dir, ensemble, n_bootstrap=1000, iters=
     last = slice(len(members) - ensemble, len(members)) if len(members) >= ensemble else \
         slice(0, len(members))
     scores = study_scores(val_maps[last], val_r[last], val_m[last], ref_maps[last], lung)
+    stat_name, stat_values, stat_auroc = best_statistic(labels, stats)
     residual = {}
     for v, s in scores.items():
         e, _ = explain_score(labels, s, stats, folds=5, n_bootstrap=n_bootstrap)
@@ -169,7 +187,9 @@ def validation_table(model_save_dir, val_dir, ensemble, n_bootstrap=1000, iters=
                        'residual_ci95': e['residual_AUROC_ci95'],
                        'within_intensity_tertiles': e['stratified']['mean_AUROC'],
                        'lead_over_mean': metrics.paired_auroc_difference(
-                           labels, s, scores['mean'], max(n_bootstrap, 1))}
+                           labels, s, scores['mean'], max(n_bootstrap, 1)),
+                       'lead_over_best_statistic': metrics.paired_auroc_difference(
+                           labels, s, stat_values, max(n_bootstrap, 1))}
     statistics = {name: metrics.image_metrics(labels, stats[:, j])['image_AUROC']
                   for j, name in enumerate(STATISTICS)}
     return {'model_save_dir': model_save_dir, 'val_dir': val_dir,
@@ -177,6 +197,9 @@ def validation_table(model_save_dir, val_dir, ensemble, n_bootstrap=1000, iters=
             'n_reference': len(reference), 'ensemble': ensemble, 'checkpoints': rows,
             'last_ensemble': [int(i) for i in members[last]], 'residual': residual,
             'global_statistics_AUROC': statistics,
+            'best_statistic': {'name': stat_name, 'AUROC': stat_auroc},
+            'per_image': {'path': list(paths), 'gt_label': labels.tolist(),
+                          **{v: s.tolist() for v, s in scores.items()}},
             'scores': {'ref_z': metrics.SCORE_VARIANTS['ref_z']}}
 
 
@@ -212,6 +235,12 @@ def print_table(t):
               f"[{dlo:+.3f}, {dhi:+.3f}]")
     print('Global statistics alone: ' + ', '.join(
         f'{k} {v:.3f}' for k, v in t['global_statistics_AUROC'].items()))
+    best = t['best_statistic']
+    print(f"Lead over the best of them ({best['name']}, turned to separate: {best['AUROC']:.3f}), "
+          "paired [95%]:")
+    for v, r in t['residual'].items():
+        d, dlo, dhi = r['lead_over_best_statistic'][:3]
+        print(f"  {v:14s} {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}]")
 
 
 def main_(argv=None):
@@ -232,9 +261,19 @@ def main_(argv=None):
         sys.exit(f'error: {e}')
     print_table(t)
     out = args.out or os.path.join(args.model_save_dir, 'validation_images.json')
+    write_scores(os.path.splitext(out)[0] + '_scores.csv', t.pop('per_image'))
     with open(out, 'w') as f:
         json.dump(t, f, indent=1)
-    print(f'Saved {out}')
+    print(f'Saved {out} and its per-image scores (the last ensemble) beside it')
+
+
+def write_scores(path, columns):
+    """The last ensemble's per-image scores as CSV: path, gt_label, one column per score."""
+    names = list(columns)
+    with open(path, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        w.writerows(zip(*(columns[n] for n in names)))
 
 
 if __name__ == '__main__':

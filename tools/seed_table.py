@@ -8,11 +8,26 @@ the runs.
 
 reads <run>/results/metrics.json and <run>/baselines/baselines.json (both written by
 `bash bench_nih.sh`), prints a Markdown table and writes nothing.
+
+    python tools/seed_table.py --validation ref_z zl_s0 zl_s1 zl_s2
+
+gives the same table on validation data alone (where choices are made and no test set is read):
+tools/score_study.py's files in <run>/models/ (validation_images.json and its per-image scores)
+and the references scored on validation/ in <run>/baselines_validation/ (bench_zhanglab.sh
+writes all of them).
 """
 import argparse
+import csv
 import json
 import os
 import statistics
+
+import numpy as np
+
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
+
+import metrics  # noqa: E402
 
 GLOBAL_STATISTICS = ('global_mean', 'global_contrast', 'global_sharpness')
 PIXEL_REFERENCES = ('pca', 'knn', 'autoencoder')
@@ -46,6 +61,50 @@ def read_run(out):
         best = max(present, key=lambda n: methods[n]['image_AUROC'])
         row[kind] = (best, methods[best]['image_AUROC'])
         row[f'lead_{kind}'] = (compare[best]['AUROC_difference'], compare[best].get('ci95'))
+    return row
+
+
+def _read_csv(path):
+    if not os.path.isfile(path):
+        raise SystemExit(f'error: {path} not found; run bench_zhanglab.sh (or tools/score_study.py '
+                         f'and tools/baselines.py on validation/) for this run first')
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def read_validation(out, variant):
+    """One run's validation numbers, as read_run's: the variant's AUROC of the last ensemble on
+    validation/ plus the held-out mixed images, its paired lead over the best global statistic,
+    the residual AUROC, and its paired lead over the best of PCA/kNN on the validation/ images
+    both scored."""
+    path = os.path.join(out, 'models', 'validation_images.json')
+    if not os.path.isfile(path):
+        raise SystemExit(f'error: {path} not found; run tools/score_study.py for {out} first')
+    with open(path) as f:
+        t = json.load(f)
+    cell = t['checkpoints'][-1]['ensemble'].get(variant) or t['checkpoints'][-1]['single'].get(
+        variant)
+    if cell is None or variant not in t['residual']:
+        raise SystemExit(f'error: {path} has no score {variant!r}; it has '
+                         f'{", ".join(t["residual"])}')
+    lead = t['residual'][variant]['lead_over_best_statistic']
+    row = {'run': out, 'AUROC': cell['AUROC'], 'ci': cell['ci95'],
+           'stat': (t['best_statistic']['name'], t['best_statistic']['AUROC']),
+           'lead_stat': (lead[0], lead[1:3]), 'residual': t['residual'][variant]['residual_AUROC'],
+           'score_variant': variant, 'val': None, 'val_ci': None}
+    ours = {os.path.basename(r['path']): float(r[variant])
+            for r in _read_csv(os.path.join(out, 'models', 'validation_images_scores.csv'))}
+    refs = [r for r in _read_csv(os.path.join(out, 'baselines_validation', 'baselines_scores.csv'))
+            if os.path.basename(r['path']) in ours]
+    row['ref'] = row['lead_ref'] = None
+    if refs:
+        labels = [int(r['gt_label']) for r in refs]
+        score = [ours[os.path.basename(r['path'])] for r in refs]
+        aurocs = {n: metrics.image_metrics(labels, [float(r[n]) for r in refs])['image_AUROC']
+                  for n in PIXEL_REFERENCES if n in refs[0]}
+        best = max(aurocs, key=aurocs.get)
+        d, lo, hi = metrics.paired_auroc_difference(labels, score, [float(r[best]) for r in refs])
+        row['ref'], row['lead_ref'] = (best, aurocs[best]), (d, (lo, hi))
     return row
 
 
@@ -91,7 +150,16 @@ def table(rows):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('runs', nargs='+', help="bench_nih.sh's OUT folders")
+    p.add_argument('--validation', metavar='SCORE', default=None,
+                   help='the table of this score on validation data instead of the test set')
     args = p.parse_args(argv)
+    if args.validation:
+        rows = [read_validation(out, args.validation) for out in args.runs]
+        lines = table(rows)
+        lines[0] = lines[0].replace(' validation AUROC [95% CI] |', ' - |').replace(
+            'test AUROC', 'validation AUROC')
+        print('\n'.join(lines))
+        return rows
     rows = [read_run(out) for out in args.runs]
     print('\n'.join(table(rows)))
     return rows

@@ -15,16 +15,17 @@ import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
 import healthygan  # noqa: E402
-from healthygan import runfiles  # noqa: E402
-from healthygan.api import DETECTOR_FILE  # noqa: E402
+from healthygan.detection.anomaly import SCORE_VARIANTS  # noqa: E402
+from healthygan.detection.api import DETECTOR_FILE  # noqa: E402
+from healthygan.detection.lung import LUNG_PRIOR_FILE  # noqa: E402
+from healthygan.detection.pixel_reference import reference_file  # noqa: E402
+from healthygan.detection.selection import AUCP_LOG, ensemble_members  # noqa: E402
 from healthygan.errors import ConfigError, DataError  # noqa: E402
-from healthygan.lung import LUNG_PRIOR_FILE  # noqa: E402
-from healthygan.metrics import SCORE_VARIANTS  # noqa: E402
-from healthygan.pixel_reference import reference_file  # noqa: E402
-from healthygan.selection import AUCP_LOG, ensemble_members  # noqa: E402
+from healthygan.training import checkpoint_sets, run_record  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +56,7 @@ def check_inputs(args):
     """One line saying what is missing or wrong before anything is written, or None."""
     if not os.path.isdir(args.run):
         return f'--run {args.run} is not a folder: give the run\'s --model_save_dir'
-    if runfiles.run_architecture(args.run) is None:
+    if run_record.run_architecture(args.run) is None:
         return (f'--run {args.run} has no readable run_config.json (the architecture); give a '
                 f'folder this program trained into')
     if not os.path.isfile(os.path.join(args.run, LUNG_PRIOR_FILE)):
@@ -119,10 +120,10 @@ def main(argv=None):
     missing = [i for i in members if not os.path.isfile(os.path.join(args.run, f'{i}-G.ckpt'))]
     if missing:
         raise SystemExit(f'error: --test_iters {args.test_iters}: no {missing[0]}-G.ckpt in '
-                         f'{args.run} (its checkpoints: {runfiles.available_iters(args.run)})')
+                         f'{args.run} (its checkpoints: {checkpoint_sets.available_iters(args.run)})')
     # the 'ref_z' score's reference of these checkpoints, where it was built
     pixels = os.path.join(args.run, reference_file(
-        members, runfiles.run_architecture(args.run)['image_size']))
+        members, run_record.run_architecture(args.run)['image_size']))
     if args.score_variant == 'ref_z' and not os.path.exists(pixels):
         raise SystemExit(f'error: {pixels} not found; build it first (main.py --mode score '
                          f'--score_variant ref_z on the run)')

@@ -13,11 +13,12 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as python tools/x.py: the repository root on the path
+    import _path  # noqa: F401
 
+from healthygan.detection.selection import (AUCP_LOG, aucp_of, ensemble_members,  # noqa: E402
+                                            ensemble_val_auroc, read_aucp_log)
 from healthygan.errors import ConfigError  # noqa: E402
-from healthygan.selection import (AUCP_LOG, aucp_of, ensemble_members,  # noqa: E402
-                                  ensemble_val_auroc, read_aucp_log)
 
 
 def validation_table(model_save_dir, ensemble):

@@ -1,0 +1,132 @@
+"""The 'ref_z' score's reference (added): what G's residual |x - x_hat| / 2 looks like, pixel by
+pixel, on healthy radiographs. It is built from the healthy images held out of training
+(--holdout_fraction), translated by the very checkpoints being tested (a snapshot ensemble's
+members together), and saved beside them, as the lung prior is, so that scoring a new image
+needs no training image. An image then scores by how far its residual exceeds the healthy
+images' at the same place, so that ribs, edges and borders G misses on every image stop
+counting."""
+import argparse
+import os
+
+import torch
+
+from healthygan.data.loaders import folder_loader
+from healthygan.data.splits import resolve_split
+from healthygan.detection import anomaly
+from healthygan.detection.reference import HealthyReference
+from healthygan.errors import ConfigError, DataError
+from healthygan.training import run_record
+from healthygan.training.checkpoints import load_checked, save_atomic
+from healthygan.training.distributed import is_main
+
+
+def reference_file(members, image_size):
+    """The file name of the reference of these checkpoints at this size."""
+    return f'healthy_pixels_{"-".join(str(i) for i in members)}_{image_size}px.pt'
+
+
+def held_out_healthy(model_save_dir, config):
+    """The healthy images the run in model_save_dir held out of training, from its run record
+    (the data flags it was trained with), or one clear error."""
+    trained = (run_record.saved_run_record(model_save_dir, 0) or {}).get('config') or {}
+    fraction = trained.get('holdout_fraction', 0) or 0
+    if fraction <= 0:
+        raise ConfigError(f"--score_variant ref_z needs healthy images held out of training: "
+                          f"{model_save_dir}'s run record shows no --holdout_fraction > 0; "
+                          f"choose another --score_variant")
+    flags = argparse.Namespace(**vars(config))
+    for name in ('dataset', 'image_dir', 'list_dir'):
+        if trained.get(name) is not None:
+            setattr(flags, name, trained[name])
+    # the healthy hold-out depends on the file names and the fraction alone
+    flags.holdout_fraction, flags.holdout_stratify = fraction, False
+    try:
+        paths = resolve_split(flags, 'train')['holdout_healthy']
+    except DataError as e:
+        raise ConfigError(f"--score_variant ref_z needs the healthy images {model_save_dir}'s "
+                          f"run held out of training, which cannot be read ({e}); choose "
+                          f"another --score_variant") from None
+    if len(paths) < 3:  # each one's leave-one-out score needs a spread of at least 2 others
+        raise ConfigError(f'--score_variant ref_z: {model_save_dir}\'s run held out '
+                          f'{len(paths)} healthy image(s) of training; the healthy pixel '
+                          f'reference needs at least 3 (a larger --holdout_fraction)')
+    return paths
+
+
+def leave_one_out_scores(maps):
+    """Each healthy image's 'ref_z' against the reference of the others [N]: in-sample scores
+    would be too low, and a label-free percentile among them too strict."""
+    scores = []
+    for k in range(len(maps)):
+        mu, scale = anomaly.healthy_pixel_reference(torch.cat([maps[:k], maps[k + 1:]]))
+        scores.append(float(anomaly.ref_z_score(maps[k:k + 1, None].double(), mu, scale)[0]))
+    return scores
+
+
+class PixelReference:
+    """The reference (mu, scale) [H, W] of one run's checkpoints at one --image_size, read from
+    its file or built from the held-out healthy images and saved."""
+
+    def __init__(self, model_save_dir, image_size, members):
+        self.members, self.image_size = [int(i) for i in members], int(image_size)
+        self.path = os.path.join(model_save_dir, reference_file(self.members, image_size))
+        self.mu = self.scale = None
+        self.healthy_scores = []  # each held-out healthy image's leave-one-out 'ref_z'
+
+    def read(self):
+        """True where the file exists (and is this reference), False where it does not."""
+        if not os.path.exists(self.path):
+            return False
+        saved = load_checked(self.path, 'healthy pixel reference')
+        if saved.get('members') != self.members or saved.get('image_size') != self.image_size:
+            raise ConfigError(f'{self.path} holds the reference of checkpoints '
+                              f'{saved.get("members")} at {saved.get("image_size")} px, not of '
+                              f'{self.members} at {self.image_size} px; remove it')
+        self.mu, self.scale = saved['mu'].double(), saved['scale'].double()
+        self.healthy_scores = list(saved['healthy_scores'])
+        return True
+
+    def build(self, scorer, config, paths, device):
+        """Translate the held-out healthy images with the scorer's checkpoints (a snapshot
+        ensemble's maps averaged, as in testing) and save the reference (rank 0 writes)."""
+        maps = []
+        for batch in folder_loader(config, paths):
+            x, bad = batch[0].to(device), batch[3]
+            if any(bad):
+                raise DataError(f'a held-out healthy image cannot be read: '
+                                f'{next(b for b in bad if b)}')
+            maps.append(scorer.translate_scored(x)[2][:, 0].double().cpu())
+        maps = torch.cat(maps)
+        self.mu, self.scale = anomaly.healthy_pixel_reference(maps)
+        self.healthy_scores = leave_one_out_scores(maps)
+        if is_main():
+            save_atomic({'members': self.members, 'image_size': self.image_size,
+                         'mu': self.mu.float(), 'scale': self.scale.float(), 'n': len(maps),
+                         'healthy_scores': self.healthy_scores}, self.path)
+        # scoring uses the values as saved, so that a re-read reference scores the same
+        self.mu, self.scale = self.mu.float().double(), self.scale.float().double()
+
+    def pair(self):
+        return self.mu, self.scale
+
+    def describe(self):
+        return (f'{len(self.healthy_scores)} healthy images held out of training, translated by '
+                f'checkpoints {self.members} ({os.path.basename(self.path)})')
+
+    def healthy_reference(self, percentile):
+        """The label-free reference of 'ref_z' (reference.py): its healthy images' own
+        leave-one-out scores."""
+        return HealthyReference(self.healthy_scores, percentile, self.members, 'ref_z',
+                                f'{os.path.basename(self.path)}, each image against the others')
+
+
+def reference_for(config, scorer, members, device):
+    """The PixelReference of the tested checkpoints: read where saved, else built (the run's
+    held-out healthy images must be at hand) and saved beside the checkpoints."""
+    ref = PixelReference(config.model_save_dir, config.image_size, members)
+    if not ref.read():
+        paths = held_out_healthy(config.model_save_dir, config)
+        print(f'Building the healthy pixel reference from {len(paths)} held-out healthy images')
+        ref.build(scorer, config, paths, device)
+    return ref
+
