@@ -4,6 +4,7 @@ Flag names and defaults are the original's; flags added by this project say so i
 """
 import argparse
 import errno
+import json
 import os
 import random
 import sys
@@ -17,8 +18,8 @@ from healthygan.detection import anomaly
 from healthygan.detection.selection import resolve_iters
 from healthygan.device import resolve_device
 from healthygan.errors import ConfigError, DataError
-from healthygan.flags import (DefaultsFormatter, iters_or_latest, positive_int,  # noqa: F401
-                              str2bool)
+from healthygan.flags import (DefaultsFormatter, iters_or_latest, percentile,  # noqa: F401
+                              positive_int, seed, str2bool)
 from healthygan.solver import Solver
 from healthygan.training import checkpoint_sets, run_folder, run_record
 from healthygan.training.distributed import broadcast_object, init_distributed, is_main
@@ -218,7 +219,7 @@ def add_added_training_flags(p):
                    help='resume: comma-separated flags (e.g. g_lr,batch_size) whose change '
                         'from the saved run is wanted; recorded in the run config. Without it a '
                         'change to a flag that alters the run is refused (added)')
-    g.add_argument('--seed', type=int, default=None,
+    g.add_argument('--seed', type=seed, default=None,
                    help='random seed for weights, data order and flips; drawn at random and '
                         'recorded in run_config.json when not given (added)')
     add_shared_flag(g, '--device')
@@ -265,7 +266,7 @@ def add_evaluation_flags(p):
                    help='--mode score: one image, or a folder of images searched recursively; '
                         "the architecture flags are read from the run's run_config.json "
                         '(added)')
-    g.add_argument('--healthy_percentile', type=float, default=95.0,
+    g.add_argument('--healthy_percentile', type=percentile, default=95.0,
                    help='score / API: mark the images whose score exceeds this percentile of '
                         'the scores of the healthy images held out of training (a label-free '
                         'threshold; needs a run trained with --holdout_fraction > 0) (added)')
@@ -353,6 +354,9 @@ def parse(argv):
             fail(e)
         if 'result_dir' not in given:
             config.result_dir = score_result_dir(config.model_save_dir)
+        # Scoring a folder gains nothing from more loading processes than cores (torch warns
+        # of them); the flag's default stays the original's for training.
+        config.num_workers = min(config.num_workers, limits.usable_cpus())
     problem = limits.check_architecture(config) or limits.check_limits(config)
     if problem:
         fail(problem)
@@ -378,10 +382,15 @@ def adopt_run_architecture(config, given):
     """--mode score (added): the architecture flags from the run's run_config.json, so that
     they need not be typed again; one typed otherwise is refused with both values. Without a run
     record (the released checkpoint) the flags stay as given, as in the original."""
+    record = os.path.join(config.model_save_dir, 'run_config.json')
+    if os.path.exists(record) and not readable_record(record):
+        raise ConfigError(f'{record} is not a run record this program wrote (unreadable or '
+                          f'not JSON), so the architecture of the checkpoints beside it cannot '
+                          f'be read from it; restore it from the run, or remove it and pass the '
+                          f'architecture flags the run was trained with')
     saved = run_record.run_architecture(config.model_save_dir)
     if saved is None:
         return
-    record = os.path.join(config.model_save_dir, 'run_config.json')
     for name, value in saved.items():
         if name in given and getattr(config, name) != value:
             raise ConfigError(f'--{name} {getattr(config, name)} disagrees with {record}, '
@@ -389,6 +398,16 @@ def adopt_run_architecture(config, given):
                               f'--{name} out (it is read from there) or pass {value}')
         setattr(config, name, value)
     print('Architecture from ' + record + ': ' + ', '.join(f'--{k} {v}' for k, v in saved.items()))
+
+
+def readable_record(path):
+    """Whether path holds a run record: JSON of an object with a 'config' object."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get('config'), dict)
 
 
 def score_result_dir(model_save_dir):
@@ -399,6 +418,14 @@ def score_result_dir(model_save_dir):
 
 
 OUTPUT_FLAGS = ('model_save_dir', 'log_dir', 'sample_dir', 'result_dir')
+
+
+def written_flags(config):
+    """The folder flags a mode writes into: training its three, the test modes --result_dir
+    (and, for ref_z, the reference saved beside the checkpoints)."""
+    if config.mode == 'train':
+        return OUTPUT_FLAGS[:3]
+    return (('model_save_dir',) if config.score_variant == 'ref_z' else ()) + ('result_dir',)
 
 
 def disk_full_line(e, config):
@@ -415,8 +442,7 @@ def disk_full_line(e, config):
             where += f' (under --{flags[0]} {getattr(config, flags[0])})'
     else:
         where = ' writing into ' + ', '.join(f'--{f} {getattr(config, f)}'
-                                             for f in OUTPUT_FLAGS if config.mode != 'train'
-                                             or f != 'result_dir')
+                                             for f in written_flags(config))
     fix = f'free space on it (or choose another --{flags[0]})' if flags else \
         'free space (or choose other output folders)'
     if config.mode != 'train':

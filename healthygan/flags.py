@@ -37,6 +37,31 @@ def positive_int(v):
     return n
 
 
+SEED_LIMIT = 2 ** 32  # numpy's seeds; the data order multiplies the seed, so it must stay small
+
+
+def seed(v):
+    """A random seed: an integer from 0 to 2**32 - 1."""
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected an integer seed, got {v!r}')
+    if not 0 <= n < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f'expected a seed from 0 to {SEED_LIMIT - 1}, got {v}')
+    return n
+
+
+def percentile(v):
+    """A percentile: a number from 0 to 100."""
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a percentile from 0 to 100, got {v!r}')
+    if not 0 <= x <= 100:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f'expected a percentile from 0 to 100, got {v}')
+    return x
+
+
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows each default, except where a flag has none (None: decided at run time)."""
 

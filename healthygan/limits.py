@@ -57,6 +57,22 @@ def memory_needed(config, n_images):
     return cache, decode, activations
 
 
+def usable_cpus():
+    """The CPU cores this process may run on (as torch's DataLoader counts them)."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def size_text(n):
+    """Bytes in words, in the largest unit that keeps them at least 1 (a small cache or a
+    nearly full disk would read '0.0 GiB')."""
+    for unit, size in (('GiB', 2 ** 30), ('MiB', 2 ** 20), ('KiB', 2 ** 10)):
+        if n >= size:
+            return f'{n / size:.1f} {unit}'
+    return f'{n} bytes'
+
+
 def available_memory():
     """Bytes of memory available now (MemAvailable), or None where it cannot be read."""
     try:
@@ -89,30 +105,29 @@ def check_memory(config, split, device):
     n = len({p for k in ('healthy', 'mixed', 'holdout_healthy', 'holdout_mixed')
              for p in split.get(k, [])})
     cache, decode, activations = memory_needed(config, n)
-    gib = 2 ** 30
     fix = 'lower --image_size' + (' or --batch_size' if activations > decode else '')
     if device.type == 'cuda':
         free_gpu = torch.cuda.mem_get_info(device)[0]
         if activations > free_gpu:
             raise ConfigError(
                 f'--image_size {config.image_size} with --batch_size {config.batch_size}: one '
-                f'batch needs about {activations / gib:.1f} GiB of GPU memory but '
-                f'{free_gpu / gib:.1f} GiB is free; {fix}')
+                f'batch needs about {size_text(activations)} of GPU memory but '
+                f'{size_text(free_gpu)} is free; {fix}')
         activations = 0
     ram = decode + activations
     free = available_memory()
     if free is not None and ram > free:
         raise ConfigError(
             f'--image_size {config.image_size} with --batch_size {config.batch_size}: about '
-            f'{ram / gib:.1f} GiB of memory needed (decoding {decode / gib:.1f} GiB, one batch '
-            f'{activations / gib:.1f} GiB) but {free / gib:.1f} GiB is available; {fix}')
+            f'{size_text(ram)} of memory needed (decoding {size_text(decode)}, one batch '
+            f'{size_text(activations)}) but {size_text(free)} is available; {fix}')
     cache_dir = default_cache_dir(config)
     built = glob.glob(os.path.join(cache_dir, f'images-{config.image_size}px-*.npy'))
     disk = free_disk(cache_dir)
     if cache and not built and disk is not None and cache > disk:
         raise ConfigError(
             f'--image_size {config.image_size}: the data cache of {n} images needs about '
-            f'{cache / gib:.1f} GiB but {disk / gib:.1f} GiB is free in {cache_dir}; lower '
+            f'{size_text(cache)} but {size_text(disk)} is free in {cache_dir}; lower '
             f'--image_size, pass --cache_dir on a larger disk, or --data_cache off')
 
 

@@ -1,5 +1,6 @@
 """pip install . : the package and the healthygan command work from any folder, without a clone
-on the path (a fresh virtual environment that borrows the system's torch, pip and setuptools)."""
+on the path (a wheel built by the running interpreter, installed into a fresh virtual environment
+that borrows that interpreter's torch and pip)."""
 import json
 import os
 import shutil
@@ -20,18 +21,42 @@ def run(cmd, cwd, timeout=300):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def wheel_builder_or_skip():
+    """Skip where the running interpreter cannot build a wheel offline: pip, and setuptools with
+    bdist_wheel (its own since setuptools 70.1, else the wheel package)."""
+    probe = ('import setuptools, pip\n'
+             'try:\n    from setuptools.command.bdist_wheel import bdist_wheel\n'
+             'except ImportError:\n    import wheel')
+    r = run([sys.executable, '-c', probe], ROOT)
+    if r.returncode != 0:
+        pytest.skip(f'{sys.executable} has no offline wheel builder (pip and setuptools with '
+                    f'bdist_wheel, or the wheel package): {r.stderr.strip().splitlines()[-1]}')
+
+
+def build_wheel(src, dist):
+    """The package's wheel, built by the running interpreter (the one that has torch)."""
+    r = run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
+             '--no-index', '--no-input', '--disable-pip-version-check', '-w', str(dist),
+             str(src)], src)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    wheel, = [f for f in os.listdir(dist) if f.endswith('.whl')]
+    return str(dist / wheel)
+
+
 def fresh_venv(tmp_path):
-    """A virtual environment that sees the system's packages (torch is not downloaded) and uses
-    the system's pip and setuptools (a venv's own bundled ones may lack bdist_wheel), or skip."""
+    """A virtual environment that sees the running interpreter's packages (torch is not
+    downloaded), or skip. --system-site-packages would give the base interpreter's where the
+    tests run in a venv themselves, so a .pth file names the running interpreter's instead."""
     venv = tmp_path / 'venv'
-    r = run([sys.executable, '-m', 'venv', '--system-site-packages', '--without-pip', str(venv)],
-            tmp_path)
+    r = run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], tmp_path)
     if r.returncode != 0:
         pytest.skip(f'python -m venv is unavailable here: {r.stderr.strip()[-200:]}')
     python = str(venv / 'bin' / 'python')
-    for module in ('pip', 'setuptools'):
-        if run([python, '-c', f'import {module}'], tmp_path).returncode != 0:
-            pytest.skip(f'{module} is not installed for {sys.executable}: cannot build offline')
+    purelib = run([python, '-c', 'import sysconfig; print(sysconfig.get_path("purelib"))'],
+                  tmp_path).stdout.strip()
+    borrowed = [p for p in sys.path if os.path.basename(p) in ('site-packages', 'dist-packages')]
+    with open(os.path.join(purelib, 'borrowed.pth'), 'w') as f:
+        f.write(''.join(p + '\n' for p in borrowed))  # after the venv's own: its install wins
     return venv, python
 
 
@@ -47,9 +72,11 @@ def test_pip_install_gives_the_package_and_the_command_from_any_folder(tmp_path)
         else:
             os.makedirs(src, exist_ok=True)
             shutil.copy2(path, src / name)
+    wheel_builder_or_skip()
+    wheel = build_wheel(src, tmp_path / 'dist')
     venv, python = fresh_venv(tmp_path)
-    r = run([python, '-m', 'pip', 'install', '--no-deps', '--no-build-isolation', '--no-index',
-             '--no-input', '--disable-pip-version-check', str(src)], tmp_path)
+    r = run([python, '-m', 'pip', 'install', '--no-deps', '--no-index', '--no-input',
+             '--disable-pip-version-check', wheel], tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
     away = tmp_path / 'elsewhere'  # no clone here or on the path

@@ -239,7 +239,7 @@ def decode_all(paths, image_size, num_workers, store=None, desc='checking images
     return bad
 
 
-def drop_unreadable(sets, bad, policy):
+def drop_unreadable(sets, bad, policy, mode='train'):
     """Refuse (DataError) or leave out, with a warning, the images listed in bad {path: reason}.
 
     The original crashed at the first unreadable image, wherever in the run it came; here every
@@ -253,7 +253,7 @@ def drop_unreadable(sets, bad, policy):
         print(f'{len(bad)} unreadable images:\n{listing}', file=sys.stderr)
         raise DataError(f'{len(bad)} of {n} images cannot be read (listed above), e.g. '
                         f'{min(bad.items())[1]}. Fix or remove them, or pass --bad_images skip to '
-                        f'train without them.')
+                        f'{"train" if mode in ("train", "holdout") else "test"} without them.')
     print(f'warning: leaving out {len(bad)} unreadable images of {n} (--bad_images skip):\n'
           f'{listing}', file=sys.stderr)
     kept = {name: [p for p in paths if os.path.abspath(p) not in bad]

@@ -33,7 +33,7 @@ def get_loader(config, mode, split=None, device=None):
     else:
         unique = sorted({os.path.abspath(p) for p in paths})
         bad = decode_all(unique, config.image_size, config.num_workers)
-    sets = drop_unreadable(sets, bad, config.bad_images)
+    sets = drop_unreadable(sets, bad, config.bad_images, mode)
 
     if mode in ('testAUC', 'holdout'):
         items = {'paths': sets['test_normal'] + sets['test_anomalous'],

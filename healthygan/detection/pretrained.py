@@ -24,6 +24,17 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
+def expected_sha256(text):
+    """The hex digest in a checksum as typed: a bare SHA-256, or sha256sum's line (the digest,
+    then the file name); a CheckpointError where it is no SHA-256."""
+    fields = text.split()
+    digest = fields[0].lower() if fields else ''
+    if len(digest) != 64 or any(ch not in '0123456789abcdef' for ch in digest):
+        raise CheckpointError(f'the expected checksum {text.strip()!r} is no SHA-256 (64 hex '
+                              'digits, as sha256sum prints them): correct it')
+    return digest
+
+
 def check_generator_file(path, g_conv_dim=64, g_repeat_num=6, sha256=None):
     """Load path into the Generator these flags build (strict, weights_only), or raise one
     CheckpointError naming the file and the fix; returns the loaded Generator."""
@@ -32,9 +43,10 @@ def check_generator_file(path, g_conv_dim=64, g_repeat_num=6, sha256=None):
                               '(pretrained/README.md says where to get it)')
     if sha256:
         # Before loading: a partial download is then named as such, not as a broken pickle.
+        expected = expected_sha256(sha256)
         found = sha256_of(path)
-        if found != sha256.strip().lower():
-            raise CheckpointError(f'{path} has SHA-256 {found}, not the expected {sha256.strip()}:'
+        if found != expected:
+            raise CheckpointError(f'{path} has SHA-256 {found}, not the expected {expected}:'
                                   ' download it again (or correct the expected checksum)')
     G = Generator(g_conv_dim, 0, g_repeat_num)
     load_state_dict_checked(G, path, 'Generator')

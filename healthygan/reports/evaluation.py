@@ -269,6 +269,10 @@ class Evaluator:
             result['notes'] = {'lung': self.lung.note}
         if self.pixels is not None:
             result['healthy_pixel_reference'] = self.pixels.describe()
+        overlap = training_test_overlap(c.model_save_dir, iters)
+        if overlap:  # the run was trained despite its warning: the metrics must say so
+            errors.warn(overlap)
+            result.setdefault('notes', {})['data_overlap'] = overlap
         result['variants'] = {v: {key: r[key] for key in (
             'description', 'image_AUROC', 'image_AUROC_ci95', 'image_AUPRC', 'threshold',
             'sensitivity', 'specificity', 'accuracy', 'F1') if key in r}
@@ -292,6 +296,10 @@ class Evaluator:
         loader = folder_loader(c, paths)
         s = self.score_all(loader, names, desc='score')
         ok = [k for k in range(len(paths)) if k not in s.errors]
+        if not ok:  # a calling script must not take an empty scores.csv for success
+            raise DataError(f'none of the {len(paths)} image(s) under --score_dir '
+                            f'{c.score_dir} could be read, e.g. {next(iter(s.errors.values()))}; '
+                            f'nothing was scored')
         selected = s.scores[c.score_variant]
         threshold = s.thresholds.get(c.score_variant)
         reference = self.detector.reference
@@ -348,6 +356,17 @@ class Evaluator:
         return summary
 
 
+def training_test_overlap(model_save_dir, iters):
+    """What the run record of checkpoint `iters` says of training images that were also test
+    images (counted when it was trained), or None."""
+    record = run_record.saved_run_record(model_save_dir, iters) or {}
+    n = (record.get('data_overlap') or {}).get('train_test')
+    if not n:
+        return None
+    return (f'{n} training image(s) of the run in {model_save_dir} were also test images when it '
+            f'was trained (data_overlap in its run record): these test metrics are optimistic')
+
+
 def score_paths(config):
     """(images, the folder their output names are relative to) of --score_dir: the one image it
     names, or the images below it, leaving out a --result_dir inside it."""
@@ -369,6 +388,12 @@ def score_paths(config):
     results = os.path.abspath(c.result_dir) + os.sep
     paths = [p for p in list_images(c.score_dir)
              if not os.path.abspath(p).startswith(results)]
+    # A FIFO or a device would block or never end when read (training refuses them too).
+    odd = [p for p in paths if not os.path.isfile(p)]
+    if odd:
+        errors.warn(f'leaving out {len(odd)} file(s) under --score_dir that are no regular '
+                      f'files, e.g. {odd[0]} is {what_is(odd[0])}')
+        paths = [p for p in paths if p not in odd]
     if not paths:
         raise DataError(f'no images in --score_dir {c.score_dir} outside '
                         f'--result_dir {c.result_dir}')

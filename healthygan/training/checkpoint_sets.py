@@ -77,6 +77,12 @@ def save_checkpoint_set(files, model_save_dir, iters):
             if os.path.exists(tmp):
                 os.remove(tmp)
         reason = getattr(e, 'strerror', None) or str(e).splitlines()[0]
+        if not complete_iters(model_save_dir):  # the run's first set: nothing to resume from
+            raise errors.CheckpointError(
+                f'cannot write checkpoint set {iters} into {model_save_dir} ({reason}); no '
+                f'checkpoint set was saved before it, so there is nothing to resume. Free space '
+                f'or choose another --model_save_dir, then start the run again with '
+                f'--overwrite true') from None
         raise errors.CheckpointError(
             f'cannot write checkpoint set {iters} into {model_save_dir} ({reason}); '
             f'the earlier checkpoint sets there are intact. Free space or choose '

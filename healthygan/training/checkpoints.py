@@ -1,6 +1,7 @@
 """Checkpoint files: the original's bare G/D state dicts and the training state beside them
 (which iteration a flag names is selection.resolve_iters)."""
 import datetime
+import hashlib
 import os
 import platform
 import subprocess
@@ -19,12 +20,64 @@ def save_atomic(obj, path):
     """torch.save to a temporary file, then rename: a crash never leaves a truncated file."""
     tmp = path + checkpoint_sets.TMP_SUFFIX  # the suffix a killed save's leftovers are found by
     try:
-        torch.save(obj, tmp)
+        # Through a Python file: a full disk is then an OSError with its errno (torch's own
+        # writer says only "unexpected pos").
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if os.path.lexists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            raise OSError(e.errno, e.strerror, path) from None  # a write's error names no file
         raise
+
+
+def weights_digest(state_dict):
+    """SHA-256 of a state dict's names and values: which weights a state file was saved with."""
+    digest = hashlib.sha256()
+    for name, value in sorted(state_dict.items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def data_record(split, image_dir):
+    """What a resume compares of the data: digests of the held-out images' names and of the
+    training images' names, sizes and modification times (what tells the data cache that an
+    image changed)."""
+    root = os.path.abspath(image_dir)
+
+    def names(keys):
+        return sorted(os.path.relpath(os.path.abspath(p), root) for k in keys
+                      for p in split.get(k, []))
+
+    held_out = names(('holdout_healthy', 'holdout_mixed'))
+    training = hashlib.sha256()
+    for name in names(('healthy', 'mixed')):
+        st = os.stat(os.path.join(root, name))
+        training.update(f'{name}\t{st.st_size}\t{st.st_mtime_ns}\n'.encode())
+    return {'n_holdout': len(held_out),
+            'holdout': hashlib.sha256('\n'.join(held_out).encode()).hexdigest(),
+            'training_images': training.hexdigest()}
+
+
+def check_same_data(saved, current, path, image_dir):
+    """Refuse a resume whose hold-out moved or whose training images changed since `path` was
+    saved (saved: its data_record, None for runs saved before it was kept)."""
+    if not saved:
+        return
+    if saved.get('holdout') != current['holdout']:
+        raise ConfigError(
+            f'the hold-out is not the one saved in {path} ({saved.get("n_holdout")} images '
+            f'then, {current["n_holdout"]} now): images added to or removed from {image_dir} '
+            f'move it, so best_aucp would compare other sets and held-out images could enter '
+            f'training; restore the folders as they were, or start a new run')
+    if saved.get('training_images') != current['training_images']:
+        raise ConfigError(
+            f'the training images under --image_dir {image_dir} changed since {path} was saved '
+            f'(a file replaced, added or removed); restore them, or start a new run (if they '
+            f'are the same images copied anew, pass --allow_changes image_dir)')
 
 
 def last_good(last_saved, model_save_dir):
@@ -187,6 +240,13 @@ class CheckpointStore:
                 f'started in {d} is {folder_id}, run_config.json): resuming from it would mix two '
                 f'runs. Remove it, or resume from a set this run saved')
         self.check_resume_config(meta, path)
+        for name, net in (('G', self.nets.G), ('D', self.nets.D)):
+            saved = (state.get('weights_sha256') or {}).get(name)
+            if saved and saved != weights_digest(net.state_dict()):
+                raise CheckpointError(
+                    f'{os.path.join(d, f"{iters}-{name}.ckpt")} is not the {name} this run saved '
+                    f'with {path} (another run\'s, or replaced): resuming would mix two runs. '
+                    f'Put the run\'s own file back, or resume from another set')
         self.run_id = meta.get('run_id') or folder_id or run_record.new_run_id()
         for opt, model, name in ((state['g_optimizer'], self.nets.G, 'G'),
                                  (state['d_optimizer'], self.nets.D, 'D')):
@@ -238,6 +298,11 @@ class CheckpointStore:
         if is_main():
             files = {f'{iters}-G.ckpt': G.state_dict(), f'{iters}-D.ckpt': D.state_dict()}
             files[f'{iters}-state.pt'] = self.training_state(iters, sampler, pairs_done, metadata)
+            # the G/D files carry no run id (the original's format): their digests here tell
+            # another run's G or D put in their place on resume
+            files[f'{iters}-state.pt']['weights_sha256'] = {
+                'G': weights_digest(files[f'{iters}-G.ckpt']),
+                'D': weights_digest(files[f'{iters}-D.ckpt'])}
             checkpoint_sets.save_checkpoint_set(files, self.config.model_save_dir, iters)
             self.prune_states()
         barrier()

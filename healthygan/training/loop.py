@@ -24,8 +24,9 @@ from healthygan.errors import ConfigError, NonFiniteLossError
 from healthygan.model.losses import LOSS_WEIGHTS, learning_rate, nonfinite_terms
 from healthygan.model.networks import count_parameters
 from healthygan.reports.images import denorm, translation_grid
-from healthygan.training import jsonl_logs, resume_checks, run_folder
-from healthygan.training.checkpoints import last_good, run_metadata
+from healthygan.training import jsonl_logs, resume_checks, run_folder, run_record
+from healthygan.training.checkpoints import (check_same_data, data_record, last_good,
+                                             run_metadata)
 from healthygan.training.distributed import (all_reduce_mean, any_rank, broadcast_params, dist,
                                              is_main, sync_rng_state, world_size)
 
@@ -33,13 +34,31 @@ from healthygan.training.distributed import (all_reduce_mean, any_rank, broadcas
 class StopFlag:
     """Records SIGINT/SIGTERM instead of dying mid-step, so the loop can save and exit."""
 
+    # One kill often arrives twice (timeout forwarding its own, a scheduler signalling the
+    # whole process group): a second signal within this many seconds is the same request.
+    MOMENT = 1.0
+
     def __init__(self):
         self.signal = None
+        self.received = None  # time.monotonic() of the first signal
+        self.previous, self.closed = {}, False
 
     def _handler(self, signum, frame):
-        if self.signal is not None:  # a second signal: stop at once
-            raise KeyboardInterrupt
-        self.signal = signum
+        now = time.monotonic()
+        if self.signal is not None:
+            if now - self.received < self.MOMENT:
+                return
+            if self.closed:  # after the loop: the handlers from before it take the signal
+                self.restore()
+                signal.raise_signal(signum)
+                return
+            # a second request: stop at once, without a traceback; a set being written is
+            # left as temporaries (removed at the next start), earlier sets stay whole
+            print(f'{signal.Signals(signum).name} received again: stopped at once, without '
+                  f'saving; resume from the last complete checkpoint set with --resume_iters '
+                  f'latest', file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
+        self.signal, self.received = signum, now
         print(f'\n{signal.Signals(signum).name} received: saving at the end of this iteration '
               f'(send it again to stop at once)...', file=sys.stderr, flush=True)
 
@@ -48,12 +67,21 @@ class StopFlag:
         if threading.current_thread() is not threading.main_thread():
             yield self  # signal handlers can only be set from the main thread
             return
-        previous = {s: signal.signal(s, self._handler) for s in signums}
+        self.previous = {s: signal.signal(s, self._handler) for s in signums}
         try:
             yield self
         finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+            self.closed = True
+            # the stop's own echo may still arrive while the program exits: absorbed by
+            # _handler, which hands later signals to the handlers from before
+            if self.signal is None or time.monotonic() - self.received >= self.MOMENT:
+                self.restore()
+
+    def restore(self):
+        """Put back the handlers from before catching."""
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        self.previous = {}
 
 
 LARGE_WEIGHT = 1e3  # the paper's weights are 10 at most; far above, gradients overflow float32
@@ -149,9 +177,10 @@ class Trainer:
         # that a run can resume with another number of ranks.
         self.store.start_run()  # a resume takes the run's own id (load_training_state)
         run.data_overlap = {}
+        split = self.split or resolve_split(c, 'train')
+        run.data = data_record(split, c.image_dir)  # compared on resume: hold-out, images
         if run.main_rank:  # training on test images, or one image in both sets: said, not silent
-            lines, run.data_overlap = check_training_overlap(
-                c, self.split or resolve_split(c, 'train'))
+            lines, run.data_overlap = check_training_overlap(c, split)
             for line in lines:
                 errors.warn(line)
         if c.resume_iters is not None:
@@ -161,6 +190,12 @@ class Trainer:
                                         c.overwrite, move=run.main_rank, asked=c.resume_iters)
             self.store.restore_model(run.start_iters)
             state = self.store.load_training_state(run.start_iters)
+            saved = (state.get('metadata') if state is not None else
+                     run_record.saved_run_record(c.model_save_dir, run.start_iters)) or {}
+            if 'image_dir' not in resume_checks.parse_allowed(c.allow_changes):
+                check_same_data(saved.get('data'), run.data,
+                                os.path.join(c.model_save_dir, f'{run.start_iters}-state.pt'),
+                                c.image_dir)
             if state is not None:
                 run.sampler.epoch, run.pairs_done = state['data_epoch'], state['data_pairs_done']
         run.last_saved = run.start_iters
@@ -201,6 +236,7 @@ class Trainer:
             run.metadata['accepted_changes'] = self.store.accepted_changes
         if self.store.speed_changes:  # speed switches changed on resume: {switch: [saved, now]}
             run.metadata['speed_changes'] = self.store.speed_changes
+        run.metadata['data'] = run.data
         if run.data_overlap:  # {what: count} of the overlap warnings
             run.metadata['data_overlap'] = run.data_overlap
         name = ('run_config.json' if run.start_iters == 0
