@@ -29,7 +29,8 @@ if not __package__:  # run as python tools/x.py: the repository root on the path
 import healthygan  # noqa: E402
 import metrics  # noqa: E402
 from healthygan.reports import boxes  # noqa: E402
-from healthygan.data.decode import IMAGE_EXTENSIONS  # noqa: E402
+from healthygan.data.decode import IMAGE_EXTENSIONS, build_transform  # noqa: E402
+from healthygan.detection.inputs import prepare  # noqa: E402
 from healthygan.errors import ConfigError, DataError  # noqa: E402
 
 SMOOTHED = ('residual', 'ref_z', 'residual_in_lung', 'ref_z_in_lung', 'mask')
@@ -71,12 +72,15 @@ def validation_boxes(val_dir, boxes_csv):
 
 def candidate_maps(det, batch, sigmas):
     """{(name, sigma): maps [N, H, W] float64} from one pass of the detector over the batch."""
-    x_hat, mask, amap, _ = det.scorer.translate_scored(batch, det.region, det.pixels)
+    with torch.no_grad():
+        out = det.score_all(batch)
+    x_hat, mask, amap = out['x_hat'], out['mask'], out['map']
+    fitted = det.fitted()
     residual = metrics.to_numpy(amap[:, 0])
     base = {'residual': residual, 'mask': metrics.to_numpy(mask[:, 0].float())}
-    if det.pixels is not None:
-        base['ref_z'] = metrics.to_numpy(metrics.ref_z_map(amap, *det.pixels))
-    lung = None if det.region is None else metrics.to_numpy(det.region[0, 0])
+    if fitted['pixels'] is not None:
+        base['ref_z'] = metrics.to_numpy(metrics.ref_z_map(amap, *fitted['pixels']))
+    lung = None if fitted['region'] is None else metrics.to_numpy(fitted['region'][0, 0])
     brightness = metrics.to_numpy((batch.mean(dim=1) + 1) / 2)
     maps = {}
     for name, m in base.items():
@@ -96,7 +100,7 @@ def candidate_maps(det, batch, sigmas):
 
 def study(det, paths, masks, sigmas, top_percent, n_bootstrap, seed):
     """({(name, sigma): summary}, {(name, sigma): per-image rows}, maps, extras, the batch)."""
-    batch, _, _ = det.prepare(paths)
+    batch, _, _ = prepare(paths, build_transform(det.image_size), det.image_size, det.device)
     maps, extras = candidate_maps(det, batch, sigmas)
     summaries, per_image = {}, {}
     for key, m in maps.items():
