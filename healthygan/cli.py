@@ -274,6 +274,12 @@ def add_evaluation_flags(p):
                    help='testAUC / score: average the anomaly maps and scores of the N most '
                         'recent checkpoints up to --test_iters (a snapshot ensemble); 1: that '
                         'checkpoint alone, as the original (added)')
+    g.add_argument('--boxes', type=str, default=None,
+                   help="testAUC / score: a CSV of a reader's lesion boxes (file, x, y, w, h in "
+                        "the image file's pixels; several rows per image; a finding column "
+                        'kept): the pointing game, the top-5%% share and the pixel AUROC of the '
+                        "score's map and of G's mask inside the boxes, beside chance, in "
+                        'metrics.json, scores.csv, the printout and the report (added)')
 
 
 def seed_everything(seed):
@@ -357,6 +363,9 @@ def parse(argv):
         # Scoring a folder gains nothing from more loading processes than cores (torch warns
         # of them); the flag's default stays the original's for training.
         config.num_workers = min(config.num_workers, limits.usable_cpus())
+    if config.boxes and config.mode not in ('testAUC', 'score'):
+        fail(f'--boxes measures the maps of --mode testAUC or score, not --mode {config.mode}; '
+             f'leave it out or change the mode')
     problem = limits.check_architecture(config) or limits.check_limits(config)
     if problem:
         fail(problem)

@@ -174,6 +174,13 @@ class Detector(nn.Module):
                    for k in range(len(selected))]
         return results[0] if single else results
 
+    def localise(self, paths, boxes_csv, n_bootstrap=1000, seed=0):
+        """How this detector's maps point into a reader's boxes (a CSV of file, x, y, w, h in
+        the files' pixels): {'per_image': {path: numbers}, 'summary': means, intervals, chance}
+        for the selected score's map and G's mask, as --boxes writes them."""
+        from healthygan.reports.localisation import localise
+        return localise(self, paths, boxes_csv, n_bootstrap, seed)
+
     def translate(self, x):
         """(x_hat, mask) of the images, in [-1, 1] and [0, 1]: [3, S, S] and [1, S, S] for one
         image, [N, ...] for several. With a snapshot ensemble, the newest member's."""

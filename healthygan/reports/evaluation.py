@@ -23,7 +23,7 @@ from healthygan.detection.pixel_reference import reference_for
 from healthygan.detection.reference import HealthyReference
 from healthygan.detection.selection import ensemble_members, resolve_iters
 from healthygan.errors import ConfigError, DataError
-from healthygan.reports import report, statistics
+from healthygan.reports import localisation, report, statistics
 from healthygan.reports.images import denorm, translation_grid
 from healthygan.reports.reporting import ReportWriter
 from healthygan.training import run_record
@@ -208,6 +208,22 @@ class Evaluator:
                            + [f'{scores[v][k]:.8f}' for v in scores]
                            + [values[k] for values in extra.values()])
 
+    def boxed_images(self, paths):
+        """--boxes: the evaluated images' boxes, read and checked before any scoring; or None."""
+        c = self.config
+        return localisation.BoxedImages(c.boxes, paths, c.image_size) if c.boxes else None
+
+    def measure_boxes(self, boxed, kept, n):
+        """(the localisation block, scores.csv's added columns) of the boxed images; (None, {})
+        without --boxes."""
+        if boxed is None:
+            return None, {}
+        c = self.config
+        rows = localisation.image_rows(localisation.kept_maps(self.detector, kept,
+                                                              boxed.indices), boxed)
+        return (localisation.summary(rows, boxed, c.score_variant, c.bootstrap, c.bootstrap_seed),
+                localisation.csv_columns(rows, n))
+
     def test_auc(self):
         """Score every test image with every score variant; AUROC (bootstrap CI), AUPRC and the
         operating point's metrics, pixel metrics where lesion masks exist; scores.csv, the maps,
@@ -218,7 +234,9 @@ class Evaluator:
         paths, labels = list(loader.dataset.paths), np.asarray(loader.dataset.labels, dtype=int)
         names = report.output_names(paths)
         gt_masks, pixel_keys = lesion_masks(paths, labels, c.image_dir, c.image_size)
-        s = self.score_all(loader, names, paths, pixel_keys, desc='testAUC')
+        boxed = self.boxed_images(paths)
+        s = self.score_all(loader, names, paths,
+                           pixel_keys | set(boxed.indices if boxed else ()), desc='testAUC')
         result = self.test_metrics(s, labels, iters)
         if pixel_keys:
             keys = sorted(pixel_keys)
@@ -229,8 +247,11 @@ class Evaluator:
             # G's own mask as a lesion detector: where the paper's translation may change pixels.
             result['mask_pixel_AUROC'] = statistics.pixel_metrics(
                 truth, [s.maps[k][1] for k in keys])['pixel_AUROC']
+        located, columns = self.measure_boxes(boxed, s.maps, len(paths))
+        if located:
+            result['localisation'] = located
         self.write_scores_csv(paths, names, s.scores, range(len(paths)), labels,
-                              result['threshold'])
+                              result['threshold'], extra=columns)
         if c.report:
             result['report'] = 'report.html'
         with open(os.path.join(c.result_dir, 'metrics.json'), 'w') as f:
@@ -241,9 +262,11 @@ class Evaluator:
                     'score variant': f"{c.score_variant}: {result['score']}",
                     'threshold source': result['threshold_source']}
             self.reports.write_report(s.scores, range(len(paths)), names, loader.dataset,
-                              'HealthyGAN test report', info, report.metrics_html(result),
+                              'HealthyGAN test report', info, report.metrics_html(result)
+                              + (localisation.html_table(located) if located else ''),
                               'metrics.json', labels, result['threshold'], gt_masks,
-                              {v: r['image_AUROC'] for v, r in result['variants'].items()})
+                              {v: r['image_AUROC'] for v, r in result['variants'].items()},
+                              boxes=boxed and boxed.rects)
         print_test_result(result, c)
         return result
 
@@ -293,8 +316,10 @@ class Evaluator:
         paths, root = score_paths(c)
         iters = self.start_scoring()
         names = report.output_names(paths, root=root)
+        boxed = self.boxed_images(paths)
         loader = folder_loader(c, paths)
-        s = self.score_all(loader, names, desc='score')
+        s = self.score_all(loader, names, keep_maps=set(boxed.indices if boxed else ()),
+                           desc='score')
         ok = [k for k in range(len(paths)) if k not in s.errors]
         if not ok:  # a calling script must not take an empty scores.csv for success
             raise DataError(f'none of the {len(paths)} image(s) under --score_dir '
@@ -307,7 +332,9 @@ class Evaluator:
         extra = {} if reference is None else {
             'healthy_percentile': [f'{v:.2f}' for v in reference.percentiles(selected)],
             f'above_healthy_p{c.healthy_percentile:g}': above.astype(int)}
-        self.write_scores_csv(paths, names, s.scores, ok, threshold=threshold, extra=extra)
+        located, columns = self.measure_boxes(boxed, s.maps, len(paths))
+        self.write_scores_csv(paths, names, s.scores, ok, threshold=threshold,
+                              extra={**extra, **columns})
         summary = {'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
                    'score_dir': c.score_dir, 'image_size': c.image_size,
                    'score_variant': c.score_variant, 'score': anomaly.SCORE_VARIANTS[c.score_variant],
@@ -328,6 +355,8 @@ class Evaluator:
             f'--holdout_fraction > 0 for a label-free reference)')
         if reference:
             summary['n_above_healthy_reference'] = int(above[ok].sum())
+        if located:
+            summary['localisation'] = located
         with open(os.path.join(c.result_dir, 'summary.json'), 'w') as f:
             json.dump(summary, f, indent=1)
         if s.errors:
@@ -343,14 +372,17 @@ class Evaluator:
                     'score variant': f"{c.score_variant}: {summary['score']}"}
             self.reports.write_report(s.scores, ok, names, loader.dataset, 'HealthyGAN: scores of a folder',
                               info, f'<h2>Scores</h2><p>No labels: scores and maps only. '
-                                    f'Threshold: {above}.</p>', 'summary.json',
-                              threshold=threshold)
+                                    f'Threshold: {above}.</p>'
+                              + (localisation.html_table(located) if located else ''),
+                              'summary.json', threshold=threshold, boxes=boxed and boxed.rects)
         print(f'Scored {len(ok)} images in {c.score_dir} ({c.score_variant}: median '
               f'{summary["pred_score"]["median"]:.6f})' if ok else 'No image could be scored')
         if reference and ok:
             print(f'{summary["n_above_healthy_reference"]} of {len(ok)} above the '
                   f'{reference.percentile:g}th percentile of healthy images '
                   f'({reference.threshold:.6g}; {reference.describe()})')
+        if located:
+            print('\n'.join(localisation.table_lines(located)))
         print('Saved scores.csv, maps/ and summary.json' + (' and report.html' if c.report
                                                               else '') + f' into {c.result_dir}')
         return summary
@@ -465,6 +497,8 @@ def print_test_result(result, c):
         print(f"pixel AUROC {result['pixel_AUROC']:.4f}; Dice {result['pixel_Dice']:.4f} "
               f"({result['pixel_threshold_source']}); G's mask alone: pixel AUROC "
               f"{result['mask_pixel_AUROC']:.4f}")
+    if 'localisation' in result:
+        print('\n'.join(localisation.table_lines(result['localisation'])))
     print('Saved metrics.json, scores.csv and maps/' + (', pictures and report.html'
                                                         if c.report else '')
           + f' into {c.result_dir}')

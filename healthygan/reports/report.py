@@ -81,13 +81,14 @@ def heat_overlay(image_rgb, amap, vmax):
 REF_Z_VMAX = 3.0  # the 'ref_z' excess map's colours: 0 to 3 healthy spreads
 
 
-def panel(x, x_hat, mask, amap, vmax, gt_mask=None, caption='', excess=None):
+def panel(x, x_hat, mask, amap, vmax, gt_mask=None, caption='', excess=None, boxes=None):
     """One row: input | translation | G's mask | map over the input [| the map's excess over
     the healthy images ('ref_z')] [| true lesion mask].
 
     x, x_hat: (3, H, W) in [-1, 1]; mask, amap: (H, W) in [0, 1]; the map's colours run from 0
     to vmax (the same for every image of a run, so panels compare); excess: max(0, (a - mu) /
-    scale), coloured from 0 to REF_Z_VMAX.
+    scale), coloured from 0 to REF_Z_VMAX; boxes: [(x0, y0, x1, y1)] in the map's pixels (a
+    reader's lesion boxes, --boxes), outlined on the input, the mask and the maps.
     """
     image = _gray_rgb(x)
     tiles = [('input', image), ('translation', _gray_rgb(x_hat)),
@@ -108,9 +109,24 @@ def panel(x, x_hat, mask, amap, vmax, gt_mask=None, caption='', excess=None):
         big = Image.fromarray(tile).resize((tw, th), Image.NEAREST)
         canvas.paste(big, (k * tw, header))
         draw.text((k * tw + 3, 1), label, fill='black')
+        if boxes and label != 'translation' and label != 'true lesion':
+            outline_boxes(draw, boxes, (k * tw, header), scale, w)
     if caption:
         draw.text((3, header + th + 1), caption, fill='black')
     return canvas
+
+
+BOX_COLOUR = (0, 255, 255)  # cyan: apart from the jet map's colours and the grey image
+
+
+def outline_boxes(draw, boxes, origin, scale, side):
+    """Outline boxes given in map pixels (clipped to the side x side map) on a tile upscaled by
+    scale whose corner is origin."""
+    ox, oy = origin
+    for box in boxes:
+        x0, y0, x1, y1 = (min(max(v, 0), side) for v in box)
+        draw.rectangle([ox + x0 * scale, oy + y0 * scale, ox + x1 * scale - 1,
+                        oy + y1 * scale - 1], outline=BOX_COLOUR, width=1)
 
 
 # ------------------------------------------------------------------------------------------------ #

@@ -30,9 +30,12 @@ class ReportWriter:
         return sorted(set(first) | {k for _, ks in order_groups for k in ks})
 
     def write_report(self, scores, rows, names, dataset, title, info, intro, record,
-                     labels=None, threshold=None, gt_masks=None, variant_auroc=None):
+                     labels=None, threshold=None, gt_masks=None, variant_auroc=None,
+                     boxes=None):
         """Plots, per-image panels and report.html of the scored images `rows`. With labels
-        (testAUC): the ROC curve and examples per class; without (score): examples overall."""
+        (testAUC): the ROC curve and examples per class; without (score): examples overall.
+        boxes (--boxes): {index: [(x0, y0, x1, y1) in map pixels]}, drawn on those panels,
+        which are always drawn and listed in their own group."""
         c = self.config
         selected, rows = scores[c.score_variant], np.asarray(list(rows), dtype=int)
         plots = os.path.join(c.result_dir, 'plots')
@@ -54,13 +57,16 @@ class ReportWriter:
             order = ks[np.argsort(-selected[ks], kind='stable')]
             groups.append((f'{prefix}most anomalous', order[:report.N_EXAMPLES].tolist()))
             groups.append((f'{prefix}least anomalous', order[::-1][:report.N_EXAMPLES].tolist()))
+        if boxes:
+            groups.append(('images with boxes (--boxes)', sorted(k for k in boxes
+                                                                 if k in set(rows.tolist()))))
         captions = {int(k): names[k] + ('' if labels is None else
                                         f'  label {"anomalous" if labels[k] else "normal"}')
                     + f'  score {selected[k]:.5f}' for k in rows}
         vmax = max(float(np.nanmax(scores['p99'])), 1e-6)
         shown = [k for k in self.picture_indices(len(names), groups) if k in captions]
         self.draw_panels(dataset, shown, names, os.path.join(c.result_dir, 'panels'), vmax,
-                         gt_masks, captions)
+                         gt_masks, captions, boxes)
         examples = [(title_, [(f'panels/{names[k]}', f'#{rank + 1}: {captions[k]}')
                               for rank, k in enumerate(ks)]) for title_, ks in groups]
         body = (intro + '\n<h2>Plots</h2><div class="plots">' + ''.join(images) + '</div>'
@@ -78,13 +84,14 @@ class ReportWriter:
         info = {**info, 'written': datetime.datetime.now().isoformat(timespec='seconds')}
         report.write_html(os.path.join(c.result_dir, 'report.html'), title, info, body)
 
-    def draw_panels(self, dataset, indices, names, panel_dir, vmax, gt_masks=None, captions=None):
+    def draw_panels(self, dataset, indices, names, panel_dir, vmax, gt_masks=None, captions=None,
+                    boxes=None):
         """Per-image panels (input, translation, mask, map; true lesion where known) as PNGs.
 
         A second, short translation pass over these images only: the scores come from the
         first pass, and the colour scale vmax needs every map first.
         """
-        gt_masks, captions = gt_masks or {}, captions or {}
+        gt_masks, captions, boxes = gt_masks or {}, captions or {}, boxes or {}
         indices = list(indices)
         for a in tqdm(range(0, len(indices), self.config.batch_size), desc='pictures',
                       file=sys.stdout, disable=len(indices) < 50):
@@ -101,4 +108,4 @@ class ReportWriter:
                 path = os.path.join(panel_dir, names[k])
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 report.panel(x[j], x_hat[j], mask[j], amap[j], vmax, gt_masks.get(k),
-                             captions.get(k, ''), excess[j]).save(path)
+                             captions.get(k, ''), excess[j], boxes.get(k)).save(path)
