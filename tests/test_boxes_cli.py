@@ -177,6 +177,11 @@ def test_score_mode_and_the_api_agree(run):
             assert found['summary'][name][metric]['mean'] == pytest.approx(
                 block[name][metric]['mean'], abs=1e-5)
     assert found['summary']['chance'] == pytest.approx(block['chance'])
+    # without resamples: no interval, written as null and printed as the mean alone
+    bare = det.localise(paths, csv_path, n_bootstrap=0)['summary']
+    assert bare['map']['pointing']['ci95'] == [None, None]
+    assert localisation.table_lines(bare)[2].split()[2] == \
+        f"{bare['map']['pointing']['mean']:.3f}"
 
 
 BAD = {  # kind -> (rows, what the one line says)
@@ -184,6 +189,10 @@ BAD = {  # kind -> (rows, what the one line says)
     'zero size': ([('anomalous/img_1.png', 12, 15, 0, 10)], 'w and h must be positive'),
     'a file not in the set': ([('anomalous/img_9.png', 12, 15, 10, 10)],
                               'is not among the 8 evaluated images'),
+    'files not in the set': ([('anomalous/img_9.png', 12, 15, 10, 10),
+                              ('other/img_1.png', 12, 15, 10, 10)],
+                             'img_9.png is not among the 8 evaluated images (2 rows name images '
+                             'not evaluated)'),
     'an ambiguous name': ([('img_1.png', 12, 15, 10, 10)], 'matches 2 evaluated images'),
     'not a number': ([('anomalous/img_1.png', 'left', 15, 10, 10)], 'not a number'),
 }

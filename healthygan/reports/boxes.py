@@ -76,19 +76,26 @@ def parse_row(row, path, line):
 def match_boxes(boxes, paths, source):
     """{path: its boxes} for the evaluated image paths; a box's file matches a path that equals
     it or ends with it (a name, or a name under folders); every box must match one path."""
-    by_path = {}
+    by_path, missing = {}, []
     for box in boxes:
         name = box['file'].replace('\\', '/')
         hits = [p for p in paths if p.replace('\\', '/') == name
                 or p.replace('\\', '/').endswith('/' + name)]
         if not hits:
-            raise DataError(f'{source} line {box["line"]}: {box["file"]} is not among the '
-                            f'{len(paths)} evaluated images; remove its rows or evaluate it')
+            missing.append(box)
+            continue
         if len(hits) > 1:
             raise DataError(f'{source} line {box["line"]}: {box["file"]} matches '
                             f'{len(hits)} evaluated images ({hits[0]}, {hits[1]}); name it by '
                             f'its folder too')
         by_path.setdefault(hits[0], []).append(box)
+    if missing:  # all counted: a boxes file of a whole dataset names other folders' images too
+        first = missing[0]
+        others = (f' ({len(missing)} rows name images not evaluated)' if len(missing) > 1
+                  else '')
+        raise DataError(f'{source} line {first["line"]}: {first["file"]} is not among the '
+                        f'{len(paths)} evaluated images{others}; remove those rows or evaluate '
+                        f'those images')
     return by_path
 
 
