@@ -163,8 +163,12 @@ class Detector(nn.Module):
 
     def score(self, x):
         """Score images: a path, a PIL image or a numpy array (a whole radiograph, cropped and
-        resized as files are) gives one Result; a list of them, or a tensor batch [N, C, S, S]
-        already preprocessed to [-1, 1] at the detector's size, gives a list."""
+        resized as files are) gives one Result; a folder (its images, sorted), a list of them, or
+        a tensor batch [N, C, S, S] already preprocessed to [-1, 1] at the detector's size,
+        gives a list. Arrays: uint8 as they are; floats within [0, 1] as intensities (x * 255,
+        so a picture scores as its uint8 self); other floats and 16-bit arrays stretched from
+        their own min..max to 8 bits, as 16-bit files are. NaN, empty or tiny inputs are
+        refused; see Result.in_distribution for images unlike radiographs."""
         batch, sources, single = prepare(x, build_transform(self.image_size), self.image_size,
                                          self.device)
         out = self(batch)
@@ -279,7 +283,7 @@ class Detector(nn.Module):
 
     @classmethod
     def load(cls, path, device='cpu'):
-        """A detector saved by save(), read with weights_only, or one ConfigError naming the file."""
+        """A detector saved by save(), read with weights_only, or one ConfigError naming it."""
         path = os.fspath(path)
         saved = load_checked(path, 'detector')
         if not isinstance(saved, dict) or saved.get('format') != FORMAT or \
