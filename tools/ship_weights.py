@@ -22,6 +22,7 @@ if not __package__:  # run as python tools/x.py: the repository root on the path
 import healthygan  # noqa: E402
 from healthygan.detection.anomaly import VARIANTS  # noqa: E402
 from healthygan.detection.api import DETECTOR_FILE  # noqa: E402
+from healthygan.flags import positive_int  # noqa: E402
 from healthygan.detection.detector import detector_file  # noqa: E402
 from healthygan.detection.lung import LUNG_PRIOR_FILE  # noqa: E402
 from healthygan.detection.pixel_reference import reference_file  # noqa: E402
@@ -109,7 +110,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--run', required=True, help="the run's --model_save_dir")
     p.add_argument('--test_iters', type=int, required=True)
-    p.add_argument('--ensemble', type=int, default=1)
+    p.add_argument('--ensemble', type=positive_int, default=1)
     p.add_argument('--score_variant', default='mean', choices=list(VARIANTS))
     p.add_argument('--out', required=True)
     p.add_argument('--images', nargs='+', required=True, help='images for expected_scores.csv')

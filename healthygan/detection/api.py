@@ -10,9 +10,10 @@ The detector (detector.Detector) scores images through the same preprocessing an
 scoring pass as `--mode score`, so a score here equals that image's row in scores.csv.
 """
 import json
+import math
 import os
 
-from healthygan.detection import anomaly
+from healthygan.detection import anomaly, fitted
 from healthygan.detection.detector import Detector
 from healthygan.detection.lung import read_region
 from healthygan.detection.pixel_reference import PixelReference
@@ -39,8 +40,10 @@ def load(run_dir, test_iters=None, ensemble=None, score_variant=None, healthy_pe
     score). The healthy reference is the held-out healthy images' scores the run logged.
     """
     run_dir = os.fspath(run_dir)
+    device = checked_device(device)
+    healthy_percentile = checked_percentile(healthy_percentile)
     if os.path.isfile(run_dir):
-        return Detector.load(run_dir, resolve_device(device))
+        return Detector.load(run_dir, device)
     if not os.path.isdir(run_dir):
         raise ConfigError(f'{run_dir} is not a folder: give a run folder (--model_save_dir) '
                           f'holding <iters>-G.ckpt and run_config.json')
@@ -49,18 +52,22 @@ def load(run_dir, test_iters=None, ensemble=None, score_variant=None, healthy_pe
         raise ConfigError(f'{run_dir} has no readable run_config.json with the architecture; '
                           f'score it with main.py --mode score and the architecture flags')
     advice = read_detector_file(run_dir)
-    test_iters = test_iters if test_iters is not None else advice.get('test_iters', 'latest')
-    ensemble = int(ensemble if ensemble is not None else advice.get('ensemble', 1))
+    where = os.path.join(run_dir, DETECTOR_FILE)
+    test_iters = checked_iters(test_iters, 'test_iters') if test_iters is not None else \
+        checked_iters(advice.get('test_iters', 'latest'), f'{where}: test_iters')
+    ensemble = checked_ensemble(ensemble, 'ensemble') if ensemble is not None else \
+        checked_ensemble(advice.get('ensemble', 1), f'{where}: ensemble')
     variant = score_variant or advice.get('score_variant', 'mean')
     if variant not in anomaly.SCORE_VARIANTS:
-        raise ConfigError(f'score_variant {variant!r}: choose one of '
+        named = 'score_variant' if score_variant else f'{where}: score_variant'
+        raise ConfigError(f'{named} {variant!r}: choose one of '
                           f'{", ".join(anomaly.SCORE_VARIANTS)}')
-    device = resolve_device(device)
     iters = resolve_iters(test_iters, run_dir, 'test_iters', variant)
     members = ensemble_members(run_dir, iters, ensemble)
     det = Detector(arch['g_conv_dim'], arch['g_repeat_num'], arch['image_size'], members, variant,
                    run_record.folder_run_id(run_dir), healthy_percentile).to(device)
     det.load_members(run_dir)
+    fitted.run_size(run_dir, members, arch['image_size'])
     region, note = read_region(run_dir, arch['image_size'])
     needs = anomaly.VARIANTS[variant].needs
     if needs == 'region' and region is None:
@@ -80,6 +87,48 @@ def load(run_dir, test_iters=None, ensemble=None, score_variant=None, healthy_pe
         det.fit_reference(None if reference is None else reference.scores,
                           None if reference is None else reference.source)
     return det
+
+
+def checked_device(device):
+    """The torch device named ('auto', 'cpu', 'cuda', 'cuda:1', 'mps'), or one ConfigError."""
+    try:
+        return resolve_device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f'device {device!r} is no device here: use auto, cpu, cuda or '
+                          f'mps') from None
+
+
+def checked_percentile(value):
+    """healthy_percentile as a float in [0, 100], or one ConfigError."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 <= value <= 100:  # NaN fails too
+        raise ConfigError('healthy_percentile must be a number from 0 to 100 (95: the 95th '
+                          'percentile of the held-out healthy scores)')
+    return value
+
+
+def checked_iters(value, named):
+    """A checkpoint number, 'latest', 'best_aucp' or 'best_val', or one ConfigError."""
+    if value in ('latest', 'best_aucp', 'best_val'):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or \
+            not str(value).isdigit():
+        raise ConfigError(f'{named} {value!r}: give a checkpoint number, latest, best_aucp or '
+                          f'best_val')
+    return int(value)
+
+
+def checked_ensemble(value, named):
+    """A snapshot ensemble's size, a positive whole number, or one ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f'{named} {value!r}: give how many checkpoints to average, 1 or '
+                          f'more (1: the original\'s single checkpoint)')
+    return value
 
 
 def read_detector_file(run_dir):

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from healthygan.data.decode import build_transform
-from healthygan.detection import anomaly
+from healthygan.detection import anomaly, statistics
 from healthygan.detection.inputs import prepare
 from healthygan.detection.reference import HealthyReference
-from healthygan.errors import ConfigError
+from healthygan.errors import ConfigError, warn
 from healthygan.model.networks import Generator
 from healthygan.training.checkpoints import load_checked, load_state_dict_checked, save_atomic
 from healthygan.training.fast import generate_amp
@@ -34,13 +34,19 @@ def detector_file(members, image_size, variant):
 @dataclasses.dataclass
 class Result:
     """One image's score, its anomaly map and, where the detector holds held-out healthy scores,
-    its place among them."""
+    its place among them.
+
+    in_distribution: False where the image looks unlike the held-out healthy radiographs the
+    detector was fitted to (its mean intensity, contrast or sharpness outside their range, or
+    colour): its score and percentile then mean little (a warning names it). None where the
+    detector holds no such range and the image is grey. The check changes no score."""
     score: float              # the chosen score variant (default: the original's mean)
     map: np.ndarray           # |x - x_hat| / 2 averaged over channels, [S, S] in [0, 1]
     variants: dict            # every score variant, as in scores.csv
     percentile: float = None  # % of held-out healthy images scoring at or below it
     above_reference: bool = None  # above the reference's percentile (a label-free threshold)
     source: str = None        # the file, or what was given
+    in_distribution: bool = None  # like the healthy reference's radiographs (see above)
 
 
 class Detector(nn.Module):
@@ -64,6 +70,8 @@ class Detector(nn.Module):
         self.register_buffer('scale', torch.zeros(0, dtype=torch.float64))
         # the held-out healthy images' scores under the variant: the label-free reference
         self.register_buffer('healthy_scores', torch.zeros(0, dtype=torch.float64))
+        # [2, 3]: the healthy range of statistics.STATISTICS (the out-of-distribution check)
+        self.register_buffer('statistics_range', torch.zeros(0, dtype=torch.float64))
         self.reference_source = None  # where the healthy scores come from, in words
         self.amp_dtype, self.channels_last = None, False  # the fast paths asked for, if any
 
@@ -155,8 +163,12 @@ class Detector(nn.Module):
 
     def score(self, x):
         """Score images: a path, a PIL image or a numpy array (a whole radiograph, cropped and
-        resized as files are) gives one Result; a list of them, or a tensor batch [N, C, S, S]
-        already preprocessed to [-1, 1] at the detector's size, gives a list."""
+        resized as files are) gives one Result; a folder (its images, sorted), a list of them, or
+        a tensor batch [N, C, S, S] already preprocessed to [-1, 1] at the detector's size,
+        gives a list. Arrays: uint8 as they are; floats within [0, 1] as intensities (x * 255,
+        so a picture scores as its uint8 self); other floats and 16-bit arrays stretched from
+        their own min..max to 8 bits, as 16-bit files are. NaN, empty or tiny inputs are
+        refused; see Result.in_distribution for images unlike radiographs."""
         batch, sources, single = prepare(x, build_transform(self.image_size), self.image_size,
                                          self.device)
         out = self(batch)
@@ -167,10 +179,11 @@ class Detector(nn.Module):
         if reference is not None:
             percentiles, above = reference.percentiles(selected), reference.above(selected)
         maps = anomaly.to_numpy(out['map'])[:, 0].astype(np.float32)
+        verdicts = self.check_distribution(batch, sources)
         results = [Result(float(selected[k]), maps[k],
                           {v: float(s[k]) for v, s in variants.items()},
                           None if percentiles[k] is None else float(percentiles[k]),
-                          None if above[k] is None else bool(above[k]), sources[k])
+                          None if above[k] is None else bool(above[k]), sources[k], verdicts[k])
                    for k in range(len(selected))]
         return results[0] if single else results
 
@@ -180,6 +193,18 @@ class Detector(nn.Module):
         for the selected score's map and G's mask, as --boxes writes them."""
         from healthygan.reports.localisation import localise
         return localise(self, paths, boxes_csv, n_bootstrap, seed)
+
+    def check_distribution(self, x, sources):
+        """[N] in_distribution of images [N, 3, S, S] (statistics.check), warning once about
+        those outside."""
+        verdicts, reasons = statistics.check(x, self.statistics_range)
+        flagged = [k for k, v in enumerate(verdicts) if v is False]
+        if flagged:
+            k = flagged[0]
+            warn(f'{len(flagged)} of {len(verdicts)} image(s) look unlike the healthy '
+                 f'radiographs this detector was fitted to, e.g. {sources[k]} ({reasons[k]}): '
+                 f'their scores mean little (Result.in_distribution is False)')
+        return verdicts
 
     def translate(self, x):
         """(x_hat, mask) of the images, in [-1, 1] and [0, 1]: [3, S, S] and [1, S, S] for one
@@ -209,6 +234,11 @@ class Detector(nn.Module):
         """The 'ref_z' score's healthy pixel reference [H, W] (float64)."""
         self.mu, self.scale = mu.double().to(self.mu.device), scale.double().to(self.mu.device)
 
+    def fit_statistics(self, healthy_range):
+        """The healthy range [2, 3] of the global statistics (or None: no range known)."""
+        self.statistics_range = torch.zeros(0, dtype=torch.float64) if healthy_range is None \
+            else torch.as_tensor(healthy_range, dtype=torch.float64).to(self.mu.device)
+
     def fit_reference(self, scores, source):
         """The held-out healthy images' scores under the variant (or None: no reference)."""
         self.healthy_scores = torch.zeros(0, dtype=torch.float64) if scores is None else \
@@ -225,6 +255,7 @@ class Detector(nn.Module):
                           for b in torch.split(healthy, batch_size)])
         mu, scale = anomaly.healthy_pixel_reference(maps)
         self.fit_pixels(mu.float(), scale.float())  # scored as saved: a re-read one scores alike
+        self.fit_statistics(statistics.fit_range(statistics.global_statistics(healthy)))
         if anomaly.VARIANTS[self.variant].of_map:  # scored against the others' reference
             self.fit_reference(leave_one_out_scores(maps), f'{len(maps)} held-out healthy '
                                f'images, each against the others')
@@ -259,19 +290,28 @@ class Detector(nn.Module):
 
     @classmethod
     def load(cls, path, device='cpu'):
-        """A detector saved by save(), read with weights_only, or one clear error."""
+        """A detector saved by save(), read with weights_only, or one ConfigError naming it."""
         path = os.fspath(path)
         saved = load_checked(path, 'detector')
-        if saved.get('format') != FORMAT or not isinstance(saved.get('state_dict'), dict):
+        if not isinstance(saved, dict) or saved.get('format') != FORMAT or \
+                not isinstance(saved.get('state_dict'), dict):
             raise ConfigError(f'{path} is no detector file (save one with Detector.save or '
                               f'tools/ship_weights.py)')
-        det = cls(saved['g_conv_dim'], saved['g_repeat_num'], saved['image_size'],
-                  saved['members'], saved['variant'], saved.get('run_id'),
-                  saved.get('percentile', 95.0))
-        state = saved['state_dict']
-        for name in ('region', 'mu', 'scale', 'healthy_scores'):
+        det = cls(*checked_identity(path, saved))
+        state = dict(saved['state_dict'])
+        state.setdefault('statistics_range', torch.zeros(0, dtype=torch.float64))  # older files
+        for name in ('region', 'mu', 'scale', 'healthy_scores', 'statistics_range'):
+            if not torch.is_tensor(state.get(name)):
+                raise ConfigError(f'{path}: the fitted {name!r} is missing; save the detector '
+                                  f'again')
             setattr(det, name, torch.empty_like(state[name]))  # the fitted sizes
-        det.load_state_dict(state)
+        try:
+            det.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1].strip()
+            raise ConfigError(f'{path} does not fit its own architecture ({first}); save the '
+                              f'detector again') from None
+        checked_fitted(path, det)
         det.reference_source = saved.get('reference_source')
         return det.to(device)
 
@@ -279,3 +319,42 @@ class Detector(nn.Module):
         ref = self.reference
         return (f'checkpoints {self.members}, {self.image_size} px, score {self.variant!r}, '
                 f'reference {ref.describe() if ref else None!r}')
+
+
+def checked_identity(path, saved):
+    """The constructor's arguments from a detector file, or one ConfigError naming the file."""
+    def whole(name):
+        v = saved.get(name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f'{path}: {name} {v!r} is no positive whole number; save the '
+                              f'detector again')
+        return v
+    members = saved.get('members')
+    if not isinstance(members, list) or not members or \
+            not all(isinstance(m, int) and not isinstance(m, bool) for m in members):
+        raise ConfigError(f'{path}: members {members!r} names no checkpoints; save the '
+                          f'detector again')
+    variant = saved.get('variant')
+    if variant not in anomaly.SCORE_VARIANTS:
+        raise ConfigError(f'{path}: score variant {variant!r} is none of '
+                          f'{", ".join(anomaly.SCORE_VARIANTS)}; save the detector again')
+    percentile = saved.get('percentile', 95.0)
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or \
+            not 0 <= percentile <= 100:
+        raise ConfigError(f'{path}: percentile {percentile!r} is not from 0 to 100')
+    return (whole('g_conv_dim'), whole('g_repeat_num'), whole('image_size'), members, variant,
+            saved.get('run_id'), percentile)
+
+
+def checked_fitted(path, det):
+    """Refuse a detector file whose fitted references are broken (fitted.py)."""
+    from healthygan.detection import fitted
+    if det.region.numel() and tuple(det.region.shape) != (1, 1, det.image_size, det.image_size):
+        raise ConfigError(f'{path}: the lung region is {list(det.region.shape)}, not '
+                          f'[1, 1, {det.image_size}, {det.image_size}]; save the detector again')
+    if det.mu.numel() or det.scale.numel():
+        fitted.pixel_reference(path, det.mu, det.scale, det.image_size)
+    if det.healthy_scores.numel():
+        fitted.finite_scores(path, det.healthy_scores)
+    if det.statistics_range.numel():
+        fitted.statistics_range(path, det.statistics_range)

@@ -2,8 +2,11 @@
 training, logged at every checkpoint (aucp.jsonl), against which a new image's score reads as a
 percentile. An image above the --healthy_percentile-th percentile of those healthy scores is
 marked: a threshold that needs no labelled image, stated as such wherever it is used."""
+import os
+
 import numpy as np
 
+from healthygan.detection import fitted
 from healthygan.detection.selection import AUCP_LOG, read_aucp_log
 
 
@@ -41,7 +44,12 @@ class HealthyReference:
         weights)."""
         records = read_aucp_log(model_save_dir)
         per_member = [healthy_scores(records.get(i, {}), variant) for i in members]
-        if any(s is None for s in per_member) or len({len(s) for s in per_member}) != 1:
+        if any(s is None for s in per_member):
+            return None
+        path = os.path.join(model_save_dir, AUCP_LOG)
+        per_member = [fitted.finite_scores(path, s, f'healthy_scores of checkpoint {i}')
+                      for i, s in zip(members, per_member)]
+        if len({len(s) for s in per_member}) != 1:
             return None
         return cls(np.mean(np.asarray(per_member, dtype=np.float64), axis=0), percentile,
                    members, variant)

@@ -17,7 +17,9 @@ AUCP_LOG = 'aucp.jsonl'  # beside the checkpoints: one {"iter", "AUCp", ...} lin
 def ensemble_members(model_save_dir, iters, n):
     """The n most recent checkpoints up to and including `iters`, oldest first (added: a
     snapshot ensemble for --ensemble n; n = 1 is [iters], the original's single checkpoint)."""
-    if n <= 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f'--ensemble {n!r}: give how many checkpoints to average, 1 or more')
+    if n == 1:
         return [iters]
     earlier = [i for i in available_iters(model_save_dir) if i <= iters]
     if len(earlier) < n:

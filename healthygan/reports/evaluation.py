@@ -17,7 +17,8 @@ from healthygan.data.cache import same_content
 from healthygan.data.decode import IMAGE_EXTENSIONS
 from healthygan.data.loaders import folder_loader, get_loader
 from healthygan.data.splits import find_mask, list_images, load_mask, what_is
-from healthygan.detection import anomaly
+from healthygan.detection import anomaly, fitted
+from healthygan.detection import statistics as image_statistics
 from healthygan.detection.detector import Detector
 from healthygan.detection.pixel_reference import reference_for
 from healthygan.detection.reference import HealthyReference
@@ -39,6 +40,7 @@ class Evaluator:
         self.nets, self.store, self.lung = nets, store, lung
         self.reports = ReportWriter(config, device)
         self.ensemble_iters = []  # --ensemble: the members' iterations, set by tested_members
+        self.in_distribution = {}  # index: detection/statistics.py's verdict, where it has one
         self.detector = None  # the tested checkpoints and their references, set to score
         self.pixels = None  # --score_variant ref_z: the healthy pixel reference, set to score
 
@@ -75,6 +77,7 @@ class Evaluator:
                        run_record.folder_run_id(c.model_save_dir), c.healthy_percentile)
         det = det.to(self.device).run_as(self.nets.amp_dtype, self.nets.speed['channels_last'])
         det.load_members(c.model_save_dir, announce=True)
+        fitted.run_size(c.model_save_dir, members, c.image_size)
         det.fit_region(self.lung.region())
         if anomaly.VARIANTS[c.score_variant].needs == 'pixels':  # built where missing
             self.pixels = reference_for(c, det, members, self.device)
@@ -114,6 +117,9 @@ class Evaluator:
             x, index = batch[0].to(self.device), batch[2].tolist()
             bad = batch[3] if len(batch) > 3 else [''] * len(index)
             out = self.detector.score_all(x)
+            verdicts = dict(zip(index, image_statistics.check(
+                x, self.detector.statistics_range)[0]))
+            self.in_distribution.update({k: v for k, v in verdicts.items() if v is not None})
             variants = {v: anomaly.to_numpy(s) for v, s in out['variants'].items()}
             amap = anomaly.to_numpy(out['map'])[:, 0].astype(np.float32)
             mask = anomaly.to_numpy(out['mask'].float())[:, 0]
@@ -333,6 +339,7 @@ class Evaluator:
             'healthy_percentile': [f'{v:.2f}' for v in reference.percentiles(selected)],
             f'above_healthy_p{c.healthy_percentile:g}': above.astype(int)}
         located, columns = self.measure_boxes(boxed, s.maps, len(paths))
+        extra.update(distribution_column(self.in_distribution, paths, len(paths)))
         self.write_scores_csv(paths, names, s.scores, ok, threshold=threshold,
                               extra={**extra, **columns})
         summary = {'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
@@ -397,6 +404,19 @@ def training_test_overlap(model_save_dir, iters):
         return None
     return (f'{n} training image(s) of the run in {model_save_dir} were also test images when it '
             f'was trained (data_overlap in its run record): these test metrics are optimistic')
+
+
+def distribution_column(verdicts, paths, n):
+    """{'in_distribution': 1 / 0 per image} where the detector checks it, warning about the
+    images outside the healthy reference's range; {} where it checks none."""
+    if not verdicts:
+        return {}
+    outside = [paths[k] for k in sorted(verdicts) if not verdicts[k]]
+    if outside:
+        errors.warn(f'{len(outside)} image(s) look unlike the healthy radiographs the detector '
+                    f'was fitted to, e.g. {outside[0]}: their scores mean little '
+                    f'(in_distribution 0 in scores.csv)')
+    return {'in_distribution': [int(verdicts.get(k, True)) for k in range(n)]}
 
 
 def score_paths(config):
