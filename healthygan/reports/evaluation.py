@@ -2,6 +2,7 @@
 thresholds, metrics and the files they write; the scores come from detection/detector.py, the pictures
 from reporting.py."""
 import csv
+import html
 import json
 import os
 import sys
@@ -303,10 +304,12 @@ class Evaluator:
         selected = s.scores[c.score_variant]
         threshold = s.thresholds.get(c.score_variant)
         reference = self.detector.reference
-        above = None if reference is None else reference.above(selected)
+        percentiles = above = None
+        if reference is not None:
+            percentiles, above = reference.percentiles(selected), reference.above(selected)
         extra = {} if reference is None else {
-            'healthy_percentile': [f'{v:.2f}' for v in reference.percentiles(selected)],
-            f'above_healthy_p{c.healthy_percentile:g}': above.astype(int)}
+            'healthy_percentile': [f'{v:.2f}' for v in percentiles],
+            'above_healthy_threshold': above.astype(int)}
         self.write_scores_csv(paths, names, s.scores, ok, threshold=threshold, extra=extra)
         summary = {'checkpoint': self.checkpoint_path(iters), 'iteration': iters,
                    'score_dir': c.score_dir, 'image_size': c.image_size,
@@ -315,10 +318,9 @@ class Evaluator:
         summary.update(self.ensemble_record())
         if self.lung.note:
             summary['notes'] = {'lung': self.lung.note}
-        if ok:
-            v = selected[ok]
-            summary['pred_score'] = {'mean': float(v.mean()), 'min': float(v.min()),
-                                     'median': float(np.median(v)), 'max': float(v.max())}
+        v = selected[ok]
+        summary['pred_score'] = {'mean': float(v.mean()), 'min': float(v.min()),
+                                 'median': float(np.median(v)), 'max': float(v.max())}
         if threshold is not None:
             summary.update({'threshold': threshold, 'threshold_source': s.source,
                             'validation': s.validation,
@@ -327,33 +329,57 @@ class Evaluator:
             f'none: {c.model_save_dir} logged no scores of held-out healthy images (train with '
             f'--holdout_fraction > 0 for a label-free reference)')
         if reference:
-            summary['n_above_healthy_reference'] = int(above[ok].sum())
+            summary['healthy_threshold'] = reference.threshold
+            summary['n_above_healthy_threshold'] = int(above[ok].sum())
         with open(os.path.join(c.result_dir, 'summary.json'), 'w') as f:
             json.dump(summary, f, indent=1)
         if s.errors:
             print(f'warning: {len(s.errors)} images could not be read and were left out (listed '
                   f'in summary.json), e.g. {next(iter(s.errors.values()))}')
-        if c.report and ok:
-            above = (f"{threshold:.6g} ({s.source}); {summary['n_pred_anomalous']} of {len(ok)} "
-                     f"images above it" if threshold is not None
-                     else 'none (no --val_dir): scores only')
+        lines = score_lines(summary, reference, c.score_variant, len(ok))
+        if c.report:
             info = {'checkpoint': summary['checkpoint'], 'iteration': iters,
                     'folder': c.score_dir, 'images scored': len(ok),
                     'unreadable': len(summary['unreadable']),
                     'score variant': f"{c.score_variant}: {summary['score']}"}
-            self.reports.write_report(s.scores, ok, names, loader.dataset, 'HealthyGAN: scores of a folder',
-                              info, f'<h2>Scores</h2><p>No labels: scores and maps only. '
-                                    f'Threshold: {above}.</p>', 'summary.json',
-                              threshold=threshold)
-        print(f'Scored {len(ok)} images in {c.score_dir} ({c.score_variant}: median '
-              f'{summary["pred_score"]["median"]:.6f})' if ok else 'No image could be scored')
-        if reference and ok:
-            print(f'{summary["n_above_healthy_reference"]} of {len(ok)} above the '
-                  f'{reference.percentile:g}th percentile of healthy images '
-                  f'({reference.threshold:.6g}; {reference.describe()})')
+            intro = ('<h2>Scores</h2><p>No labels: pred_score is the ' + c.score_variant
+                     + ' score; healthy_percentile is the share of the held-out healthy images '
+                     'scoring at or below it.</p>'
+                     + ''.join(f'<p>{html.escape(line)}</p>' for line in lines))
+            self.reports.write_report(
+                s.scores, ok, names, loader.dataset, 'HealthyGAN: scores of a folder', info,
+                intro, 'summary.json',
+                threshold=threshold if threshold is not None else summary.get('healthy_threshold'),
+                healthy_percentiles=percentiles)
+        for line in lines:
+            print(line)
+        if len(ok) <= MAX_LISTED:  # a few images: each one's score, as scores.csv has it
+            for k in ok:
+                print(f'  {paths[k]}: pred_score {selected[k]:.6g}' + (
+                    '' if reference is None else f', healthy_percentile {percentiles[k]:.1f}'
+                    + (' (above the healthy threshold)' if above[k] else '')))
         print('Saved scores.csv, maps/ and summary.json' + (' and report.html' if c.report
                                                               else '') + f' into {c.result_dir}')
         return summary
+
+
+MAX_LISTED = 10  # --mode score prints each image's score for at most this many images
+
+
+def score_lines(summary, reference, variant, n):
+    """What --mode score says of its scores, on the console and in report.html alike."""
+    lines = [f'Scored {n} image(s) in {summary["score_dir"]} ({variant}: median pred_score '
+             f'{summary["pred_score"]["median"]:.6g})']
+    if reference is not None:
+        lines.append(f'{summary["n_above_healthy_threshold"]} of {n} above the healthy threshold '
+                     f'{reference.threshold:.6g}, the {reference.percentile:g}th percentile of '
+                     f'healthy images ({reference.describe()})')
+    else:
+        lines.append(f'Healthy reference: {summary["healthy_reference"]}')
+    if 'threshold' in summary:
+        lines.append(f'{summary["n_pred_anomalous"]} of {n} at or above the threshold '
+                     f'{summary["threshold"]:.6g} ({summary["threshold_source"]})')
+    return lines
 
 
 def training_test_overlap(model_save_dir, iters):
