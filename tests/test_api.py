@@ -416,3 +416,18 @@ def test_a_resume_from_an_earlier_set_moves_the_references_of_later_sets_aside(t
         (tmp_path / name).write_bytes(b'')
     assert later_files(tmp_path, 2) == ['4-G.ckpt', 'healthy_pixels_2-4_32px.pt',
                                         'healthy_pixels_4_32px.pt']
+
+
+def test_the_weights_in_the_package_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    """healthygan.load('nih-cxr-mini') is the detector of pretrained/nih-cxr-mini, shipped in
+    the package (healthygan/weights), with the same scores, wherever it is called from."""
+    expected = read_csv(os.path.join(shipped(), 'expected_scores.csv'))
+    monkeypatch.chdir(tmp_path)
+    det = healthygan.load('nih-cxr-mini')
+    assert det.members == healthygan.load(SHIPPED).members and det.variant == 'ref_z'
+    for row in expected:
+        r = det.score(os.path.join(ROOT, row['path']))
+        assert r.pred_score == pytest.approx(float(row['score']), abs=1e-6)
+        assert r.healthy_percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
+    with pytest.raises(ConfigError, match=r'not a folder.*shipped in the package \(nih-cxr-mini'):
+        healthygan.load('nih-cxr-maxi')

@@ -19,6 +19,7 @@ from healthygan.data.decode import IMAGE_EXTENSIONS
 from healthygan.data.loaders import folder_loader, get_loader
 from healthygan.data.splits import find_mask, list_images, load_mask, what_is
 from healthygan.detection import anomaly
+from healthygan.detection.api import write_detector_file
 from healthygan.detection.detector import Detector
 from healthygan.detection.pixel_reference import reference_for
 from healthygan.detection.reference import HealthyReference
@@ -234,6 +235,10 @@ class Evaluator:
                               result['threshold'])
         if c.report:
             result['report'] = 'report.html'
+        if c.save_detector:  # the run's recommendation: what was tested here
+            result['detector'] = write_detector_file(c.model_save_dir, iters,
+                                                     len(self.ensemble_iters) or 1,
+                                                     c.score_variant)
         with open(os.path.join(c.result_dir, 'metrics.json'), 'w') as f:
             json.dump(result, f, indent=1)
         if c.report:
@@ -494,3 +499,6 @@ def print_test_result(result, c):
     print('Saved metrics.json, scores.csv and maps/' + (', pictures and report.html'
                                                         if c.report else '')
           + f' into {c.result_dir}')
+    if 'detector' in result:
+        print(f"Saved {result['detector']}: --mode score and healthygan.load score as tested "
+              f'here unless told otherwise')
