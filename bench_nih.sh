@@ -103,7 +103,7 @@ if [ "$TEST" = 0 ]; then
 fi
 python main.py --mode testAUC "${COMMON[@]}" --test_iters "$TEST_ITERS" \
     --score_variant "$SCORE_VARIANT" --ensemble "$ENSEMBLE" --batch_size 16 \
-    "${VAL[@]}" "$@"
+    --save_detector true "${VAL[@]}" "$@"  # detector.json: what --mode score and the API use
 METHODS=mean_intensity,global_mean,global_contrast,global_sharpness,pca,knn
 if [ "$AE_ITERS" -gt 0 ]; then METHODS=$METHODS,autoencoder; fi
 AE=()  # an earlier run of this OUT trained the autoencoder already: score with it

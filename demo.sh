@@ -68,7 +68,9 @@ python main.py --mode train "${COMMON[@]}" "${RESUME[@]}" --batch_size "$BATCH_S
     --num_iters_decay "$LR_DECAY_ITERS" --lr_update_step "$LR_UPDATE_STEP" \
     --num_iters "$NUM_ITERS" --model_save_step "$MODEL_SAVE_STEP" --sample_step "$SAMPLE_STEP" \
     --log_step 50 "$@"
-python main.py --mode testAUC "${COMMON[@]}" --test_iters latest --batch_size 16 "$@"
+# --save_detector: detector.json, what --mode score and the API then use on this run
+python main.py --mode testAUC "${COMMON[@]}" --test_iters latest --batch_size 16 \
+    --save_detector true "$@"
 
 echo
 echo "Outputs:"

@@ -66,11 +66,17 @@ python "$ROOT/main.py" --mode train "${COMMON[@]}" "${RESUME[@]}" --batch_size "
     --lambda_msmall "$LAMBDA_MSMALL" --lambda_mzerone "$LAMBDA_MZERONE" \
     --g_lr "$G_LR" --d_lr "$D_LR" "$@"
 
+# Both branches leave the run's recommendation in $OUT/models/detector.json (what testAUC
+# tested), which --mode score and healthygan.load follow unless told otherwise.
 if [ -d "$DATA/test" ]; then
     python "$ROOT/main.py" --mode testAUC "${COMMON[@]}" --test_iters "$TEST_ITERS" \
-        --ensemble "$ENSEMBLE" --score_variant "$SCORE_VARIANT" --batch_size 16 "$@"
+        --ensemble "$ENSEMBLE" --score_variant "$SCORE_VARIANT" --batch_size 16 \
+        --save_detector true "$@"
 else
     echo "No $DATA/test/: the test set was not scored."
+    case "$TEST_ITERS" in (''|*[!0-9]*) ITERS_JSON="\"$TEST_ITERS\"" ;; (*) ITERS_JSON=$TEST_ITERS ;; esac
+    printf '{"test_iters": %s, "ensemble": %s, "score_variant": "%s"}\n' \
+        "$ITERS_JSON" "$ENSEMBLE" "$SCORE_VARIANT" > "$OUT/models/detector.json"
 fi
 
 echo
@@ -80,5 +86,6 @@ echo "  training samples $OUT/samples/<iters>-images.jpg"
 if [ -d "$DATA/test" ]; then
     echo "  metrics          $OUT/results/metrics.json, per-image scores $OUT/results/scores.csv"
 fi
+echo "  recommendation   $OUT/models/detector.json (checkpoint, ensemble, score)"
 echo "Score new images:  python $ROOT/main.py --mode score --score_dir DIR --model_save_dir $OUT/models \\"
-echo "    --test_iters $TEST_ITERS --result_dir $OUT/scores ${ARCH[*]}"
+echo "    --result_dir $OUT/scores"

@@ -15,6 +15,7 @@ import torch
 from healthygan import limits
 from healthygan.data.splits import resolve_split
 from healthygan.detection import anomaly
+from healthygan.detection.api import DETECTOR_FILE, read_detector_file
 from healthygan.detection.selection import resolve_iters
 from healthygan.device import resolve_device
 from healthygan.errors import ConfigError, DataError
@@ -281,6 +282,12 @@ def add_evaluation_flags(p):
                         "score's map and of G's mask inside the boxes, beside chance, in "
                         'metrics.json, scores.csv, the printout and the report (added)')
 
+    g.add_argument('--save_detector', type=str2bool, default=False,
+                   help="testAUC: true writes what was tested (--test_iters resolved, "
+                        "--ensemble, --score_variant) into <model_save_dir>/detector.json, the "
+                        "run's recommendation that --mode score and healthygan.load follow "
+                        'where their own flags or arguments are not given (added)')
+
 
 def seed_everything(seed):
     """Seed Python, numpy and torch (CPU and all GPUs)."""
@@ -356,6 +363,7 @@ def parse(argv):
         given = given_flags(args)
         try:
             adopt_run_architecture(config, given)
+            adopt_recommendation(config, given)
         except ConfigError as e:
             fail(e)
         if 'result_dir' not in given:
@@ -407,6 +415,41 @@ def adopt_run_architecture(config, given):
                               f'--{name} out (it is read from there) or pass {value}')
         setattr(config, name, value)
     print('Architecture from ' + record + ': ' + ', '.join(f'--{k} {v}' for k, v in saved.items()))
+
+
+RECOMMENDED = ('test_iters', 'ensemble', 'score_variant')
+
+
+def adopt_recommendation(config, given):
+    """--mode score (added): the checkpoint, ensemble and score the run folder's detector.json
+    recommends, for each of them not given as a flag, as healthygan.load does; without one,
+    the newest checkpoint (as load: a run's last checkpoint is rarely the original's 200000).
+    Prints what is used and where each value came from."""
+    path = os.path.join(config.model_save_dir, DETECTOR_FILE)
+    advice = read_detector_file(config.model_save_dir)
+    parsers = {'test_iters': iters_or_latest, 'ensemble': positive_int, 'score_variant': str}
+    sources = {}
+    for name in RECOMMENDED:
+        if name in given:
+            sources[name] = 'given'
+        elif name in advice:
+            try:
+                value = parsers[name](str(advice[name]))
+            except (argparse.ArgumentTypeError, ValueError) as e:
+                raise ConfigError(f'{path}: {name} {advice[name]!r} is not usable ({e}); fix '
+                                  f'it or pass --{name}') from None
+            if name == 'score_variant' and value not in anomaly.SCORE_VARIANTS:
+                raise ConfigError(f'{path}: score_variant {value!r} is none of '
+                                  f'{", ".join(anomaly.SCORE_VARIANTS)}; fix it or pass '
+                                  f'--score_variant')
+            setattr(config, name, value)
+            sources[name] = path
+        elif name == 'test_iters':
+            config.test_iters, sources[name] = 'latest', 'no detector.json: the newest checkpoint'
+        else:
+            sources[name] = 'default'
+    print('Scoring with ' + ', '.join(f'--{n} {getattr(config, n)} ({sources[n]})'
+                                      for n in RECOMMENDED))
 
 
 def readable_record(path):

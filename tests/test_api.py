@@ -131,16 +131,37 @@ def test_the_healthy_reference_gives_percentiles_in_the_api_and_in_scores_csv(ru
     summary = json.load(open(run / 'ref' / 'summary.json'))
     assert summary['healthy_reference']['n_healthy'] == 2
     assert summary['healthy_reference']['source'].startswith('label-free')
-    assert summary['n_above_healthy_reference'] == sum(int(r['above_healthy_p50']) for r in rows)
+    assert summary['n_above_healthy_threshold'] == \
+        sum(int(r['above_healthy_threshold']) for r in rows)
     for row in rows:
         r = det.score(row['path'])
         assert float(row['healthy_percentile']) == pytest.approx(r.percentile, abs=0.01)
-        assert int(row['above_healthy_p50']) == r.above_reference
+        assert int(row['above_healthy_threshold']) == r.above_healthy_threshold
 
     # an ensemble's reference is the mean of its members' healthy scores, as its scores are
     det2 = healthygan.load(run / 'models', ensemble=2)
     members = np.mean([log[0]['healthy_scores']['mean'], last['healthy_scores']['mean']], axis=0)
     assert det2.members == [2, 4] and list(det2.reference.scores) == pytest.approx(sorted(members))
+
+
+def test_score_reports_one_image_as_the_console_does(run, capsys):
+    """report.html states the healthy threshold and the percentile the console prints, and
+    lists a single image once, not as both the most and the least anomalous."""
+    png = anomalous_png(run)
+    argv = score_argv(run / 'models', png, run / 'one_report', '--healthy_percentile', '50')
+    argv[argv.index('--report') + 1] = 'true'
+    cli.main(argv)
+    out = capsys.readouterr().out
+    row, = read_csv(run / 'one_report' / 'scores.csv')
+    summary = json.load(open(run / 'one_report' / 'summary.json'))
+    page = open(run / 'one_report' / 'report.html').read()
+    said = [line for line in out.splitlines() if 'healthy threshold' in line and ' of 1 ' in line]
+    assert len(said) == 1 and said[0] in page, (out, page)
+    assert f"{summary['healthy_threshold']:.6g}" in said[0] and 'none (no --val_dir)' not in page
+    percentile = f"healthy_percentile {float(row['healthy_percentile']):.1f}"
+    assert percentile in out and percentile in page
+    assert page.count('most anomalous') == 1 and 'least anomalous' not in page
+    assert page.count(f'panels/{os.path.basename(png)}') == 1
 
 
 def test_reference_of_older_logs_and_runs_without_a_hold_out(tmp_path):
@@ -184,7 +205,7 @@ def test_the_shipped_weights_score_a_radiograph_through_the_api_and_the_cli(tmp_
     for row in expected:
         r = det.score(os.path.join(ROOT, row['path']))
         assert r.score == pytest.approx(float(row['score']), abs=1e-6)
-        assert r.percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
+        assert r.healthy_percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
     png = os.path.join(ROOT, expected[0]['path'])
     assert det.score_variant == 'ref_z'  # detector.json: the score chosen on validation
     same = ('--ensemble', str(len(det.members)), '--test_iters', str(det.members[-1]),
@@ -192,7 +213,7 @@ def test_the_shipped_weights_score_a_radiograph_through_the_api_and_the_cli(tmp_
     cli.main(score_argv(SHIPPED, png, tmp_path / 'out', *same))
     rows = read_csv(tmp_path / 'out' / 'scores.csv')
     assert float(rows[0]['pred_score']) == pytest.approx(float(expected[0]['score']), abs=1e-6)
-    assert 'above the 95th percentile of healthy images' in capsys.readouterr().out
+    assert 'the 95th percentile of healthy images' in capsys.readouterr().out
     values = np.asarray(Image.open(png).convert('L'), dtype=np.uint16) * 16
     dcm = write_dicom(tmp_path / 'dicom' / 'chest.dcm', values)
     cli.main(score_argv(SHIPPED, dcm, tmp_path / 'dcm', *same))
@@ -215,7 +236,7 @@ def test_the_shipped_weights_as_one_detector_file_score_as_expected(tmp_path):
     for row in read_csv(os.path.join(SHIPPED, 'expected_scores.csv')):
         r = one.score(os.path.join(ROOT, row['path']))
         assert r.score == pytest.approx(float(row['score']), abs=1e-6)
-        assert r.percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
+        assert r.healthy_percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
     x = build_transform(det.image_size)(Image.open(os.path.join(ROOT, row['path'])).convert('RGB'))
     out = one(x[None])  # forward: the score, the map and every variant
     assert out['score'].item() == pytest.approx(r.score, abs=1e-7)
@@ -287,7 +308,7 @@ def test_ref_z_builds_the_healthy_reference_once_and_scores_alike_everywhere(ref
         r = det.score(row['path'])
         assert r.score == pytest.approx(float(row['pred_score']), abs=1e-6)
         assert r.score == pytest.approx(np.maximum((r.map - mu) / scale, 0).mean(), abs=1e-5)
-        assert r.percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
+        assert r.healthy_percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
     assert anomaly.SCORE_VARIANTS['ref_z'].startswith('mean over pixels')
     # shipped weights carry the reference of their checkpoints and score alike
     from tools import ship_weights
@@ -395,3 +416,18 @@ def test_a_resume_from_an_earlier_set_moves_the_references_of_later_sets_aside(t
         (tmp_path / name).write_bytes(b'')
     assert later_files(tmp_path, 2) == ['4-G.ckpt', 'healthy_pixels_2-4_32px.pt',
                                         'healthy_pixels_4_32px.pt']
+
+
+def test_the_weights_in_the_package_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    """healthygan.load('nih-cxr-mini') is the detector of pretrained/nih-cxr-mini, shipped in
+    the package (healthygan/weights), with the same scores, wherever it is called from."""
+    expected = read_csv(os.path.join(shipped(), 'expected_scores.csv'))
+    monkeypatch.chdir(tmp_path)
+    det = healthygan.load('nih-cxr-mini')
+    assert det.members == healthygan.load(SHIPPED).members and det.variant == 'ref_z'
+    for row in expected:
+        r = det.score(os.path.join(ROOT, row['path']))
+        assert r.pred_score == pytest.approx(float(row['score']), abs=1e-6)
+        assert r.healthy_percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
+    with pytest.raises(ConfigError, match=r'not a folder.*shipped in the package \(nih-cxr-mini'):
+        healthygan.load('nih-cxr-maxi')

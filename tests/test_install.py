@@ -1,6 +1,7 @@
 """pip install . : the package and the healthygan command work from any folder, without a clone
 on the path (a wheel built by the running interpreter, installed into a fresh virtual environment
 that borrows that interpreter's torch and pip)."""
+import csv
 import json
 import os
 import shutil
@@ -116,6 +117,22 @@ def test_pip_install_gives_the_package_and_the_command_from_any_folder(tmp_path)
     members = sorted(int(f.split('-')[0]) for f in os.listdir(weights) if f.endswith('-G.ckpt'))
     assert r.returncode == 0 and r.stdout.startswith(f'{members[-n:]} '), r.stderr
     assert members[-1] == last
+    # by name: the detector shipped inside the package, no clone needed
+    with open(os.path.join(weights, 'expected_scores.csv')) as f:
+        expected = list(csv.DictReader(f))
+    paths = [os.path.join(ROOT, row['path']) for row in expected]
+    r = run([python, '-c', 'import healthygan, os; d = healthygan.load("nih-cxr-mini"); '
+                           'print(os.path.realpath(healthygan.__file__));'
+                           f'[print(d.score(p).pred_score, d.score(p).healthy_percentile) '
+                           f'for p in {paths!r}]'], away)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(os.path.realpath(site.stdout.strip()) + os.sep), lines[0]
+    assert len(lines) == len(expected) + 1, r.stdout
+    for row, line in zip(expected, lines[1:]):
+        score, percentile = map(float, line.split())
+        assert score == pytest.approx(float(row['score']), abs=1e-6)
+        assert percentile == pytest.approx(float(row['healthy_percentile']), abs=0.01)
     r = run([healthygan, 'score', '--model_save_dir', weights, '--test_iters', str(last),
              '--ensemble', str(n), '--score_variant', advice['score_variant'], '--score_dir', image, '--result_dir', str(away / 'scored'),
              '--report', 'false', '--num_workers', '0'], away)

@@ -302,6 +302,57 @@ def test_train_folder_script_on_own_images_tiny(tmp_path):
     assert os.path.exists(tmp_path / 'run' / 'scores' / 'scores.csv')
 
 
+@pytest.mark.slow
+def test_train_folder_run_scores_alike_in_testauc_score_mode_and_the_api(tmp_path):
+    # The run's recommendation (detector.json, written by the script) is what score mode and
+    # the API use without flags: the same images get the same scores from all three.
+    import healthygan
+    import synthetic
+    from conftest import read_csv
+    synthetic.make_synthetic_dataset(tmp_path / 'cxr', n_healthy=10, n_mixed=10,
+                                     n_test_normal=2, n_test_anomalous=2, size=32, seed=0)
+    os.replace(tmp_path / 'cxr' / 'test', tmp_path / 'test_later')
+    env = {**os.environ, **TINY, 'DATA': 'cxr', 'OUT': 'run', 'NUM_ITERS': '4',
+           'MODEL_SAVE_STEP': '2', 'ENSEMBLE': '2', 'SCORE_VARIANT': 'p99',
+           'OMP_NUM_THREADS': '1'}
+
+    def run(*cmd):
+        r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    script = ('bash', os.path.join(ROOT, 'train_folder.sh'), '--use_tensorboard', 'false',
+              '--bootstrap', '0', '--report', 'false')
+    run(*script)  # no test/: the recommendation is the recipe's
+    advice = json.load(open(tmp_path / 'run' / 'models' / 'detector.json'))
+    assert advice == {'test_iters': 'latest', 'ensemble': 2, 'score_variant': 'p99'}
+    os.replace(tmp_path / 'test_later', tmp_path / 'cxr' / 'test')
+    run(*script)  # testAUC: the recommendation is what it tested
+    advice = json.load(open(tmp_path / 'run' / 'models' / 'detector.json'))
+    assert advice == {'test_iters': 4, 'ensemble': 2, 'score_variant': 'p99'}
+    tested = {os.path.basename(r['path']): float(r['pred_score'])
+              for r in read_csv(tmp_path / 'run' / 'results' / 'scores.csv')}
+    out = run('python', os.path.join(ROOT, 'main.py'), '--mode', 'score', '--model_save_dir',
+              'run/models', '--score_dir', 'cxr/test', '--num_workers', '0', '--report', 'false')
+    assert '--test_iters 4 (run/models/detector.json)' in out
+    assert '--score_variant p99 (run/models/detector.json)' in out
+    scored = {os.path.basename(r['path']): float(r['pred_score'])
+              for r in read_csv(tmp_path / 'run' / 'scores' / 'scores.csv')}
+    det = healthygan.load(tmp_path / 'run' / 'models')
+    assert (det.members, det.variant) == ([2, 4], 'p99')
+    folder = tmp_path / 'cxr' / 'test'
+    api = {os.path.basename(p): det.score(str(p)).pred_score for p in sorted(folder.rglob('*.png'))}
+    assert len(tested) == 4 and scored.keys() == tested.keys() == api.keys()
+    for name, value in tested.items():
+        assert scored[name] == pytest.approx(value, abs=1e-6)
+        assert api[name] == pytest.approx(value, abs=1e-6)
+    # a flag given still wins, and says so
+    out = run('python', os.path.join(ROOT, 'main.py'), '--mode', 'score', '--model_save_dir',
+              'run/models', '--score_dir', 'cxr/test', '--num_workers', '0', '--report', 'false',
+              '--ensemble', '1', '--result_dir', 'one')
+    assert '--ensemble 1 (given)' in out and '--test_iters 4 (run/models/detector.json)' in out
+
+
 def test_train_folder_script_needs_healthy_and_mixed(tmp_path):
     os.makedirs(tmp_path / 'cxr' / 'healthy')
     r = run_script('train_folder.sh', {'DATA': str(tmp_path / 'cxr'), 'OUT': str(tmp_path / 'o')})

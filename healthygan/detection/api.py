@@ -2,8 +2,8 @@
 detector file, as a detector of new images.
 
     import healthygan
-    det = healthygan.load('pretrained/nih-cxr-mini')
-    r = det.score('chest.png')       # r.score, r.map, r.percentile, r.above_reference
+    det = healthygan.load('nih-cxr-mini')  # shipped in the package; or a run folder
+    r = det.score('chest.png')  # r.pred_score, r.anomaly_map, r.healthy_percentile, ...
     x_hat, mask = det.translate('chest.png')
 
 The detector (detector.Detector) scores images through the same preprocessing and the same
@@ -13,6 +13,7 @@ import json
 import math
 import os
 
+from healthygan import weights
 from healthygan.detection import anomaly, fitted
 from healthygan.detection.detector import Detector
 from healthygan.detection.lung import read_region
@@ -31,8 +32,9 @@ DETECTOR_FILE = 'detector.json'
 
 def load(run_dir, test_iters=None, ensemble=None, score_variant=None, healthy_percentile=95.0,
          device='auto'):
-    """A Detector of a run folder (its --model_save_dir), shipped weights, or a detector file
-    (Detector.save; the other arguments but device then do not apply).
+    """A Detector of a run folder (its --model_save_dir), shipped weights, a detector file
+    (Detector.save), or the name of a detector shipped in the package ('nih-cxr-mini'; for
+    both of the latter the other arguments but device do not apply).
 
     The architecture comes from the folder's run_config.json; test_iters (a number, 'latest',
     'best_aucp', 'best_val'), ensemble and score_variant default to the folder's detector.json
@@ -40,13 +42,17 @@ def load(run_dir, test_iters=None, ensemble=None, score_variant=None, healthy_pe
     score). The healthy reference is the held-out healthy images' scores the run logged.
     """
     run_dir = os.fspath(run_dir)
+    if not os.path.exists(run_dir) and weights.path_of(run_dir):  # a name: shipped weights
+        run_dir = weights.path_of(run_dir)
     device = checked_device(device)
     healthy_percentile = checked_percentile(healthy_percentile)
     if os.path.isfile(run_dir):
         return Detector.load(run_dir, device)
     if not os.path.isdir(run_dir):
         raise ConfigError(f'{run_dir} is not a folder: give a run folder (--model_save_dir) '
-                          f'holding <iters>-G.ckpt and run_config.json')
+                          f'holding <iters>-G.ckpt and run_config.json, a detector file, or '
+                          f'the name of weights shipped in the package '
+                          f'({", ".join(weights.names()) or "none installed"})')
     arch = run_record.run_architecture(run_dir)
     if arch is None or not {'image_size', 'g_conv_dim', 'g_repeat_num'} <= set(arch):
         raise ConfigError(f'{run_dir} has no readable run_config.json with the architecture; '
@@ -144,3 +150,13 @@ def read_detector_file(run_dir):
     if not isinstance(advice, dict):
         raise ConfigError(f'{path} must hold a JSON object such as {{"ensemble": 4}}')
     return advice
+
+
+def write_detector_file(run_dir, test_iters, ensemble, score_variant):
+    """detector.json: what a run recommends, as testAUC --save_detector true tested it."""
+    advice = {'test_iters': test_iters, 'ensemble': int(ensemble), 'score_variant': score_variant}
+    path = os.path.join(run_dir, DETECTOR_FILE)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(advice, f, indent=1)
+    os.replace(path + '.tmp', path)  # whole or absent: load() and score mode read it
+    return path

@@ -34,19 +34,25 @@ def detector_file(members, image_size, variant):
 @dataclasses.dataclass
 class Result:
     """One image's score, its anomaly map and, where the detector holds held-out healthy scores,
-    its place among them.
+    its place among them; the names are scores.csv's columns in --mode score.
 
     in_distribution: False where the image looks unlike the held-out healthy radiographs the
     detector was fitted to (its mean intensity, contrast or sharpness outside their range, or
     colour): its score and percentile then mean little (a warning names it). None where the
     detector holds no such range and the image is grey. The check changes no score."""
-    score: float              # the chosen score variant (default: the original's mean)
-    map: np.ndarray           # |x - x_hat| / 2 averaged over channels, [S, S] in [0, 1]
-    variants: dict            # every score variant, as in scores.csv
-    percentile: float = None  # % of held-out healthy images scoring at or below it
-    above_reference: bool = None  # above the reference's percentile (a label-free threshold)
+    pred_score: float         # the chosen score variant (default: the original's mean)
+    anomaly_map: np.ndarray   # |x - x_hat| / 2 averaged over channels, [S, S] in [0, 1]
+    variants: dict            # every score variant, scores.csv's score_<variant> columns
+    healthy_percentile: float = None  # % of held-out healthy images scoring at or below it
+    above_healthy_threshold: bool = None  # above the reference's percentile (label-free)
     source: str = None        # the file, or what was given
     in_distribution: bool = None  # like the healthy reference's radiographs (see above)
+
+    # The names of the first release, kept as aliases for one more.
+    score = property(lambda self: self.pred_score)
+    map = property(lambda self: self.anomaly_map)
+    percentile = property(lambda self: self.healthy_percentile)
+    above_reference = property(lambda self: self.above_healthy_threshold)
 
 
 class Detector(nn.Module):

@@ -2,6 +2,7 @@
 thresholds, metrics and the files they write; the scores come from detection/detector.py, the pictures
 from reporting.py."""
 import csv
+import html
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from healthygan.data.loaders import folder_loader, get_loader
 from healthygan.data.splits import find_mask, list_images, load_mask, what_is
 from healthygan.detection import anomaly, fitted
 from healthygan.detection import statistics as image_statistics
+from healthygan.detection.api import write_detector_file
 from healthygan.detection.detector import Detector
 from healthygan.detection.pixel_reference import reference_for
 from healthygan.detection.reference import HealthyReference
@@ -260,6 +262,10 @@ class Evaluator:
                               result['threshold'], extra=columns)
         if c.report:
             result['report'] = 'report.html'
+        if c.save_detector:  # the run's recommendation: what was tested here
+            result['detector'] = write_detector_file(c.model_save_dir, iters,
+                                                     len(self.ensemble_iters) or 1,
+                                                     c.score_variant)
         with open(os.path.join(c.result_dir, 'metrics.json'), 'w') as f:
             json.dump(result, f, indent=1)
         if c.report:
@@ -334,10 +340,12 @@ class Evaluator:
         selected = s.scores[c.score_variant]
         threshold = s.thresholds.get(c.score_variant)
         reference = self.detector.reference
-        above = None if reference is None else reference.above(selected)
+        percentiles = above = None
+        if reference is not None:
+            percentiles, above = reference.percentiles(selected), reference.above(selected)
         extra = {} if reference is None else {
-            'healthy_percentile': [f'{v:.2f}' for v in reference.percentiles(selected)],
-            f'above_healthy_p{c.healthy_percentile:g}': above.astype(int)}
+            'healthy_percentile': [f'{v:.2f}' for v in percentiles],
+            'above_healthy_threshold': above.astype(int)}
         located, columns = self.measure_boxes(boxed, s.maps, len(paths))
         extra.update(distribution_column(self.in_distribution, paths, len(paths)))
         self.write_scores_csv(paths, names, s.scores, ok, threshold=threshold,
@@ -349,10 +357,9 @@ class Evaluator:
         summary.update(self.ensemble_record())
         if self.lung.note:
             summary['notes'] = {'lung': self.lung.note}
-        if ok:
-            v = selected[ok]
-            summary['pred_score'] = {'mean': float(v.mean()), 'min': float(v.min()),
-                                     'median': float(np.median(v)), 'max': float(v.max())}
+        v = selected[ok]
+        summary['pred_score'] = {'mean': float(v.mean()), 'min': float(v.min()),
+                                 'median': float(np.median(v)), 'max': float(v.max())}
         if threshold is not None:
             summary.update({'threshold': threshold, 'threshold_source': s.source,
                             'validation': s.validation,
@@ -361,7 +368,8 @@ class Evaluator:
             f'none: {c.model_save_dir} logged no scores of held-out healthy images (train with '
             f'--holdout_fraction > 0 for a label-free reference)')
         if reference:
-            summary['n_above_healthy_reference'] = int(above[ok].sum())
+            summary['healthy_threshold'] = reference.threshold
+            summary['n_above_healthy_threshold'] = int(above[ok].sum())
         if located:
             summary['localisation'] = located
         with open(os.path.join(c.result_dir, 'summary.json'), 'w') as f:
@@ -369,30 +377,53 @@ class Evaluator:
         if s.errors:
             print(f'warning: {len(s.errors)} images could not be read and were left out (listed '
                   f'in summary.json), e.g. {next(iter(s.errors.values()))}')
-        if c.report and ok:
-            above = (f"{threshold:.6g} ({s.source}); {summary['n_pred_anomalous']} of {len(ok)} "
-                     f"images above it" if threshold is not None
-                     else 'none (no --val_dir): scores only')
+        lines = score_lines(summary, reference, c.score_variant, len(ok))
+        if c.report:
             info = {'checkpoint': summary['checkpoint'], 'iteration': iters,
                     'folder': c.score_dir, 'images scored': len(ok),
                     'unreadable': len(summary['unreadable']),
                     'score variant': f"{c.score_variant}: {summary['score']}"}
-            self.reports.write_report(s.scores, ok, names, loader.dataset, 'HealthyGAN: scores of a folder',
-                              info, f'<h2>Scores</h2><p>No labels: scores and maps only. '
-                                    f'Threshold: {above}.</p>'
-                              + (localisation.html_table(located) if located else ''),
-                              'summary.json', threshold=threshold, boxes=boxed and boxed.rects)
-        print(f'Scored {len(ok)} images in {c.score_dir} ({c.score_variant}: median '
-              f'{summary["pred_score"]["median"]:.6f})' if ok else 'No image could be scored')
-        if reference and ok:
-            print(f'{summary["n_above_healthy_reference"]} of {len(ok)} above the '
-                  f'{reference.percentile:g}th percentile of healthy images '
-                  f'({reference.threshold:.6g}; {reference.describe()})')
+            intro = ('<h2>Scores</h2><p>No labels: pred_score is the ' + c.score_variant
+                     + ' score; healthy_percentile is the share of the held-out healthy images '
+                     'scoring at or below it.</p>'
+                     + ''.join(f'<p>{html.escape(line)}</p>' for line in lines)
+                + (localisation.html_table(located) if located else ''))
+            self.reports.write_report(
+                s.scores, ok, names, loader.dataset, 'HealthyGAN: scores of a folder', info,
+                intro, 'summary.json',
+                threshold=threshold if threshold is not None else summary.get('healthy_threshold'),
+                healthy_percentiles=percentiles, boxes=boxed and boxed.rects)
+        for line in lines:
+            print(line)
+        if len(ok) <= MAX_LISTED:  # a few images: each one's score, as scores.csv has it
+            for k in ok:
+                print(f'  {paths[k]}: pred_score {selected[k]:.6g}' + (
+                    '' if reference is None else f', healthy_percentile {percentiles[k]:.1f}'
+                    + (' (above the healthy threshold)' if above[k] else '')))
         if located:
             print('\n'.join(localisation.table_lines(located)))
         print('Saved scores.csv, maps/ and summary.json' + (' and report.html' if c.report
                                                               else '') + f' into {c.result_dir}')
         return summary
+
+
+MAX_LISTED = 10  # --mode score prints each image's score for at most this many images
+
+
+def score_lines(summary, reference, variant, n):
+    """What --mode score says of its scores, on the console and in report.html alike."""
+    lines = [f'Scored {n} image(s) in {summary["score_dir"]} ({variant}: median pred_score '
+             f'{summary["pred_score"]["median"]:.6g})']
+    if reference is not None:
+        lines.append(f'{summary["n_above_healthy_threshold"]} of {n} above the healthy threshold '
+                     f'{reference.threshold:.6g}, the {reference.percentile:g}th percentile of '
+                     f'healthy images ({reference.describe()})')
+    else:
+        lines.append(f'Healthy reference: {summary["healthy_reference"]}')
+    if 'threshold' in summary:
+        lines.append(f'{summary["n_pred_anomalous"]} of {n} at or above the threshold '
+                     f'{summary["threshold"]:.6g} ({summary["threshold_source"]})')
+    return lines
 
 
 def training_test_overlap(model_save_dir, iters):
@@ -522,3 +553,6 @@ def print_test_result(result, c):
     print('Saved metrics.json, scores.csv and maps/' + (', pictures and report.html'
                                                         if c.report else '')
           + f' into {c.result_dir}')
+    if 'detector' in result:
+        print(f"Saved {result['detector']}: --mode score and healthygan.load score as tested "
+              f'here unless told otherwise')

@@ -12,6 +12,16 @@ from healthygan.detection import anomaly
 from healthygan.reports import report
 
 
+def example_groups(prefix, rows, selected, n):
+    """[(title, indices)] of the n most and the n least anomalous of rows; with fewer than 2n
+    images the least anomalous are those not shown as most, so that no image is in both."""
+    order = rows[np.argsort(-selected[rows], kind='stable')]
+    most = order[:n].tolist()
+    least = order[::-1][:min(n, len(order) - len(most))].tolist()
+    return [(f'{prefix}most anomalous', most)] + ([(f'{prefix}least anomalous', least)]
+                                                  if least else [])
+
+
 class ReportWriter:
     """Writes report.html and its pictures into --result_dir; the panels' translations come from
     the detector (detector.Detector) that gave the scores."""
@@ -31,11 +41,12 @@ class ReportWriter:
 
     def write_report(self, scores, rows, names, dataset, title, info, intro, record,
                      labels=None, threshold=None, gt_masks=None, variant_auroc=None,
-                     boxes=None):
+                     boxes=None, healthy_percentiles=None):
         """Plots, per-image panels and report.html of the scored images `rows`. With labels
-        (testAUC): the ROC curve and examples per class; without (score): examples overall.
-        boxes (--boxes): {index: [(x0, y0, x1, y1) in map pixels]}, drawn on those panels,
-        which are always drawn and listed in their own group."""
+        (testAUC): the ROC curve and examples per class; without (score): examples overall,
+        captioned with each image's healthy_percentile where one is given. boxes (--boxes):
+        {index: [(x0, y0, x1, y1) in map pixels]}, drawn on those panels, which are always
+        drawn and listed in their own group."""
         c = self.config
         selected, rows = scores[c.score_variant], np.asarray(list(rows), dtype=int)
         plots = os.path.join(c.result_dir, 'plots')
@@ -52,17 +63,16 @@ class ReportWriter:
         sets = [('', rows)] if labels is None else [
             (f'{name}: ', rows[labels[rows] == label]) for label, name in ((1, 'anomalous'),
                                                                            (0, 'normal'))]
-        groups = []
-        for prefix, ks in sets:
-            order = ks[np.argsort(-selected[ks], kind='stable')]
-            groups.append((f'{prefix}most anomalous', order[:report.N_EXAMPLES].tolist()))
-            groups.append((f'{prefix}least anomalous', order[::-1][:report.N_EXAMPLES].tolist()))
+        groups = [group for prefix, ks in sets
+                  for group in example_groups(prefix, ks, selected, report.N_EXAMPLES)]
         if boxes:
             groups.append(('images with boxes (--boxes)', sorted(k for k in boxes
                                                                  if k in set(rows.tolist()))))
         captions = {int(k): names[k] + ('' if labels is None else
                                         f'  label {"anomalous" if labels[k] else "normal"}')
-                    + f'  score {selected[k]:.5f}' for k in rows}
+                    + f'  pred_score {selected[k]:.5f}'
+                    + ('' if healthy_percentiles is None else
+                       f'  healthy_percentile {healthy_percentiles[k]:.1f}') for k in rows}
         vmax = max(float(np.nanmax(scores['p99'])), 1e-6)
         shown = [k for k in self.picture_indices(len(names), groups) if k in captions]
         self.draw_panels(dataset, shown, names, os.path.join(c.result_dir, 'panels'), vmax,
