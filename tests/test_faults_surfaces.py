@@ -111,7 +111,7 @@ def test_18_a_fifo_named_png_in_the_score_folder_is_skipped_with_a_warning(score
                        env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=120)
     assert r.returncode == 0 and 'Traceback' not in r.stderr
     assert 'pipe.png is a FIFO (named pipe)' in r.stderr and 'leaving out 1 file' in r.stderr
-    assert 'Scored 1 images' in r.stdout
+    assert 'Scored 1 image(s)' in r.stdout
 
 
 # ---- small ----------------------------------------------------------------------------------- #
