@@ -3,7 +3,7 @@ data_loader.py, logger.py, metrics.py, report.py) re-export them under the origi
 nothing here imports them, so the package runs with only itself on the path.
 
 - model/: the paper's networks (networks.py) and losses (losses.py)
-- training/: the loop (loop.py) and its steps (steps.py); the networks, optimizers and fast paths
+- training/: the loop and its two steps (loop.py); the networks, optimizers and fast paths
   of a run (build.py, fast.py, fast_critic.py); checkpoint files (checkpoints.py) and run files, one
   job each (checkpoint_sets.py, run_lock.py, run_folder.py, resume_checks.py, run_record.py,
   jsonl_logs.py); AUCp (aucp.py); several processes (distributed.py); TensorBoard logs (logs.py)
