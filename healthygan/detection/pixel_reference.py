@@ -19,6 +19,10 @@ from healthygan.training.checkpoints import load_checked, save_atomic
 from healthygan.training.distributed import is_main
 
 
+# each held-out healthy image's leave-one-out score needs a spread of at least 2 others
+MIN_PIXEL_REFERENCE = 3
+
+
 def reference_file(members, image_size):
     """The file name of the reference of these checkpoints at this size."""
     return f'healthy_pixels_{"-".join(str(i) for i in members)}_{image_size}px.pt'
@@ -45,10 +49,11 @@ def held_out_healthy(model_save_dir, config):
         raise ConfigError(f"--score_variant ref_z needs the healthy images {model_save_dir}'s "
                           f"run held out of training, which cannot be read ({e}); choose "
                           f"another --score_variant") from None
-    if len(paths) < 3:  # each one's leave-one-out score needs a spread of at least 2 others
+    if len(paths) < MIN_PIXEL_REFERENCE:
         raise ConfigError(f'--score_variant ref_z: {model_save_dir}\'s run held out '
                           f'{len(paths)} healthy image(s) of training; the healthy pixel '
-                          f'reference needs at least 3 (a larger --holdout_fraction)')
+                          f'reference needs at least {MIN_PIXEL_REFERENCE} (a larger '
+                          f'--holdout_fraction)')
     return paths
 
 

@@ -82,11 +82,16 @@ def resolve_iters(value, model_save_dir, flag, variant='mean'):
     if value in BEST.values():
         if flag == '--resume_iters':
             raise ConfigError(f'--resume_iters {value}: resume from a number or latest')
-        if anomaly.VARIANTS[variant].of_map:  # its reference is fitted to the tested ones only
-            raise ConfigError(f'{flag} {value} cannot rank checkpoints by {variant} (the '
-                              f'training log has no {variant} scores); name a checkpoint or '
-                              f'latest, or choose another --score_variant')
         key = next(k for k, name in BEST.items() if name == value)
+        records = read_aucp_log(model_save_dir).values()
+        if anomaly.VARIANTS[variant].of_map and records and \
+                all(aucp_of(r, variant, key) is None for r in records):
+            # logged where the held-out healthy images allow a reference of each checkpoint
+            raise ConfigError(f'{flag} {value} cannot rank checkpoints by {variant} (the '
+                              f'training log {os.path.join(model_save_dir, AUCP_LOG)} has no '
+                              f'{variant} scores: a run logged before them, or too few '
+                              f'held-out healthy images); name a checkpoint or latest, or '
+                              f'choose another --score_variant')
         return best_aucp_iters(model_save_dir, flag, variant, key)
     if value == 'latest':
         # the newest complete set (G with its D); a G left alone by a cut-short save is skipped
