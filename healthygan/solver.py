@@ -15,12 +15,12 @@ loop; test, testAUC and score G, the store (to load it), the lung prior and the 
 """
 import torch
 
+from healthygan.detection.aucp import AUCpLog
 from healthygan.detection.lung import LungPrior
 from healthygan.detection.detector import Detector
 from healthygan.device import resolve_device
 from healthygan.model.losses import loss_weights
 from healthygan.reports.evaluation import Evaluator
-from healthygan.training.aucp import AUCpLog
 from healthygan.training.build import Networks
 from healthygan.training.checkpoints import CheckpointStore
 from healthygan.training.fast import generate_amp

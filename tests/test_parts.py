@@ -6,12 +6,12 @@ import torch
 
 from conftest import tiny_args, tiny_config
 from healthygan.detection import anomaly
+from healthygan.detection.aucp import AUCpLog
 from healthygan.detection.lung import LungPrior
 from healthygan.detection.detector import Detector
 from healthygan.detection.selection import resolve_iters
 from healthygan.errors import CheckpointError
 from healthygan.model.losses import generate, loss_weights
-from healthygan.training.aucp import AUCpLog
 from healthygan.training.build import Networks
 from healthygan.training.checkpoints import CheckpointStore
 from healthygan.training.loop import Trainer

@@ -22,14 +22,13 @@ from healthygan import errors
 from healthygan.data.loaders import get_loader
 from healthygan.data.overlap import check_training_overlap
 from healthygan.data.splits import resolve_split
-from healthygan.detection.selection import AUCP_LOG, resolve_iters
 from healthygan.errors import ConfigError, NonFiniteLossError
 from healthygan.model.losses import (LOSS_WEIGHTS, critic_loss, generator_loss,
                                      gradient_penalty, interpolate, learning_rate, mask_stats,
                                      nonfinite_terms, penalty_of_gradient)
 from healthygan.model.networks import count_parameters
-from healthygan.reports.images import denorm, translation_grid
 from healthygan.training import jsonl_logs, resume_checks, run_folder, run_record
+from healthygan.training.checkpoint_sets import saved_iters
 from healthygan.training.checkpoints import (check_same_data, data_record, last_good,
                                              run_metadata)
 from healthygan.training.distributed import (all_reduce_mean, any_rank, average_gradients,
@@ -37,6 +36,8 @@ from healthygan.training.distributed import (all_reduce_mean, any_rank, average_
                                              sync_rng_state, world_size)
 from healthygan.training.fast import (critic, frozen, generate_amp, repeat_running_stats_update,
                                       running_stats)
+from healthygan.training.images import denorm, translation_grid
+from healthygan.training.jsonl_logs import AUCP_LOG
 
 
 class StopFlag:
@@ -193,7 +194,7 @@ class TrainStep:
 
 class Trainer:
     """The training loop around the two steps (TrainStep): data, resume, logs, grids,
-    checkpoints (checkpoints.CheckpointStore) and the AUCp of each (aucp.AUCpLog)."""
+    checkpoints (checkpoints.CheckpointStore) and the AUCp of each (detection/aucp.AUCpLog)."""
 
     def __init__(self, config, split, device, nets, step, store, lung, aucp):
         self.config, self.split, self.device = config, split, device
@@ -271,7 +272,7 @@ class Trainer:
             for line in lines:
                 errors.warn(line)
         if c.resume_iters is not None:
-            run.start_iters = resolve_iters(c.resume_iters, c.model_save_dir, '--resume_iters')
+            run.start_iters = saved_iters(c.resume_iters, c.model_save_dir, '--resume_iters')
             # read-only on every rank (all stop together); only rank 0 moves files aside
             run_folder.check_resume_point(c.model_save_dir, run.start_iters, c.num_iters,
                                         c.overwrite, move=run.main_rank, asked=c.resume_iters)

@@ -14,8 +14,8 @@ from healthygan.data.loaders import get_loader
 from healthygan.data.splits import read_truth_labels, resolve_split
 from healthygan.detection import anomaly
 from healthygan.detection.pixel_reference import MIN_PIXEL_REFERENCE, leave_one_out_scores
-from healthygan.detection.selection import AUCP_LOG
-from healthygan.reports import statistics
+from healthygan.detection.selection import aucp
+from healthygan.training.jsonl_logs import AUCP_LOG
 
 
 def per_image(scores):
@@ -95,14 +95,14 @@ class AUCpLog:
         scores = {name: anomaly.to_numpy(torch.cat([s_healthy[name], s_mixed[name]]))
                   for name in s_mixed}
         pseudo = [0] * len(holdout.healthy) + [1] * len(holdout.mixed)
-        result = {'AUCp': {name: statistics.aucp(pseudo, s) for name, s in scores.items()}}
+        result = {'AUCp': {name: aucp(pseudo, s) for name, s in scores.items()}}
         # The label-free reference of `score` and the API (reference.py): each held-out healthy
         # image's score, kept whether or not labels exist.
         result['healthy_scores'] = per_image({name: anomaly.to_numpy(s)
                                               for name, s in s_healthy.items()})
         if holdout.truth is not None and sum(holdout.truth) > 0:  # both classes present
             truth = [0] * len(holdout.healthy) + list(holdout.truth)
-            result['val_AUROC'] = {name: statistics.aucp(truth, s) for name, s in scores.items()}
+            result['val_AUROC'] = {name: aucp(truth, s) for name, s in scores.items()}
             # Kept per image, so that a snapshot ensemble's validation AUROC can be computed
             # later from the log alone (ensemble_val_auroc).
             result['val_scores'] = per_image(scores)
