@@ -2,27 +2,29 @@
 mask terms), test (translation grids) and testAUC (anomaly scores and AUROC).
 
 The Solver reads as the original's and composes parts, each built from what it uses:
-- build.Networks: G, D, their optimizers and the fast paths the flags ask for;
-- steps.TrainStep: the critic step and the generator step with the paper's loss weights;
+- build.Networks: G, and to train D and their optimizers, with the fast paths the flags ask for;
+- loop.TrainStep: the critic step and the generator step with the paper's loss weights;
 - checkpoints.CheckpointStore: the checkpoint files and the training state of exact resume;
 - lung.LungPrior: the 'lung' score's region, saved with the run;
 - aucp.AUCpLog: the label-free AUCp of every checkpoint (selection.py chooses by it), scored by a
   detector.Detector around the training G (testAUC and score build their own from the files);
-- training.Trainer: the loop; evaluation.Evaluator: test, testAUC and score.
+- loop.Trainer: the loop; evaluation.Evaluator: test, testAUC and score.
+
+Each mode builds only what it uses: train the networks, step, store, lung prior, AUCp log and
+loop; test, testAUC and score G, the store (to load it), the lung prior and the Evaluator.
 """
 import torch
 
+from healthygan.detection.aucp import AUCpLog
 from healthygan.detection.lung import LungPrior
 from healthygan.detection.detector import Detector
 from healthygan.device import resolve_device
 from healthygan.model.losses import loss_weights
 from healthygan.reports.evaluation import Evaluator
-from healthygan.training.aucp import AUCpLog
 from healthygan.training.build import Networks
 from healthygan.training.checkpoints import CheckpointStore
 from healthygan.training.fast import generate_amp
-from healthygan.training.loop import Trainer
-from healthygan.training.steps import TrainStep
+from healthygan.training.loop import Trainer, TrainStep
 
 
 class Solver:
@@ -35,57 +37,37 @@ class Solver:
         self.build_model()
 
     def build_model(self):
-        """Create G, D and their Adam optimizers, and the parts that use them."""
+        """Create G (and, to train, D and their Adam optimizers) and the parts the mode uses."""
         c, device = self.config, self.device
-        self.nets = Networks(c, device)
-        self.step = TrainStep(self.nets, c.lambda_gp, loss_weights(c, 'G'))
+        training = c.mode == 'train'
+        self.nets = Networks(c, device, train=training)
         self.store = CheckpointStore(c, self.nets)
         self.lung = LungPrior(c, self.split, device)
+        if not training:
+            self.evaluator = Evaluator(c, self.split, device, self.nets, self.store, self.lung)
+            return
+        self.step = TrainStep(self.nets, c.lambda_gp, loss_weights(c, 'G'))
         # AUCp scores the training G as it is, eagerly in fp32 whatever the speed switches
         watcher = Detector(c.g_conv_dim, c.g_repeat_num, c.image_size, [], c.score_variant,
                            generators=[self.nets.G]).to(device)
         aucp = AUCpLog(c, self.split, watcher, self.lung, device)
         self.trainer = Trainer(c, self.split, device, self.nets, self.step, self.store, self.lung,
                                aucp)
-        self.evaluator = Evaluator(c, self.split, device, self.nets, self.store, self.lung)
 
-    # The networks, as the original's Solver.G / Solver.D (and the optimizers beside them).
+    # The original's Solver.G, Solver.D and their optimizers (None outside training but G).
     G = property(lambda self: self.nets.G)
     D = property(lambda self: self.nets.D)
     g_optimizer = property(lambda self: self.nets.g_optimizer)
     d_optimizer = property(lambda self: self.nets.d_optimizer)
-    speed = property(lambda self: self.nets.speed)
-    kept_fake = property(lambda self: self.step.kept_fake)  # --reuse_fake's kept translation
-
-    @property
-    def G_run(self):
-        """G as the steps run it (compiled under --compile)."""
-        return self.nets.G_run
-
-    @G_run.setter
-    def G_run(self, module):
-        self.nets.G_run = module
-
-    @property
-    def D_run(self):
-        """D as the steps run it (compiled under --compile)."""
-        return self.nets.D_run
-
-    @D_run.setter
-    def D_run(self, module):
-        self.nets.D_run = module
-
-    def to_layout(self, x):
-        return self.nets.to_layout(x)
-
-    def set_lr(self, g_lr, d_lr):
-        self.nets.set_lr(g_lr, d_lr)
 
     def d_step(self, x_A, x_B, keep_fake=False):
         return self.step.d_step(x_A, x_B, keep_fake)
 
     def g_step(self, x_A, x_B):
         return self.step.g_step(x_A, x_B)
+
+    def set_lr(self, g_lr, d_lr):
+        self.nets.set_lr(g_lr, d_lr)
 
     def restore_model(self, iters, load_D=True):
         self.store.restore_model(iters, load_D)
@@ -98,9 +80,6 @@ class Solver:
         with torch.inference_mode():
             x_hat, x_raw, mask, _ = generate_amp(n.G_run, n.to_layout(x), n.amp_dtype)
         return x_hat, x_raw, mask
-
-    def read_lung_prior(self):
-        return self.lung.read()
 
     def train(self):
         """Train HealthyGAN on (mixed, healthy) pairs: the original's loop, resumable."""

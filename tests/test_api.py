@@ -361,9 +361,19 @@ def test_ref_z_says_what_it_needs_in_one_line(ref_run, run, trained, tmp_path, c
     # two held-out healthy images are too few
     refused(score_argv(run / 'models', folder, tmp_path / 'two', '--score_variant', 'ref_z'),
             'held out 2 healthy', 'at least 3')
-    # the training log cannot rank checkpoints by it
-    refused(score_argv(ref_run / 'models', folder, tmp_path / 'best', '--score_variant', 'ref_z',
-                       '--test_iters', 'best_aucp'), 'best_aucp', 'ref_z')
+    # a training log without ref_z scores (a run logged before them) cannot rank checkpoints
+    os.makedirs(tmp_path / 'old_log')
+    for name in ('2-G.ckpt', '4-G.ckpt', '2-D.ckpt', '4-D.ckpt', 'run_config.json'):
+        (tmp_path / 'old_log' / name).write_bytes((ref_run / 'models' / name).read_bytes())
+    with open(ref_run / 'models' / 'aucp.jsonl') as f, \
+            open(tmp_path / 'old_log' / 'aucp.jsonl', 'w') as out:
+        for line in f:
+            record = json.loads(line)
+            for key in ('AUCp_by_variant', 'healthy_scores'):
+                record[key].pop('ref_z')
+            out.write(json.dumps(record) + '\n')
+    refused(score_argv(tmp_path / 'old_log', folder, tmp_path / 'best', '--score_variant',
+                       'ref_z', '--test_iters', 'best_aucp'), 'best_aucp', 'ref_z', 'aucp.jsonl')
     # the API builds nothing: it names the command that does
     with pytest.raises(ConfigError, match='build it once with'):
         healthygan.load(ref_run / 'models', test_iters=2, score_variant='ref_z')
@@ -375,6 +385,33 @@ def test_ref_z_says_what_it_needs_in_one_line(ref_run, run, trained, tmp_path, c
         (ref_run / 'models' / 'healthy_pixels_2-4_32px.pt').read_bytes())
     with pytest.raises(ConfigError, match='remove it'):
         healthygan.load(tmp_path / 'copy', test_iters=4, score_variant='ref_z')
+
+
+def test_aucp_logs_ref_z_against_each_checkpoints_own_healthy_pixel_reference(ref_run,
+                                                                              tmp_path):
+    from healthygan.detection.selection import read_aucp_log, resolve_iters
+    records = read_aucp_log(ref_run / 'models')
+    assert sorted(records) == [2, 4]
+    for r in records.values():  # the keys logged before ref_z stay
+        assert {'iter', 'score_variant', 'n_healthy', 'n_mixed', 'AUCp', 'AUCp_by_variant',
+                'healthy_scores'} <= set(r)
+        assert 'ref_z' in r['AUCp_by_variant'] and 0 <= r['AUCp_by_variant']['ref_z'] <= 1
+        assert len(r['healthy_scores']['ref_z']) == r['n_healthy'] == 3
+    # the held-out healthy images' logged ref_z is what testing's reference of checkpoint 4
+    # gives them (each against the others), built in a copy so the run's folder stays as it is
+    os.makedirs(tmp_path / 'models')
+    for name in ('2-G.ckpt', '4-G.ckpt', '2-D.ckpt', '4-D.ckpt', 'run_config.json',
+                 'aucp.jsonl'):
+        (tmp_path / 'models' / name).write_bytes((ref_run / 'models' / name).read_bytes())
+    cli.main(score_argv(tmp_path / 'models', ref_run / 'syn' / 'test', tmp_path / 'out',
+                        '--score_variant', 'ref_z', '--test_iters', '4'))
+    built = torch.load(tmp_path / 'models' / 'healthy_pixels_4_32px.pt')
+    assert records[4]['healthy_scores']['ref_z'] == pytest.approx(built['healthy_scores'],
+                                                                  rel=1e-5, abs=1e-6)
+    # so best_aucp ranks checkpoints by ref_z as by any other variant (ties: the later one)
+    by = {i: r['AUCp_by_variant']['ref_z'] for i, r in records.items()}
+    best = max(by, key=lambda i: (by[i], i))
+    assert resolve_iters('best_aucp', str(ref_run / 'models'), '--test_iters', 'ref_z') == best
 
 
 def test_a_new_run_never_scores_against_the_old_runs_healthy_pixel_reference(tmp_path, capsys):

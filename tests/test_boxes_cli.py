@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import healthygan
 import main as cli
 from conftest import eval_args, read_csv, write_folder_layout
 from healthygan.reports import boxes, localisation
@@ -165,7 +166,7 @@ def test_score_mode_and_the_api_agree(run):
     rows = {os.path.normpath(r['path']): r for r in read_csv(tmp / 'scored' / 'scores.csv')}
     det = healthygan.load(str(tmp / 'models'), test_iters=2, device='cpu')
     paths = sorted(rows)
-    found = det.localise(paths, csv_path)
+    found = healthygan.localise(det, paths, csv_path)
     assert set(found['per_image']) == {p for p in paths if rows[p]['n_boxes']}
     for p, r in found['per_image'].items():
         for name in localisation.MAPS:
@@ -178,7 +179,7 @@ def test_score_mode_and_the_api_agree(run):
                 block[name][metric]['mean'], abs=1e-5)
     assert found['summary']['chance'] == pytest.approx(block['chance'])
     # without resamples: no interval, written as null and printed as the mean alone
-    bare = det.localise(paths, csv_path, n_bootstrap=0)['summary']
+    bare = healthygan.localise(det, paths, csv_path, n_bootstrap=0)['summary']
     assert bare['map']['pointing']['ci95'] == [None, None]
     assert localisation.table_lines(bare)[2].split()[2] == \
         f"{bare['map']['pointing']['mean']:.3f}"

@@ -90,7 +90,7 @@ def test_reuse_fake_saves_a_pass_and_keeps_the_running_statistics():
         assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), k
     # Without a G step after it (keep_fake False) nothing is kept.
     fast.d_step(*data[0])
-    assert fast.kept_fake is None
+    assert fast.step.kept_fake is None
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
@@ -200,7 +200,8 @@ def test_gp_explicit_skips_the_double_backward(monkeypatch):
     losses = solver.d_step(*batches(1)[0])
     assert seen == [] and float(losses['D/loss_gp']) > 0
     assert fast.fast_preset(torch.device('cpu'))['gp_explicit']  # measured faster on the CPU
-    assert not make().speed['gp_explicit']  # off by default: the original's double backward
+    # off by default: the original's double backward
+    assert not make().nets.speed['gp_explicit']
 
 
 def test_critic_matmul_runs_only_the_small_maps_as_matmuls(monkeypatch):

@@ -6,16 +6,16 @@ import torch
 
 from conftest import tiny_args, tiny_config
 from healthygan.detection import anomaly
+from healthygan.detection.aucp import AUCpLog
 from healthygan.detection.lung import LungPrior
 from healthygan.detection.detector import Detector
 from healthygan.detection.selection import resolve_iters
 from healthygan.errors import CheckpointError
 from healthygan.model.losses import generate, loss_weights
-from healthygan.training.aucp import AUCpLog
 from healthygan.training.build import Networks
 from healthygan.training.checkpoints import CheckpointStore
 from healthygan.training.loop import Trainer
-from healthygan.training.steps import TrainStep
+from healthygan.training.loop import TrainStep
 
 CPU = torch.device('cpu')
 
@@ -111,3 +111,15 @@ def test_a_trainer_built_from_the_parts_trains_and_saves(tmp_path, folder_datase
     models = tmp_path / 'run' / 'models'
     assert {'2-G.ckpt', '2-D.ckpt', '2-state.pt', 'run_config.json', 'lung_prior.pt'} <= \
         {p.name for p in models.iterdir()}
+
+
+@pytest.mark.parametrize('mode', ['test', 'testAUC', 'score'])
+def test_a_solver_outside_training_builds_g_alone(mode):
+    from solver import Solver
+    solver = Solver(tiny_config('--mode', mode))
+    assert solver.G is not None and solver.nets.G_run is solver.G
+    assert (solver.D, solver.g_optimizer, solver.d_optimizer, solver.nets.scaler) == (None,) * 4
+    assert not any(hasattr(solver, part) for part in ('step', 'trainer'))
+    trained = Solver(tiny_config('--mode', 'train'))
+    assert trained.D is not None and hasattr(trained, 'trainer')
+    assert not hasattr(trained, 'evaluator')

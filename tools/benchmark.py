@@ -152,7 +152,7 @@ def make_solver(config, name, seed):
 
 def variant_speed(name, solver):
     """The fast-path flags a variant runs with."""
-    return ORIGINAL_LOOPS[name] if name in ORIGINAL_LOOPS else solver.speed
+    return ORIGINAL_LOOPS[name] if name in ORIGINAL_LOOPS else solver.nets.speed
 
 
 # torch's own TF32 switches when the benchmark starts: what tf32 None means.
@@ -170,7 +170,7 @@ def variant_inputs(name, solver, x_A, x_B):
     """The batches in the memory format the variant's networks use (the original's: as given)."""
     if name in ORIGINAL_LOOPS:
         return x_A, x_B
-    return solver.to_layout(x_A), solver.to_layout(x_B)
+    return solver.nets.to_layout(x_A), solver.nets.to_layout(x_B)
 
 
 def run_cycle(name, solver, x_A, x_B):
@@ -245,8 +245,8 @@ def count_flops(config, name, seed, x_A, x_B):
     """FLOPs of one cycle of the variant, counted with compile off (same arithmetic)."""
     c = copy.deepcopy(config)
     solver = make_solver(c, name, seed)
-    if name not in ORIGINAL_LOOPS and solver.speed['compile']:
-        solver.G_run, solver.D_run = solver.G, solver.D
+    if name not in ORIGINAL_LOOPS and solver.nets.speed['compile']:
+        solver.nets.G_run, solver.nets.D_run = solver.G, solver.D
     x_A, x_B = variant_inputs(name, solver, x_A, x_B)
     counter = FlopCounterMode(display=False)
     # FlopCounterMode's per-module tracking hooks the backward of every module input, which

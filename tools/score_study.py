@@ -163,7 +163,7 @@ def validation_table(model_save_dir, val_dir, ensemble, n_bootstrap=1000, iters=
         states.append({k: v.clone() for k, v in solver.G.state_dict().items()})
     ref_maps = translate_all(solver, reference, states)[0]
     val_maps, val_r, val_m, stats = translate_all(solver, paths, states)
-    prior = solver.read_lung_prior()
+    prior = solver.lung.read()
     lung = None if prior is None else prior[0, 0].numpy().astype(bool)
     labels = np.asarray(labels)
     rows = []

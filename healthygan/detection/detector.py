@@ -138,19 +138,24 @@ class Detector(nn.Module):
         return None if draw is None else draw(amap, self.fitted())
 
     @torch.no_grad()
-    def score_images(self, x, batch_size):
-        """Every score variant of each image of a CPU tensor, {name: [N]}, leaving the
-        generators' running statistics as they were (so that scoring during training changes
-        nothing of the run, and a resumed run equals an unbroken one)."""
+    def score_images(self, x, batch_size, maps=False):
+        """Every score variant of each image of a CPU tensor, {name: [N]} (maps: also the
+        anomaly maps [N, H, W], float64 on the CPU), leaving the generators' running statistics
+        as they were (so that scoring during training changes nothing of the run, and a resumed
+        run equals an unbroken one)."""
         buffers = [b.clone() for b in self.generators.buffers()]
         device = self.region.device
-        scores = {}
+        scores, kept = {}, []
         for batch in torch.split(x, batch_size):
-            for name, s in self.score_all(batch.to(device))['variants'].items():
+            out = self.score_all(batch.to(device))
+            for name, s in out['variants'].items():
                 scores.setdefault(name, []).append(s.cpu())
+            if maps:
+                kept.append(out['map'][:, 0].double().cpu())
         for b, saved in zip(self.generators.buffers(), buffers):
             b.copy_(saved)
-        return {name: torch.cat(s) for name, s in scores.items()}
+        scores = {name: torch.cat(s) for name, s in scores.items()}
+        return (scores, torch.cat(kept)) if maps else scores
 
     def run_as(self, amp_dtype=None, channels_last=False):
         """Score with the fast paths the flags asked for (--amp, --channels_last); self."""
@@ -193,13 +198,6 @@ class Detector(nn.Module):
                    for k in range(len(selected))]
         return results[0] if single else results
 
-    def localise(self, paths, boxes_csv, n_bootstrap=1000, seed=0):
-        """How this detector's maps point into a reader's boxes (a CSV of file, x, y, w, h in
-        the files' pixels): {'per_image': {path: numbers}, 'summary': means, intervals, chance}
-        for the selected score's map and G's mask, as --boxes writes them."""
-        from healthygan.reports.localisation import localise
-        return localise(self, paths, boxes_csv, n_bootstrap, seed)
-
     def check_distribution(self, x, sources):
         """[N] in_distribution of images [N, 3, S, S] (statistics.check), warning once about
         those outside."""
@@ -237,7 +235,9 @@ class Detector(nn.Module):
         self.region = torch.zeros(0) if region is None else region.float().to(self.mu.device)
 
     def fit_pixels(self, mu, scale):
-        """The 'ref_z' score's healthy pixel reference [H, W] (float64)."""
+        """The 'ref_z' score's healthy pixel reference [H, W] (float64; None: no ref_z score)."""
+        if mu is None:
+            mu = scale = torch.zeros(0, dtype=torch.float64)
         self.mu, self.scale = mu.double().to(self.mu.device), scale.double().to(self.mu.device)
 
     def fit_statistics(self, healthy_range):

@@ -21,6 +21,8 @@ from healthygan.training.distributed import is_main
 
 
 LEGACY_WARNED = set()  # files naming no run, warned about once each
+# each held-out healthy image's leave-one-out score needs a spread of at least 2 others
+MIN_PIXEL_REFERENCE = 3
 
 
 def reference_file(members, image_size):
@@ -49,10 +51,11 @@ def held_out_healthy(model_save_dir, config):
         raise ConfigError(f"--score_variant ref_z needs the healthy images {model_save_dir}'s "
                           f"run held out of training, which cannot be read ({e}); choose "
                           f"another --score_variant") from None
-    if len(paths) < 3:  # each one's leave-one-out score needs a spread of at least 2 others
+    if len(paths) < MIN_PIXEL_REFERENCE:
         raise ConfigError(f'--score_variant ref_z: {model_save_dir}\'s run held out '
                           f'{len(paths)} healthy image(s) of training; the healthy pixel '
-                          f'reference needs at least 3 (a larger --holdout_fraction)')
+                          f'reference needs at least {MIN_PIXEL_REFERENCE} (a larger '
+                          f'--holdout_fraction)')
     return paths
 
 

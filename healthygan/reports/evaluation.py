@@ -27,9 +27,9 @@ from healthygan.detection.reference import HealthyReference
 from healthygan.detection.selection import ensemble_members, resolve_iters
 from healthygan.errors import ConfigError, DataError
 from healthygan.reports import localisation, report, statistics
-from healthygan.reports.images import denorm, translation_grid
 from healthygan.reports.reporting import ReportWriter
 from healthygan.training import run_record
+from healthygan.training.images import denorm, translation_grid
 
 
 class Evaluator:

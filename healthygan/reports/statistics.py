@@ -9,6 +9,8 @@ from scipy.stats import rankdata
 from sklearn.metrics import (average_precision_score, precision_recall_curve, roc_auc_score,
                              roc_curve)
 
+from healthygan.detection.selection import aucp  # noqa: F401 (re-exported: metrics.py)
+
 
 THRESHOLD_SOURCE_TEST = 'test-optimal (as the original; optimistic)'
 PIXEL_THRESHOLD_SOURCE = 'test-optimal (the best Dice over all thresholds; optimistic)'
@@ -166,13 +168,3 @@ def dice(gt_mask, pred_mask):
     a, b = np.asarray(gt_mask, bool), np.asarray(pred_mask, bool)
     total = a.sum() + b.sum()
     return float(2 * (a & b).sum() / total) if total else 1.0
-
-
-def aucp(pseudo_label, pred_score):
-    """AUCp: the ROC AUC of pseudo-labels (known healthy = 0, unannotated mixed = 1).
-
-    Needs no disease labels; the authors' later work (TMI 2026) shows it ranks checkpoints
-    almost as the true test AUC does.
-    """
-    return float(roc_auc_score(np.asarray(pseudo_label, dtype=int),
-                               np.asarray(pred_score, dtype=float)))

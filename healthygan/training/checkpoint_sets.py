@@ -184,3 +184,29 @@ def available_iters(model_save_dir, suffix='-G.ckpt'):
         return []
     stems = (n[:-len(suffix)] for n in os.listdir(model_save_dir) if n.endswith(suffix))
     return sorted(int(stem) for stem in stems if stem.isdigit())
+
+
+def saved_iters(value, model_save_dir, flag):
+    """The iteration a checkpoint flag names: a number, or 'latest' (the newest complete
+    checkpoint set in model_save_dir); else one clear error."""
+    found = available_iters(model_save_dir)
+    if value == 'latest':
+        # the newest complete set (G with its D); a G left alone by a cut-short save is skipped
+        complete = complete_iters(model_save_dir)
+        newer = [i for i in incomplete_iters(model_save_dir)
+                 if not complete or i > complete[-1]]
+        if newer:
+            warn(f'{flag} latest: skipping the incomplete checkpoint set(s) '
+                 f'{", ".join(map(str, newer))} in {model_save_dir} (no -D.ckpt)')
+        if not complete:
+            raise errors.CheckpointError(f'{flag} latest: no complete checkpoint set (<N>-G.ckpt '
+                                         f'with <N>-D.ckpt) in {model_save_dir}')
+        return complete[-1]
+    if not str(value).isdigit():
+        raise errors.ConfigError(f'{flag} {value}: give a checkpoint number or latest')
+    if int(value) not in found:
+        listing = ', '.join(map(str, found)) if found else 'none'
+        raise errors.CheckpointError(
+            f'{flag} {value}: {os.path.join(model_save_dir, f"{value}-G.ckpt")} does not exist. '
+            f'Checkpoints in {model_save_dir}: {listing}')
+    return int(value)

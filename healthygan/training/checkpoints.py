@@ -179,7 +179,7 @@ class CheckpointStore:
         print(f'Loading the trained models from step {iters}...')
         load_state_dict_checked(self.nets.G, os.path.join(d, f'{iters}-G.ckpt'), 'Generator')
         D_path = os.path.join(d, f'{iters}-D.ckpt')
-        if load_D and os.path.exists(D_path):
+        if load_D and self.nets.D is not None and os.path.exists(D_path):
             load_state_dict_checked(self.nets.D, D_path, 'Discriminator')
 
     def training_state(self, iters, sampler, pairs_done, metadata):

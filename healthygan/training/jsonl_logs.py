@@ -5,6 +5,7 @@ import os
 
 from healthygan.errors import warn
 
+AUCP_LOG = 'aucp.jsonl'  # beside the checkpoints: one {"iter", "AUCp", ...} line per checkpoint
 
 def read_jsonl(path):
     """The records of a JSON-lines log; a torn or unparsable line is skipped with a warning."""

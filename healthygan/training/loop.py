@@ -1,6 +1,9 @@
 """The training loop, as in the original code: a WGAN-GP critic step every iteration, a generator
-step every n_critic iterations (the steps: steps.py), with logs, grids, checkpoints and the
-AUCp of each checkpoint around them."""
+step every n_critic iterations, with logs, grids, checkpoints and the AUCp of each checkpoint
+around them.
+
+One iteration reads top to bottom in three files: Trainer.train's numbered stages and the two
+steps (TrainStep) here, the losses in model/losses.py, the networks in model/networks.py."""
 import contextlib
 import datetime
 import json
@@ -19,16 +22,22 @@ from healthygan import errors
 from healthygan.data.loaders import get_loader
 from healthygan.data.overlap import check_training_overlap
 from healthygan.data.splits import resolve_split
-from healthygan.detection.selection import AUCP_LOG, resolve_iters
 from healthygan.errors import ConfigError, NonFiniteLossError
-from healthygan.model.losses import LOSS_WEIGHTS, learning_rate, nonfinite_terms
+from healthygan.model.losses import (LOSS_WEIGHTS, critic_loss, generator_loss,
+                                     gradient_penalty, interpolate, learning_rate, mask_stats,
+                                     nonfinite_terms, penalty_of_gradient)
 from healthygan.model.networks import count_parameters
-from healthygan.reports.images import denorm, translation_grid
 from healthygan.training import jsonl_logs, resume_checks, run_folder, run_record
+from healthygan.training.checkpoint_sets import saved_iters
 from healthygan.training.checkpoints import (check_same_data, data_record, last_good,
                                              run_metadata)
-from healthygan.training.distributed import (all_reduce_mean, any_rank, broadcast_params, dist,
-                                             is_main, sync_rng_state, world_size)
+from healthygan.training.distributed import (all_reduce_mean, any_rank, average_gradients,
+                                             broadcast_params, dist, gp_alpha, is_main,
+                                             sync_rng_state, world_size)
+from healthygan.training.fast import (critic, frozen, generate_amp, repeat_running_stats_update,
+                                      running_stats)
+from healthygan.training.images import denorm, translation_grid
+from healthygan.training.jsonl_logs import AUCP_LOG
 
 
 class StopFlag:
@@ -104,9 +113,88 @@ def nonfinite_advice(bad, config):
             f'weights: {named}).')
 
 
+class TrainStep:
+    """The loop's stages 2 and 3: d_step and g_step of the networks (build.Networks) with the loss weights of the flags."""
+
+    def __init__(self, nets, lambda_gp, g_weights):
+        self.nets = nets
+        self.lambda_gp = lambda_gp
+        self.g_weights = g_weights  # losses.loss_weights(config, 'G')
+        self.kept_fake = None  # --reuse_fake: the critic step's translation, for the G step
+
+    def d_step(self, x_A, x_B, keep_fake=False):
+        """One critic update (WGAN-GP); returns the loss terms as tensors.
+
+        keep_fake (added): a G step on the same batch follows; with --reuse_fake the translation
+        of x_A is then kept, with its graph, for g_step instead of being recomputed there.
+        """
+        n, amp = self.nets, self.nets.amp_dtype
+        x_A_given, x_A, x_B = x_A, n.to_layout(x_A), n.to_layout(x_B)
+        keep = keep_fake and n.speed['reuse_fake']
+        stats = running_stats(n.G) if keep else None
+        keep = keep and stats is not None
+        # The original ran G here with autograd on and used only the detached output: without
+        # --reuse_fake no graph is needed; with it, the G step reuses this pass.
+        with torch.set_grad_enabled(keep):
+            fake = generate_amp(n.G_run, x_A, amp)
+        self.kept_fake = (x_A_given, fake, stats) if keep else None
+        x_hat_A = fake[0].detach()
+        out_real, out_fake = critic(n.D_run, [x_B, x_hat_A], amp, n.speed['merge_critic'])
+        alpha = gp_alpha(x_B)  # torch.rand(n, 1, 1, 1); several ranks: a slice of the global draw
+        x_int = interpolate(x_B, x_hat_A, alpha)
+        # The penalty's pass stays eager and fp32 under every fast path: compiled graphs do not
+        # support autograd's double backward (the default form), and (||grad|| - 1)^2 with
+        # ||grad|| near 1 cancels most of a 16-bit gradient's precision.
+        if n.speed['gp_explicit']:  # (added) the same penalty without a double backward
+            d_loss_gp = penalty_of_gradient(n.D.input_gradient(x_int))
+        else:
+            d_loss_gp = gradient_penalty(n.D(x_int)[1], x_int)
+        d_loss, terms = critic_loss(out_real, out_fake, d_loss_gp, self.lambda_gp)
+
+        self.update(d_loss, n.D, n.d_optimizer)
+        return {tag: t.detach() for tag, t in terms.items()}
+
+    def g_step(self, x_A, x_B):
+        """One generator update with fresh forward passes; returns the loss terms as tensors."""
+        n, amp = self.nets, self.nets.amp_dtype
+        kept, self.kept_fake = self.kept_fake, None
+        x_A_given, x_A, x_B = x_A, n.to_layout(x_A), n.to_layout(x_B)
+        if kept is not None and kept[0] is x_A_given:
+            # --reuse_fake (added): the critic step changed only D, so its pass of G on x_A is
+            # the pass the original ran again here; only the second update of the (unused)
+            # InstanceNorm running statistics is left to do.
+            x_hat_A, x_raw_A, mask_A, mask_logit_A = kept[1]
+            repeat_running_stats_update(kept[2])
+        else:
+            x_hat_A, x_raw_A, mask_A, mask_logit_A = generate_amp(n.G_run, x_A, amp)
+        x_hat_B, x_raw_B, mask_B, mask_logit_B = generate_amp(n.G_run, x_B, amp)
+        # Unlike the original, D's parameters take no gradient here: the G step's backward
+        # computed D's weight gradients only for the next critic step to zero them (the G
+        # updates are the same bit for bit: tests/test_fast.py).
+        with frozen(n.D):
+            out_A, out_B = critic(n.D_run, [x_hat_A, x_hat_B], amp, n.speed['merge_critic'])
+        g_loss, terms, masks = generator_loss(x_A, x_raw_A, mask_A, out_A, x_B, x_raw_B, mask_B,
+                                              out_B, **self.g_weights)
+
+        self.update(g_loss, n.G, n.g_optimizer)
+        terms.update({**mask_stats('OT', mask_logit_A, *masks['OT']),
+                      **mask_stats('OO', mask_logit_B, *masks['OO'])})
+        return {tag: t.detach() for tag, t in terms.items()}
+
+    def update(self, loss, net, optimizer):
+        """Backward of loss and one step of net's optimizer; both networks' gradients are
+        cleared first, as in the original."""
+        self.nets.g_optimizer.zero_grad(set_to_none=True)
+        self.nets.d_optimizer.zero_grad(set_to_none=True)
+        self.nets.scaler.scale(loss).backward()  # the scaler is a no-op unless --amp fp16
+        average_gradients(net)  # several ranks (torchrun): mean over ranks; else no-op
+        self.nets.scaler.step(optimizer)
+        self.nets.scaler.update()
+
+
 class Trainer:
-    """The training loop around the two steps (steps.TrainStep): data, resume, logs, grids,
-    checkpoints (checkpoints.CheckpointStore) and the AUCp of each (aucp.AUCpLog)."""
+    """The training loop around the two steps (TrainStep): data, resume, logs, grids,
+    checkpoints (checkpoints.CheckpointStore) and the AUCp of each (detection/aucp.AUCpLog)."""
 
     def __init__(self, config, split, device, nets, step, store, lung, aucp):
         self.config, self.split, self.device = config, split, device
@@ -184,7 +272,7 @@ class Trainer:
             for line in lines:
                 errors.warn(line)
         if c.resume_iters is not None:
-            run.start_iters = resolve_iters(c.resume_iters, c.model_save_dir, '--resume_iters')
+            run.start_iters = saved_iters(c.resume_iters, c.model_save_dir, '--resume_iters')
             # read-only on every rank (all stop together); only rank 0 moves files aside
             run_folder.check_resume_point(c.model_save_dir, run.start_iters, c.num_iters,
                                         c.overwrite, move=run.main_rank, asked=c.resume_iters)

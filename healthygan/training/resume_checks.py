@@ -4,15 +4,17 @@ import math
 import os
 
 from healthygan import errors
+from healthygan.model.losses import LOSS_WEIGHTS
 
 
 # Flags that change what a resumed run computes. --batch_size is compared as the global batch
-# (batch x processes), which a resume may spread over another number of processes.
+# (batch x processes), which a resume may spread over another number of processes. The loss
+# weights come from the losses' own table, so a new weight is compared without a line here.
 RUN_FLAGS = ('dataset', 'image_dir', 'list_dir', 'image_size', 'g_conv_dim', 'd_conv_dim',
-             'g_repeat_num', 'd_repeat_num', 'lambda_rec', 'lambda_gp', 'lambda_id',
-             'lambda_mask', 'lambda_msmall', 'lambda_mzerone', 'num_iters_decay', 'g_lr',
-             'd_lr', 'n_critic', 'beta1', 'beta2', 'lr_schedule', 'lr_update_step',
-             'holdout_fraction', 'holdout_stratify', 'bad_images', 'seed', 'batch_size')
+             'g_repeat_num', 'd_repeat_num', *LOSS_WEIGHTS['D'], *LOSS_WEIGHTS['G'],
+             'num_iters_decay', 'g_lr', 'd_lr', 'n_critic', 'beta1', 'beta2', 'lr_schedule',
+             'lr_update_step', 'holdout_fraction', 'holdout_stratify', 'bad_images', 'seed',
+             'batch_size')
 
 
 def parse_allowed(value):

@@ -13,8 +13,9 @@ from healthygan import errors
 from healthygan.data.loaders import get_loader
 from healthygan.data.splits import read_truth_labels, resolve_split
 from healthygan.detection import anomaly
-from healthygan.detection.selection import AUCP_LOG
-from healthygan.reports import statistics
+from healthygan.detection.pixel_reference import MIN_PIXEL_REFERENCE, leave_one_out_scores
+from healthygan.detection.selection import aucp
+from healthygan.training.jsonl_logs import AUCP_LOG
 
 
 def per_image(scores):
@@ -54,6 +55,12 @@ class AUCpLog:
         holdout = types.SimpleNamespace(healthy=x[labels == 0], mixed=x[labels == 1], truth=None)
         print(f'AUCp: {len(holdout.healthy)} healthy and {len(holdout.mixed)} mixed images held '
               f'out of training')
+        if len(holdout.healthy) < MIN_PIXEL_REFERENCE and \
+                anomaly.VARIANTS[c.score_variant].needs == 'pixels':
+            errors.warn(f'--score_variant {c.score_variant}: {len(holdout.healthy)} held-out '
+                        f'healthy image(s) are too few for the healthy pixel reference (at '
+                        f'least {MIN_PIXEL_REFERENCE}), so aucp.jsonl logs no {c.score_variant} '
+                        f'and its AUCp is mean\'s; raise --holdout_fraction to log it')
         if c.holdout_labels:
             mixed = [p for p, lab in zip(loader.dataset.paths, loader.dataset.labels) if lab == 1]
             holdout.truth = read_truth_labels(
@@ -72,21 +79,30 @@ class AUCpLog:
     def holdout_aucp(self, holdout):
         """{'AUCp': {variant: value}} of the held-out images and, with their true labels,
         {'val_AUROC': {variant: value}} (held-out healthy = 0, mixed by label)."""
-        batch_size = self.config.batch_size
-        self.detector.fit_region(self.lung.region())
-        s_healthy = self.detector.score_images(holdout.healthy, batch_size)
-        s_mixed = self.detector.score_images(holdout.mixed, batch_size)
+        batch_size, det = self.config.batch_size, self.detector
+        det.fit_region(self.lung.region())
+        det.fit_pixels(None, None)  # the previous checkpoint's reference is not this one's
+        s_healthy, maps = det.score_images(holdout.healthy, batch_size, maps=True)
+        if len(maps) >= MIN_PIXEL_REFERENCE:
+            # 'ref_z' as testAUC scores it, against the healthy pixel reference of the held-out
+            # healthy images translated by this checkpoint; each healthy image against the
+            # others, as its in-sample score would be too low
+            mu, scale = anomaly.healthy_pixel_reference(maps)
+            det.fit_pixels(mu.float(), scale.float())  # as saved: a re-read one scores alike
+            s_healthy['ref_z'] = torch.tensor(leave_one_out_scores(maps), dtype=torch.float64)
+        s_mixed = det.score_images(holdout.mixed, batch_size)
+        s_healthy = {name: s_healthy[name] for name in s_mixed}  # the registry's order
         scores = {name: anomaly.to_numpy(torch.cat([s_healthy[name], s_mixed[name]]))
-                  for name in s_healthy}
+                  for name in s_mixed}
         pseudo = [0] * len(holdout.healthy) + [1] * len(holdout.mixed)
-        result = {'AUCp': {name: statistics.aucp(pseudo, s) for name, s in scores.items()}}
+        result = {'AUCp': {name: aucp(pseudo, s) for name, s in scores.items()}}
         # The label-free reference of `score` and the API (reference.py): each held-out healthy
         # image's score, kept whether or not labels exist.
         result['healthy_scores'] = per_image({name: anomaly.to_numpy(s)
                                               for name, s in s_healthy.items()})
         if holdout.truth is not None and sum(holdout.truth) > 0:  # both classes present
             truth = [0] * len(holdout.healthy) + list(holdout.truth)
-            result['val_AUROC'] = {name: statistics.aucp(truth, s) for name, s in scores.items()}
+            result['val_AUROC'] = {name: aucp(truth, s) for name, s in scores.items()}
             # Kept per image, so that a snapshot ensemble's validation AUROC can be computed
             # later from the log alone (ensemble_val_auroc).
             result['val_scores'] = per_image(scores)
@@ -101,10 +117,12 @@ class AUCpLog:
         """
         if holdout is None:
             return None
+        result = self.holdout_aucp(holdout)
         variant = self.config.score_variant
+        if variant not in result['AUCp']:  # 'ref_z' of too few healthy images (load_holdout warned)
+            variant = 'mean'
         record = {'iter': iters, 'score_variant': variant, 'n_healthy': len(holdout.healthy),
                   'n_mixed': len(holdout.mixed)}
-        result = self.holdout_aucp(holdout)
         per_image = {key: result.pop(key) for key in ('healthy_scores', 'val_scores', 'val_truth')
                      if key in result}
         for key, by_variant in result.items():
