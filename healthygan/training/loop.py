@@ -415,11 +415,13 @@ class Trainer:
                                      f'nothing saved')
         if run.last_saved != i + 1:
             self.store.save_checkpoint(i + 1, run.sampler, run.pairs_done, run.metadata)
-        stop.signal = stop.signal or signal.SIGTERM  # a rank told by another one
-        print(f'\nInterrupted by {signal.Signals(stop.signal).name} at iteration {i + 1}; saved '
+        # a rank told by another one received nothing itself: it exits as if sent SIGTERM, and
+        # stop keeps saying nothing was received (its handlers are put back as usual)
+        signum = stop.signal or signal.SIGTERM
+        print(f'\nInterrupted by {signal.Signals(signum).name} at iteration {i + 1}; saved '
               f'{i + 1}-G.ckpt, {i + 1}-D.ckpt and {i + 1}-state.pt in {c.model_save_dir}. '
               f'Resume with the same flags plus --resume_iters {i + 1} (or latest).')
-        raise SystemExit(128 + stop.signal)
+        raise SystemExit(128 + signum)
 
     def nonfinite_weights(self):
         """['G weights'] / ['D weights'] where a parameter is NaN or infinite."""
