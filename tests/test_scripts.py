@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import ROOT, tiny_env
+from conftest import ROOT, read_csv, tiny_env
 from model import Generator
 
 pytestmark = pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
@@ -258,98 +258,110 @@ def test_covid_scripts_stop_in_one_line_on_bad_label_files(tmp_path):
     assert not (tmp_path / 'lists').exists() and not (tmp_path / 'out').exists()
 
 
-@pytest.mark.slow
-def test_train_folder_script_on_own_images_tiny(tmp_path):
-    # Your own radiographs: a Folder layout given relative to where the script is run from,
-    # first without test/ (train only), then with it (the finished run is tested, not retrained).
+@pytest.fixture(scope='module')
+def folder_run(tmp_path_factory):
+    """train_folder.sh on own radiographs, without test/ and then with it."""
+    # A Folder layout given relative to where the script is run from: first train only, then
+    # the finished run is tested, not retrained. The tests below share these runs, and what the
+    # first run left is kept before the second changes it.
     import synthetic
-    synthetic.make_synthetic_dataset(tmp_path / 'cxr', n_healthy=10, n_mixed=10,
+    tmp = tmp_path_factory.mktemp('folder_run')
+    synthetic.make_synthetic_dataset(tmp / 'cxr', n_healthy=10, n_mixed=10,
                                      n_test_normal=3, n_test_anomalous=3, size=32, seed=0)
-    os.replace(tmp_path / 'cxr' / 'test', tmp_path / 'test_later')
-    env = {**os.environ, **TINY, 'DATA': 'cxr', 'OUT': 'run', 'NUM_ITERS': '2',
-           'MODEL_SAVE_STEP': '2', 'ENSEMBLE': '1', 'OMP_NUM_THREADS': '1'}
+    os.replace(tmp / 'cxr' / 'test', tmp / 'test_later')
+    env = {**os.environ, **TINY, 'DATA': 'cxr', 'OUT': 'run', 'NUM_ITERS': '4',
+           'MODEL_SAVE_STEP': '2', 'ENSEMBLE': '2', 'SCORE_VARIANT': 'p99',
+           'OMP_NUM_THREADS': '1'}
 
-    def train_folder(**more):
+    def train_folder():
         return subprocess.run(['bash', os.path.join(ROOT, 'train_folder.sh'), '--use_tensorboard',
-                               'false', '--bootstrap', '0'], cwd=tmp_path, env={**env, **more},
-                              capture_output=True, text=True, timeout=300)
-    r = train_folder()
+                               'false', '--bootstrap', '0', '--report', 'false'], cwd=tmp,
+                              env=env, capture_output=True, text=True, timeout=300)
+    models = tmp / 'run' / 'models'
+    first = train_folder()
+    kept = dict(first=first, detector=None, run_config=None, aucp=None, checkpoints=None)
+    if first.returncode == 0:
+        kept.update(detector=json.load(open(models / 'detector.json')),
+                    run_config=json.load(open(models / 'run_config.json'))['config'],
+                    aucp=json.loads(open(models / 'aucp.jsonl').readline()),
+                    checkpoints={f: os.stat(models / f).st_mtime_ns for f in os.listdir(models)
+                                 if f.endswith('.ckpt')})
+        os.replace(tmp / 'test_later', tmp / 'cxr' / 'test')
+    second = train_folder() if first.returncode == 0 else None
+    return dict(kept, tmp=tmp, env=env, second=second)
+
+
+@pytest.mark.slow
+def test_train_folder_script_on_own_images_tiny(folder_run):
+    tmp, r = folder_run['tmp'], folder_run['first']
     assert r.returncode == 0, r.stderr
     assert 'the test set was not scored' in r.stdout
-    run_config = json.load(open(tmp_path / 'run' / 'models' / 'run_config.json'))['config']
+    run_config = folder_run['run_config']
     assert run_config['holdout_fraction'] == 0.2 and run_config['lambda_msmall'] == 30
     assert run_config['image_dir'] == 'cxr' and run_config['image_size'] == 32
     # the hold-out of 2 healthy + 2 mixed images: AUCp at the checkpoint
-    record = json.loads(open(tmp_path / 'run' / 'models' / 'aucp.jsonl').readline())
+    record = folder_run['aucp']
     assert record['iter'] == 2 and (record['n_healthy'], record['n_mixed']) == (2, 2)
     assert 0 <= record['AUCp'] <= 1
 
-    os.replace(tmp_path / 'test_later', tmp_path / 'cxr' / 'test')
-    r = train_folder()
+    r = folder_run['second']
     assert r.returncode == 0, r.stderr
-    assert 'Loading the trained models from step 2' in r.stdout
-    metrics = json.load(open(tmp_path / 'run' / 'results' / 'metrics.json'))
-    assert metrics['iteration'] == 2 and metrics['n_normal'] == 3
-    assert not os.path.exists(tmp_path / 'run' / 'models' / '4-G.ckpt')
+    assert 'Loading the trained models from step 4' in r.stdout
+    metrics = json.load(open(tmp / 'run' / 'results' / 'metrics.json'))
+    assert metrics['iteration'] == 4 and metrics['n_normal'] == 3
+    models = tmp / 'run' / 'models'
+    assert {f: os.stat(models / f).st_mtime_ns for f in os.listdir(models)
+            if f.endswith('.ckpt')} == folder_run['checkpoints']  # not trained again
     # the score command it prints runs as printed, on new images
     lines = r.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith('Score new images:'))
     command = ' '.join(line.rstrip('\\').strip() for line in lines[start:start + 2])
     command = command.split(':', 1)[1].replace('DIR', 'cxr/test/normal', 1)
     r = subprocess.run(command + ' --device cpu --num_workers 0 --report false', shell=True,
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                       cwd=tmp, env=folder_run['env'], capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
-    assert os.path.exists(tmp_path / 'run' / 'scores' / 'scores.csv')
+    assert len(read_csv(tmp / 'run' / 'scores' / 'scores.csv')) == 3
 
 
 @pytest.mark.slow
-def test_train_folder_run_scores_alike_in_testauc_score_mode_and_the_api(tmp_path):
+def test_train_folder_run_scores_alike_in_testauc_score_mode_and_the_api(folder_run, capsys,
+                                                                           monkeypatch):
     # The run's recommendation (detector.json, written by the script) is what score mode and
     # the API use without flags: the same images get the same scores from all three.
     import healthygan
-    import synthetic
-    from conftest import read_csv
-    synthetic.make_synthetic_dataset(tmp_path / 'cxr', n_healthy=10, n_mixed=10,
-                                     n_test_normal=2, n_test_anomalous=2, size=32, seed=0)
-    os.replace(tmp_path / 'cxr' / 'test', tmp_path / 'test_later')
-    env = {**os.environ, **TINY, 'DATA': 'cxr', 'OUT': 'run', 'NUM_ITERS': '4',
-           'MODEL_SAVE_STEP': '2', 'ENSEMBLE': '2', 'SCORE_VARIANT': 'p99',
-           'OMP_NUM_THREADS': '1'}
-
-    def run(*cmd):
-        r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=300)
+    import main as cli
+    tmp = folder_run['tmp']
+    for r in (folder_run['first'], folder_run['second']):
         assert r.returncode == 0, r.stderr
-        return r.stdout
-    script = ('bash', os.path.join(ROOT, 'train_folder.sh'), '--use_tensorboard', 'false',
-              '--bootstrap', '0', '--report', 'false')
-    run(*script)  # no test/: the recommendation is the recipe's
-    advice = json.load(open(tmp_path / 'run' / 'models' / 'detector.json'))
-    assert advice == {'test_iters': 'latest', 'ensemble': 2, 'score_variant': 'p99'}
-    os.replace(tmp_path / 'test_later', tmp_path / 'cxr' / 'test')
-    run(*script)  # testAUC: the recommendation is what it tested
-    advice = json.load(open(tmp_path / 'run' / 'models' / 'detector.json'))
+    # no test/: the recommendation is the recipe's
+    assert folder_run['detector'] == {'test_iters': 'latest', 'ensemble': 2, 'score_variant': 'p99'}
+    # testAUC: the recommendation is what it tested
+    advice = json.load(open(tmp / 'run' / 'models' / 'detector.json'))
     assert advice == {'test_iters': 4, 'ensemble': 2, 'score_variant': 'p99'}
     tested = {os.path.basename(r['path']): float(r['pred_score'])
-              for r in read_csv(tmp_path / 'run' / 'results' / 'scores.csv')}
-    out = run('python', os.path.join(ROOT, 'main.py'), '--mode', 'score', '--model_save_dir',
-              'run/models', '--score_dir', 'cxr/test', '--num_workers', '0', '--report', 'false')
+              for r in read_csv(tmp / 'run' / 'results' / 'scores.csv')}
+    monkeypatch.chdir(tmp)  # score mode as a user runs it there, with relative paths
+    score = ['--mode', 'score', '--model_save_dir', 'run/models', '--score_dir', 'cxr/test',
+             '--num_workers', '0', '--report', 'false']
+    capsys.readouterr()
+    cli.main(score)
+    out = capsys.readouterr().out
     assert '--test_iters 4 (run/models/detector.json)' in out
     assert '--score_variant p99 (run/models/detector.json)' in out
     scored = {os.path.basename(r['path']): float(r['pred_score'])
-              for r in read_csv(tmp_path / 'run' / 'scores' / 'scores.csv')}
-    det = healthygan.load(tmp_path / 'run' / 'models')
+              for r in read_csv(tmp / 'run' / 'scores' / 'scores.csv')}
+    det = healthygan.load(tmp / 'run' / 'models')
     assert (det.members, det.variant) == ([2, 4], 'p99')
-    folder = tmp_path / 'cxr' / 'test'
+    folder = tmp / 'cxr' / 'test'
     api = {os.path.basename(p): det.score(str(p)).pred_score for p in sorted(folder.rglob('*.png'))}
-    assert len(tested) == 4 and scored.keys() == tested.keys() == api.keys()
+    assert len(tested) == 6 and scored.keys() == tested.keys() == api.keys()
     for name, value in tested.items():
         assert scored[name] == pytest.approx(value, abs=1e-6)
         assert api[name] == pytest.approx(value, abs=1e-6)
     # a flag given still wins, and says so
-    out = run('python', os.path.join(ROOT, 'main.py'), '--mode', 'score', '--model_save_dir',
-              'run/models', '--score_dir', 'cxr/test', '--num_workers', '0', '--report', 'false',
-              '--ensemble', '1', '--result_dir', 'one')
+    cli.main(score + ['--ensemble', '1', '--result_dir', 'one'])
+    out = capsys.readouterr().out
     assert '--ensemble 1 (given)' in out and '--test_iters 4 (run/models/detector.json)' in out
 
 
