@@ -22,12 +22,9 @@ import json
 import os
 import statistics
 
-import numpy as np
 
 if not __package__:  # run as python tools/x.py: the repository root on the path
     import _path  # noqa: F401
-
-import metrics  # noqa: E402
 
 GLOBAL_STATISTICS = ('global_mean', 'global_contrast', 'global_sharpness')
 PIXEL_REFERENCES = ('pca', 'knn', 'autoencoder')
@@ -77,6 +74,7 @@ def read_validation(out, variant):
     validation/ plus the held-out mixed images, its paired lead over the best global statistic,
     the residual AUROC, and its paired lead over the best of PCA/kNN on the validation/ images
     both scored."""
+    import metrics  # here: the test table needs no torch, and loads in a fraction of a second
     path = os.path.join(out, 'models', 'validation_images.json')
     if not os.path.isfile(path):
         raise SystemExit(f'error: {path} not found; run tools/score_study.py for {out} first')
