@@ -22,7 +22,6 @@ import json
 import os
 import statistics
 
-
 if not __package__:  # run as python tools/x.py: the repository root on the path
     import _path  # noqa: F401
 
