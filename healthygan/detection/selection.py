@@ -6,7 +6,6 @@ import os
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from healthygan import errors
 from healthygan.detection import anomaly
 from healthygan.errors import CheckpointError, ConfigError
 from healthygan.training import checkpoint_sets, jsonl_logs
